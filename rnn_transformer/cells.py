@@ -1,0 +1,187 @@
+"""Recurrent cells with fused gates: Elman RNN, LSTM and GRU.
+
+Each cell is a `flax.linen.RNNCellBase`, so it also runs inside
+`flax.linen.RNN`. A step is split in two so the `RNN` layer can hoist the
+input projection out of the time loop:
+
+* `project_inputs(x)`: `x @ W_x + b` for all gates at once, `(..., G*hidden)`;
+* `step(carry, projected)`: the recurrence, one `(hidden, G*hidden)` matmul.
+
+`cell(carry, x)` is `step(carry, project_inputs(x))`. Kernels are stored
+transposed, as `flax.linen.Dense` does: the seed's `W_hh h` is
+`h @ recurrent_kernel`, with the gates side by side along the last axis.
+"""
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rnn_transformer import initializers as rinit
+from rnn_transformer import validation
+
+Array = jax.Array
+Carry = Any
+
+
+class FusedGateCell(nn.RNNCellBase):
+  """Base class: `num_gates` gate pre-activations from two fused matmuls.
+
+  Attributes:
+    features: hidden size H.
+    kernel_init: initialiser for each gate's `(in, H)` input kernel block.
+    recurrent_kernel_init: initialiser for each gate's `(H, H)` recurrent
+      kernel block (see `rnn_transformer.initializers`).
+    bias_init: initialiser of the `(G*H,)` bias.
+    dtype: compute dtype of the matmuls (None: from inputs and params).
+    param_dtype: parameter and carry dtype.
+    precision: matmul precision passed to `jax.lax.dot_general`.
+    carry_init: initialiser of the carry.
+  """
+  num_gates: ClassVar[int]
+
+  features: int
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  recurrent_kernel_init: nn.initializers.Initializer = rinit.orthogonal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  carry_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  def setup(self):
+    fused = self.num_gates * self.features
+    self.input_projection = nn.Dense(
+        fused, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+        precision=self.precision,
+        kernel_init=rinit.per_gate(self.kernel_init, self.num_gates),
+        bias_init=self.fused_bias_init)
+    self.recurrent_projection = nn.Dense(
+        fused, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        precision=self.precision,
+        kernel_init=rinit.per_gate(self.recurrent_kernel_init, self.num_gates))
+
+  def fused_bias_init(self, key, shape, dtype=jnp.float32) -> Array:
+    return self.bias_init(key, shape, dtype)
+
+  def project_inputs(self, inputs: Array) -> Array:
+    """`inputs: (..., in)` -> gate pre-activations `(..., G*H)` with bias."""
+    validation.check_floating("inputs", inputs)
+    self._check_input_features(inputs)
+    return self.input_projection(inputs)
+
+  def _check_input_features(self, inputs: Array) -> None:
+    params = self.variables.get("params", {})
+    kernel = params.get("input_projection", {}).get("kernel")
+    if kernel is not None and kernel.shape[0] != inputs.shape[-1]:
+      raise ValueError(
+          f"inputs: expected {kernel.shape[0]} features (the size the params "
+          f"were built for) on the last axis, got shape {inputs.shape}")
+
+  def step(self, carry: Carry, projected_inputs: Array) -> tuple[Carry, Array]:
+    raise NotImplementedError
+
+  def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
+    """One time step: `inputs: (..., in)`; returns `(new_carry, output)`."""
+    return self.step(carry, self.project_inputs(inputs))
+
+  @nn.nowrap
+  def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
+    """Zero (by `carry_init`) carry for inputs of shape `(..., in)`."""
+    return self.carry_init(rng, tuple(input_shape[:-1]) + (self.features,),
+                           self.param_dtype)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+class SimpleRNNCell(FusedGateCell):
+  """Elman RNN cell: h_t = activation(W_hh h_{t-1} + W_xh x_t + b).
+
+  The seed's equation with `activation=tanh` (Elman, 1990). Choose the
+  recurrent initialiser to set rho(W_hh) for gradient-flow experiments, e.g.
+  `recurrent_kernel_init=initializers.gaussian_spectral_radius(0.5)` or
+  `initializers.identity()` with `activation_fn=nn.relu` (IRNN).
+  Carry: `h: (..., H)`; output: `h`.
+  """
+  num_gates: ClassVar[int] = 1
+  activation_fn: Callable[[Array], Array] = jnp.tanh
+
+  def step(self, carry: Array, projected_inputs: Array) -> tuple[Array, Array]:
+    h = self.activation_fn(projected_inputs + self.recurrent_projection(carry))
+    return h, h
+
+
+class LSTMCell(FusedGateCell):
+  """LSTM cell (Hochreiter and Schmidhuber, 1997; forget gate of Gers et al.).
+
+      i, f, g, o = split(W_x x + b + W_h h)       one fused (.., 4H) matmul each
+      c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+      h' = sigmoid(o) * tanh(c')
+
+  Gates in flax's order (i, f, g, o). The forget-gate bias starts at
+  `forget_bias` (1.0 by default, as in haiku and Jozefowicz et al., 2015,
+  unlike flax's 0) so the cell remembers by default.
+  Carry: `(c, h)`, each `(..., H)`, as in flax; output: `h`.
+  """
+  num_gates: ClassVar[int] = 4
+  forget_bias: float = 1.0
+  gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
+  activation_fn: Callable[[Array], Array] = jnp.tanh
+
+  def fused_bias_init(self, key, shape, dtype=jnp.float32) -> Array:
+    bias = self.bias_init(key, shape, dtype)
+    hidden = self.features
+    return bias.at[hidden:2 * hidden].add(jnp.asarray(self.forget_bias, dtype))
+
+  def step(self, carry: tuple[Array, Array],
+           projected_inputs: Array) -> tuple[tuple[Array, Array], Array]:
+    c, h = carry
+    z = projected_inputs + self.recurrent_projection(h)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
+    h = self.gate_fn(o) * self.activation_fn(c)
+    return (c, h), h
+
+  @nn.nowrap
+  def initialize_carry(self, rng: Array,
+                       input_shape: tuple[int, ...]) -> tuple[Array, Array]:
+    key_c, key_h = jax.random.split(rng)
+    shape = tuple(input_shape[:-1]) + (self.features,)
+    return (self.carry_init(key_c, shape, self.param_dtype),
+            self.carry_init(key_h, shape, self.param_dtype))
+
+
+class GRUCell(FusedGateCell):
+  """GRU cell (Cho et al., 2014), in flax's formulation.
+
+      r = sigmoid(W_ir x + b_ir + W_hr h)
+      z = sigmoid(W_iz x + b_iz + W_hz h)
+      n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+      h' = (1 - z) * n + z * h
+
+  The three input and three recurrent matmuls are fused into one each;
+  `b_hn` is the separate `candidate_bias` because `r` multiplies it.
+  Carry: `h: (..., H)`; output: `h`.
+  """
+  num_gates: ClassVar[int] = 3
+  gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
+  activation_fn: Callable[[Array], Array] = jnp.tanh
+
+  def setup(self):
+    super().setup()
+    self.candidate_bias = self.param("candidate_bias", self.bias_init,
+                                     (self.features,), self.param_dtype)
+
+  def step(self, carry: Array, projected_inputs: Array) -> tuple[Array, Array]:
+    h = carry
+    x_r, x_z, x_n = jnp.split(projected_inputs, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(self.recurrent_projection(h), 3, axis=-1)
+    r = self.gate_fn(x_r + h_r)
+    z = self.gate_fn(x_z + h_z)
+    n = self.activation_fn(x_n + r * (h_n + self.candidate_bias))
+    h = (1.0 - z) * n + z * h
+    return h, h
