@@ -112,6 +112,7 @@ class SimpleRNNCell(FusedGateCell):
 
   def step(self, carry: Array, projected_inputs: Array) -> tuple[Array, Array]:
     h = self.activation_fn(projected_inputs + self.recurrent_projection(carry))
+    h = h.astype(carry.dtype)  # the carry keeps its dtype under bf16 compute
     return h, h
 
 
