@@ -1,0 +1,41 @@
+"""Timing helpers shared by the benchmark scripts.
+
+Times are taken after compilation and `block_until_ready`, as the median of
+repeated calls, so two implementations timed in one run on one device can be
+compared by their ratio.
+"""
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+
+def median_seconds(fn: Callable[..., Any], *args: Any, warmup: int = 2,
+                   iters: int = 10) -> float:
+  """Median wall time of `fn(*args)` over `iters` calls, after `warmup`."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  samples = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    samples.append(time.perf_counter() - start)
+  return statistics.median(samples)
+
+
+def device_description() -> str:
+  """e.g. 'cpu: 2 x TFRT_CPU_0 (jax 0.10.2)' or the GPU's name."""
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  return f"{jax.default_backend()}: {len(devices)} x {kind} (jax {jax.__version__})"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A GitHub-flavoured Markdown table."""
+  lines = ["| " + " | ".join(header) + " |",
+           "| " + " | ".join("---" for _ in header) + " |"]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)

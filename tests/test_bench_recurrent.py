@@ -1,0 +1,43 @@
+"""The recurrent benchmark script runs end to end on a tiny config."""
+
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_script(*flags, cwd):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+  return subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "bench_recurrent.py"),
+       f"--config={REPO / 'configs' / 'bench_recurrent.py'}:tiny", *flags],
+      capture_output=True, text=True, check=False, timeout=300, cwd=cwd,
+      env=env)
+
+
+def test_bench_recurrent_script_writes_a_row_per_variant(tmp_path):
+  result = _run_script("--config.cells=('lstm', 'gru')",
+                       f"--output_dir={tmp_path}", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| lstm | flax.linen.RNN |" in result.stdout
+  with open(tmp_path / "bench_recurrent.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["cell"], r["implementation"]) for r in rows] == [
+      ("lstm", "flax.linen.RNN"), ("lstm", "ours"),
+      ("lstm", "ours (hoisted input projection)"),
+      ("gru", "flax.linen.RNN"), ("gru", "ours"),
+      ("gru", "ours (hoisted input projection)")]
+  assert all(float(r["ms"]) > 0 for r in rows)
+  flax_rows = [r for r in rows if r["implementation"] == "flax.linen.RNN"]
+  assert all(float(r["flax_over_this"]) == 1.0 for r in flax_rows)
+
+
+def test_bench_recurrent_rejects_an_unknown_cell(tmp_path):
+  result = _run_script("--config.cells=('transformer',)", cwd=tmp_path)
+  assert result.returncode != 0
+  assert "config.cells: expected names from ['gru', 'lstm', 'rnn']" in (
+      result.stderr)
