@@ -26,6 +26,26 @@ def median_seconds(fn: Callable[..., Any], *args: Any, warmup: int = 2,
   return statistics.median(samples)
 
 
+def interleaved_median_seconds(calls: dict[str, Callable[[], Any]],
+                               warmup: int = 2,
+                               iters: int = 10) -> dict[str, float]:
+  """Median wall time of each zero-argument call, timed round-robin.
+
+  Interleaving (A, B, C, A, B, C, ...) exposes every variant to the same
+  background load, so their ratios stay meaningful on a shared machine.
+  """
+  for call in calls.values():
+    for _ in range(warmup):
+      jax.block_until_ready(call())
+  samples = {label: [] for label in calls}
+  for _ in range(iters):
+    for label, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      samples[label].append(time.perf_counter() - start)
+  return {label: statistics.median(s) for label, s in samples.items()}
+
+
 def device_description() -> str:
   """e.g. 'cpu: 2 x TFRT_CPU_0 (jax 0.10.2)' or the GPU's name."""
   devices = jax.devices()

@@ -22,8 +22,9 @@ Carry = Any
 
 # Whether hoisting the input projection of all steps out of the scan (one
 # (batch*time, in) x (in, G*H) matmul) beats projecting inside each step, by
-# backend. Decided by scripts/bench_recurrent.py; see BUILD_NOTES.md.
-HOIST_INPUT_PROJECTION_BY_BACKEND = {"cpu": False, "gpu": True, "tpu": True}
+# backend. CPU measured by scripts/bench_recurrent.py (BUILD_NOTES.md); GPU and
+# TPU not measured yet, set as cuDNN does.
+HOIST_INPUT_PROJECTION_BY_BACKEND = {"cpu": True, "gpu": True, "tpu": True}
 
 
 def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:

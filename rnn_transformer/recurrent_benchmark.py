@@ -80,9 +80,8 @@ def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
              variants.items()}
     if name == "lstm" and jax.default_backend() == "gpu":
       calls["jax.experimental.rnn (cuDNN)"] = _cudnn_lstm_variant(config, x)
-    times = {label: benchmarking.median_seconds(call, warmup=config.warmup,
-                                                iters=config.iters)
-             for label, call in calls.items()}
+    times = benchmarking.interleaved_median_seconds(
+        calls, warmup=config.warmup, iters=config.iters)
     reference = times["flax.linen.RNN"]
     for label, seconds in times.items():
       rows.append(dict(cell=name, implementation=label, ms=1e3 * seconds,
