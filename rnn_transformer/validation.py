@@ -38,16 +38,6 @@ def check_floating(name: str, x: Any) -> None:
         f"got {dtype}; cast inputs, e.g. embed integer tokens first")
 
 
-def check_dim(name: str, x: Any, axis: int, expected: int,
-              meaning: str) -> None:
-  """Raises unless `x.shape[axis] == expected`."""
-  got = np.shape(x)[axis]
-  if got != expected:
-    raise ValueError(
-        f"{name}: expected {meaning} of size {expected} (axis {axis}), "
-        f"got shape {np.shape(x)}")
-
-
 def is_concrete(x: Any) -> bool:
   """True when `x`'s values are known now (not a tracer under jit/vmap)."""
   return not isinstance(x, jax.core.Tracer)
