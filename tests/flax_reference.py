@@ -59,4 +59,4 @@ def random_flax_params(flax_params: dict, key) -> dict:
   keys = jax.random.split(key, len(leaves))
   return jax.tree.unflatten(
       tree, [0.5 * jax.random.normal(k, x.shape, x.dtype)
-             for k, x in zip(keys, leaves)])
+             for k, x in zip(keys, leaves, strict=True)])

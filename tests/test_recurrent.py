@@ -31,7 +31,7 @@ def _carry_like(cell, x_step, key):
   leaves, tree = jax.tree.flatten(carry)
   keys = jax.random.split(jax.random.key(key), len(leaves))
   return jax.tree.unflatten(
-      tree, [jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+      tree, [jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=True)])
 
 
 def test_elman_rnn_matches_numpy_loop_of_the_seed_equation():
@@ -150,14 +150,15 @@ def test_final_carry_is_carry_at_each_sequence_end(cell_cls):
   initial = _carry_like(cell_cls(HIDDEN), x[:, 0], key=9)
   carry, _ = layer.apply(variables, x, seq_lengths=jnp.array(lengths),
                          initial_carry=initial)
+  def example(tree, b):
+    return jax.tree.map(lambda c: c[b:b + 1], tree)
+
   for b, length in enumerate(lengths):
-    row = jax.tree.map(lambda c: c[b:b + 1], initial)
-    expected = row
+    expected = example(initial, b)
     if length:
       expected, _ = layer.apply(variables, x[b:b + 1, :length],
-                                initial_carry=row)
-    chex.assert_trees_all_close(jax.tree.map(lambda c: c[b:b + 1], carry),
-                                expected, atol=1e-6)
+                                initial_carry=example(initial, b))
+    chex.assert_trees_all_close(example(carry, b), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -289,8 +290,9 @@ def test_jit_vmap_grad_compose(cell_cls):
 
   grads = jax.grad(loss)(variables, x)
   grads_again = jax.grad(loss)(variables, x + 1.0)  # no retrace
-  per_slice = [jax.grad(lambda v: jnp.mean(layer.apply(v, x[i]) ** 2))(
-      variables) for i in range(2)]
+  def slice_loss(v, xi):
+    return jnp.mean(layer.apply(v, xi) ** 2)
+  per_slice = [jax.grad(slice_loss)(variables, x[i]) for i in range(2)]
   expected = jax.tree.map(lambda a, b: (a + b) / 2, *per_slice)
   chex.assert_trees_all_close(grads, expected, atol=1e-6)
   chex.assert_tree_all_finite(grads_again)
