@@ -129,7 +129,7 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 def attention_blockwise(q: jax.Array, k: jax.Array, v: jax.Array,
                         mask: masking.Mask, scale: float,
-                        block_k: int = DEFAULT_BLOCK_K) -> jax.Array:
+                        block_k: int | None = None) -> jax.Array:
   """Computes `softmax(scale * Q K^T + mask) V` one key block at a time.
 
   Args:
@@ -139,10 +139,11 @@ def attention_blockwise(q: jax.Array, k: jax.Array, v: jax.Array,
     v: `(batch, kv_len, num_kv_heads, head_dim)`.
     mask: masking arguments (see `kernels.masking`).
     scale: softmax scale.
-    block_k: keys per scan step; `kv_len` need not be a multiple.
+    block_k: keys per scan step (default `DEFAULT_BLOCK_K`); `kv_len` need
+      not be a multiple.
 
   Returns:
     `(batch, q_len, num_heads, head_dim)` in the dtype of `q`.
   """
-  block_k = max(1, min(block_k, k.shape[1]))
+  block_k = max(1, min(block_k or DEFAULT_BLOCK_K, k.shape[1]))
   return _attention(q, k, v, mask, float(scale), block_k)

@@ -24,6 +24,20 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _operand(x, dtype, WIDEN: tl.constexpr):
+  """x rounded to the input dtype, as a tl.dot operand.
+
+  WIDEN (set only under the interpreter, whose numpy backend stores bfloat16
+  as raw uint16 and cannot do arithmetic on it) then widens it exactly to
+  float32, so the interpreted kernel rounds like the compiled one.
+  """
+  x = x.to(dtype)
+  if WIDEN:
+    x = x.to(tl.float32)
+  return x
+
+
+@triton.jit
 def _allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg, kv_seg,
              CAUSAL: tl.constexpr, HAS_SEGMENTS: tl.constexpr):
   """(BLOCK_M, BLOCK_N) mask for query rows offs_m and key columns offs_n."""
@@ -53,7 +67,8 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, q_len, kv_len,
               NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-              HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              WIDEN: tl.constexpr):
   """O = softmax(scale * Q K^T + mask) V and LSE = log2 sum_j exp2(...)."""
   start_m = tl.program_id(0)
   off_bh = tl.program_id(1)
@@ -66,7 +81,9 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, q_len, kv_len,
   offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
   offs_d = tl.arange(0, HEAD_DIM)
   rows = offs_m[:, None] * (NUM_HEADS * HEAD_DIM) + offs_d[None, :]
-  q = tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0)
+  q = _operand(
+      tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+      Q.dtype.element_ty, WIDEN)
   key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
   hi = _key_end(start_m, key_len, q_len, kv_len, BLOCK_M, CAUSAL)
   q_seg = offs_m
@@ -81,7 +98,9 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, q_len, kv_len,
   for start_n in range(0, hi, BLOCK_N):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n[:, None] * (NUM_KV_HEADS * HEAD_DIM) + offs_d[None, :]
-    k = tl.load(K + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0)
+    k = _operand(
+        tl.load(K + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0),
+        Q.dtype.element_ty, WIDEN)
     kv_seg = offs_n
     if HAS_SEGMENTS:
       kv_seg = tl.load(KV_SEG + off_b * kv_len + offs_n, mask=offs_n < hi,
@@ -97,9 +116,12 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, q_len, kv_len,
     alpha = tl.math.exp2(m_i - m_safe)
     p = tl.math.exp2(qk - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(V + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v,
-                                        input_precision=DOT_PRECISION)
+    v = _operand(
+        tl.load(V + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0),
+        Q.dtype.element_ty, WIDEN)
+    acc = acc * alpha[:, None] + tl.dot(
+        _operand(p, Q.dtype.element_ty, WIDEN), v,
+        input_precision=DOT_PRECISION)
     m_i = m_new
 
   has_key = l_i > 0.0
@@ -136,7 +158,8 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              WIDEN: tl.constexpr):
   """dV = P^T dO and dK = scale * dS^T Q for one block of keys of one kv head.
 
   Sums over the GROUP query heads that share the kv head, so no atomics are
@@ -151,8 +174,12 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
   offs_n = start_n + tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, HEAD_DIM)
   cols = offs_n[:, None] * (NUM_KV_HEADS * HEAD_DIM) + offs_d[None, :]
-  k = tl.load(K + kv_base + cols, mask=offs_n[:, None] < kv_len, other=0.0)
-  v = tl.load(V + kv_base + cols, mask=offs_n[:, None] < kv_len, other=0.0)
+  k = _operand(
+      tl.load(K + kv_base + cols, mask=offs_n[:, None] < kv_len, other=0.0),
+      Q.dtype.element_ty, WIDEN)
+  v = _operand(
+      tl.load(V + kv_base + cols, mask=offs_n[:, None] < kv_len, other=0.0),
+      Q.dtype.element_ty, WIDEN)
   key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
   kv_seg = offs_n
   if HAS_SEGMENTS:
@@ -176,9 +203,12 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
     for start_m in range(lo, hi, BLOCK_M):
       offs_m = start_m + tl.arange(0, BLOCK_M)
       rows = offs_m[:, None] * (NUM_HEADS * HEAD_DIM) + offs_d[None, :]
-      q = tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0)
-      do = tl.load(DO + q_base + rows, mask=offs_m[:, None] < q_len,
-                   other=0.0)
+      q = _operand(
+          tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+          Q.dtype.element_ty, WIDEN)
+      do = _operand(
+          tl.load(DO + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+          Q.dtype.element_ty, WIDEN)
       lse = tl.load(LSE + off_bh * q_len + offs_m, mask=offs_m < q_len,
                     other=float("inf"))
       delta = tl.load(DELTA + off_bh * q_len + offs_m, mask=offs_m < q_len,
@@ -191,10 +221,12 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
       ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg,
                                kv_seg, CAUSAL, HAS_SEGMENTS))
       p_t = tl.where(ok_t, tl.math.exp2(qk_t - lse[None, :]), 0.0)
-      dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+      dv += tl.dot(_operand(p_t, Q.dtype.element_ty, WIDEN), do,
+                   input_precision=DOT_PRECISION)
       dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
       ds_t = p_t * (dp_t - delta[None, :])
-      dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+      dk += tl.dot(_operand(ds_t, Q.dtype.element_ty, WIDEN), q,
+                   input_precision=DOT_PRECISION)
 
   dk = dk * scale
   tl.store(DK + kv_base + cols, dk.to(DK.dtype.element_ty),
@@ -209,7 +241,8 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
                  NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                 HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 HAS_SEGMENTS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              WIDEN: tl.constexpr):
   """dQ = scale * dS K for one block of queries of one query head."""
   start_m = tl.program_id(0)
   off_bh = tl.program_id(1)
@@ -222,8 +255,12 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
   offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
   offs_d = tl.arange(0, HEAD_DIM)
   rows = offs_m[:, None] * (NUM_HEADS * HEAD_DIM) + offs_d[None, :]
-  q = tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0)
-  do = tl.load(DO + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0)
+  q = _operand(
+      tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+      Q.dtype.element_ty, WIDEN)
+  do = _operand(
+      tl.load(DO + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+      Q.dtype.element_ty, WIDEN)
   lse = tl.load(LSE + off_bh * q_len + offs_m, mask=offs_m < q_len,
                 other=float("inf"))
   delta = tl.load(DELTA + off_bh * q_len + offs_m, mask=offs_m < q_len,
@@ -240,8 +277,12 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
   for start_n in range(0, hi, BLOCK_N):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     cols = offs_n[:, None] * (NUM_KV_HEADS * HEAD_DIM) + offs_d[None, :]
-    k = tl.load(K + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0)
-    v = tl.load(V + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0)
+    k = _operand(
+        tl.load(K + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0),
+        Q.dtype.element_ty, WIDEN)
+    v = _operand(
+        tl.load(V + kv_base + cols, mask=offs_n[:, None] < hi, other=0.0),
+        Q.dtype.element_ty, WIDEN)
     kv_seg = offs_n
     if HAS_SEGMENTS:
       kv_seg = tl.load(KV_SEG + off_b * kv_len + offs_n, mask=offs_n < hi,
@@ -252,7 +293,8 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
     p = tl.where(ok, tl.math.exp2(qk - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    dq += tl.dot(_operand(ds, Q.dtype.element_ty, WIDEN), k,
+                 input_precision=DOT_PRECISION)
 
   dq = dq * scale
   tl.store(DQ + q_base + rows, dq.to(DQ.dtype.element_ty),

@@ -70,7 +70,8 @@ def _common(st: _Static, q, k, kernel: str):
       BLOCK_M=bs.block_m, BLOCK_N=bs.block_n, CAUSAL=st.causal,
       HAS_SEGMENTS=st.has_segments,
       # Without this, tl.dot rounds float32 operands to tf32 on GPUs.
-      DOT_PRECISION="ieee" if q.dtype == jnp.float32 else "tf32")
+      DOT_PRECISION="ieee" if q.dtype == jnp.float32 else "tf32",
+      WIDEN=st.interpret and q.dtype == jnp.bfloat16)
   return bs, constexprs
 
 
