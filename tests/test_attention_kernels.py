@@ -33,8 +33,8 @@ _XLA_CASES = tuple(c for c in base.CASES
                    if not (c.causal and c.q_len != c.kv_len))
 
 
-@pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
-@pytest.mark.parametrize("case", _XLA_CASES, ids=str)
+@pytest.mark.parametrize("case,dtype", [(c, "float32") for c in _XLA_CASES] +
+                         [(_XLA_CASES[-1], "bfloat16")], ids=str)
 def test_reference_matches_jax_xla(case, dtype):
   """The oracle against jax.nn.dot_product_attention where it applies."""
   q, k, v, _, kwargs = base.make_inputs(case, dtype)
@@ -46,7 +46,8 @@ def test_reference_matches_jax_xla(case, dtype):
   want = jax.nn.dot_product_attention(
       q, k, v, mask=seg_mask, is_causal=case.causal,
       key_value_seq_lengths=kwargs.get("key_lengths"), implementation="xla")
-  got = kernels.attention(q, k, v, implementation="reference", **kwargs)
+  got = jax.jit(lambda q, k, v: kernels.attention(
+      q, k, v, implementation="reference", **kwargs))(q, k, v)
   # jax.nn gives rows without any allowed key the mean of V; compare the
   # other rows, and those to zero.
   q_len, kv_len = case.q_len, case.kv_len
@@ -62,14 +63,13 @@ def test_reference_matches_jax_xla(case, dtype):
   base.assert_close(got[~rows], np.zeros_like(got[~rows]), dtype, "out")
 
 
-@pytest.mark.parametrize("case", _XLA_CASES[:8], ids=str)
+@pytest.mark.parametrize("case", _XLA_CASES[-4:], ids=str)
 def test_xla_backend_matches_reference(case):
   q, k, v, do, kwargs = base.make_inputs(case, "float32")
   ref_out, ref_grads = base.reference_vjp(q, k, v, do, kwargs)
   with jax.default_matmul_precision("highest"):
-    out, vjp = jax.vjp(lambda q, k, v: kernels.attention(
-        q, k, v, implementation="xla", **kwargs), q, k, v)
-    grads = vjp(do)
+    out, grads = base.jit_vjp(lambda q, k, v: kernels.attention(
+        q, k, v, implementation="xla", **kwargs))(q, k, v, do)
   base.assert_close(out, ref_out, "float32", "out")
   for g, r in zip(grads, ref_grads):
     base.assert_close(g, r, "float32", "grad")
@@ -86,9 +86,8 @@ def test_triton_interpret_larger(q_len, kv_len, head_dim, dtype):
   q, k, v, do, kwargs = base.make_inputs(case, dtype)
   ref_out, ref_grads = base.reference_vjp(q, k, v, do, kwargs)
   with kernels.triton_interpret():
-    out, vjp = jax.vjp(lambda q, k, v: kernels.attention(
-        q, k, v, implementation="triton", **kwargs), q, k, v)
-    grads = vjp(do)
+    out, grads = base.jit_vjp(lambda q, k, v: kernels.attention(
+        q, k, v, implementation="triton", **kwargs))(q, k, v, do)
   base.assert_close(out, ref_out, dtype, "out")
   for g, r in zip(grads, ref_grads):
     base.assert_close(g, r, dtype, "grad")
