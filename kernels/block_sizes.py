@@ -16,7 +16,9 @@ Keys are `(kernel, head_dim, dtype name, causal)` where kernel is "fwd",
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -100,6 +102,22 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
 }
 
 
+_overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
+
+
+@contextlib.contextmanager
+def override(rows: Mapping[tuple[str, int, str, bool], BlockSizes]
+             ) -> Iterator[None]:
+  """Within the block, `rows` replace table rows (for the tuner; trace time)."""
+  saved = dict(_overrides)
+  _overrides.update(rows)
+  try:
+    yield
+  finally:
+    _overrides.clear()
+    _overrides.update(saved)
+
+
 def supported_head_dims(kernel: str) -> tuple[int, ...]:
   """Head dims with a table row for `kernel`."""
   return tuple(sorted({key[1] for key in TABLE if key[0] == kernel}))
@@ -110,4 +128,5 @@ def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
   """The block sizes of `kernel` for the call; KeyError if there is no row."""
   if interpret:
     return INTERPRET
-  return TABLE[(kernel, head_dim, np.dtype(dtype).name, causal)]
+  key = (kernel, head_dim, np.dtype(dtype).name, causal)
+  return _overrides.get(key) or TABLE[key]
