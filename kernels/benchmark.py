@@ -133,7 +133,7 @@ _COLUMNS = ("implementation", "pass", "seq_len", "batch", "num_heads",
             "status")
 
 
-def _cells(row: Row) -> list[str]:
+def cells(row: Row) -> list[str]:
   def fmt(x, spec):
     return "" if x is None else format(x, spec)
   return [row.implementation, row.pass_, str(row.seq_len), str(row.batch),
@@ -146,11 +146,11 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(_COLUMNS)
-    writer.writerows(_cells(r) for r in rows)
+    writer.writerows(cells(r) for r in rows)
 
 
 def markdown(rows: Sequence[Row]) -> str:
   lines = ["| " + " | ".join(_COLUMNS) + " |",
            "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
-  lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+  lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
   return "\n".join(lines) + "\n"

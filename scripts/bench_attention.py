@@ -44,7 +44,7 @@ def main(argv):
   with trace:
     for row in rows:
       benchmark.measure(row, warmup=_WARMUP.value, iters=_ITERS.value)
-      print(" ".join(benchmark._cells(row)), flush=True)  # pylint: disable=protected-access
+      print(" ".join(benchmark.cells(row)), flush=True)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   benchmark.write_csv(rows, os.path.join(_OUT_DIR.value, "attention_bench.csv"))
   table = benchmark.markdown(rows)
