@@ -16,7 +16,7 @@ from kernels import benchmark
 _GPU = jax.default_backend() == "gpu"
 _SEQ_LENS = flags.DEFINE_list(
     "seq_lens", ["512", "1024", "2048", "4096", "8192", "16384", "32768"]
-    if _GPU else ["128", "256"], "Sequence lengths (q_len == kv_len).")
+    if _GPU else ["256"], "Sequence lengths (q_len == kv_len).")
 _HEAD_DIMS = flags.DEFINE_list("head_dims", ["64", "128"] if _GPU else ["64"],
                                "Head dims.")
 _TOKENS = flags.DEFINE_integer("tokens", 16384 if _GPU else 512,

@@ -47,6 +47,7 @@ class Case:
   key_lengths: tuple[int, ...] | None = None
   # "single": one (batch, seq) array; "pair": (q, kv) arrays.
   segments: str | None = None
+  scale: float | None = None
 
   def __str__(self) -> str:
     return self.name
@@ -58,7 +59,8 @@ CASES = (
     Case("causal_ragged", q_len=37, kv_len=37, causal=True),
     Case("q_shorter_causal", q_len=20, kv_len=45, causal=True),
     Case("q_longer_causal", q_len=40, kv_len=24, causal=True),
-    Case("gqa_ragged", q_len=33, kv_len=33, num_heads=4, num_kv_heads=2),
+    Case("gqa_ragged_scale", q_len=33, kv_len=33, num_heads=4,
+         num_kv_heads=2, scale=0.3),
     Case("mqa_causal", q_len=19, kv_len=41, num_heads=4, num_kv_heads=1,
          causal=True),
     Case("key_lengths_zero", q_len=24, kv_len=30, key_lengths=(0, 21)),
@@ -106,7 +108,7 @@ def make_inputs(case: Case, dtype: str, seed: int = 0):
   kv_shape = (case.batch, case.kv_len, case.num_kv_heads, case.head_dim)
   q, k, v, do = (jnp.asarray(rng.standard_normal(shape, np.float32), dtype)
                  for shape in (q_shape, kv_shape, kv_shape, q_shape))
-  kwargs: dict[str, Any] = dict(causal=case.causal)
+  kwargs: dict[str, Any] = dict(causal=case.causal, scale=case.scale)
   if case.key_lengths is not None:
     kwargs["key_lengths"] = jnp.asarray(case.key_lengths, jnp.int32)
   if case.segments == "single":
