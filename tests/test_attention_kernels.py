@@ -44,7 +44,7 @@ def test_reference_matches_jax_xla(case, dtype):
     q_seg, kv_seg = ids if isinstance(ids, tuple) else (ids, ids)
     seg_mask = q_seg[:, None, :, None] == kv_seg[:, None, None, :]
   want = jax.nn.dot_product_attention(
-      q, k, v, mask=seg_mask, is_causal=case.causal,
+      q, k, v, mask=seg_mask, scale=case.scale, is_causal=case.causal,
       key_value_seq_lengths=kwargs.get("key_lengths"), implementation="xla")
   got = jax.jit(lambda q, k, v: kernels.attention(
       q, k, v, implementation="reference", **kwargs))(q, k, v)
