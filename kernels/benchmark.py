@@ -1,0 +1,156 @@
+"""Timing, FLOP and memory figures of the attention implementations.
+
+FLOP convention: forward = 4 * batch * heads * q_len * kv_len * head_dim (two
+matmuls, 2 flops per multiply-add), halved for causal attention;
+forward+backward = 3.5 x forward (the backward does 5 matmuls where the
+forward does 2, plus the forward itself).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import statistics
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+import kernels
+from kernels import backends
+
+
+@dataclasses.dataclass
+class Row:
+  implementation: str
+  pass_: str  # "fwd" or "fwd+bwd"
+  seq_len: int
+  batch: int
+  num_heads: int
+  head_dim: int
+  causal: bool
+  dtype: str
+  ms: float | None = None
+  tflops: float | None = None
+  peak_mib: float | None = None
+  status: str = "ok"  # "ok", "OOM", or "unsupported: <reason>"
+
+
+def flops(batch: int, heads: int, seq: int, head_dim: int, causal: bool,
+          backward: bool) -> float:
+  f = 4.0 * batch * heads * seq * seq * head_dim
+  if causal:
+    f /= 2
+  return f * 3.5 if backward else f
+
+
+def available_implementations() -> list[str]:
+  """Implementations worth timing on this device (never the interpreter)."""
+  names = ["triton", "xla", "cudnn", "reference", "blockwise"]
+  if jax.default_backend() != "gpu":
+    names = [n for n in names if n not in ("triton", "cudnn")]
+  try:
+    import tokamax  # pylint: disable=g-import-not-at-top,unused-import
+    names.append("tokamax")
+  except ImportError:
+    pass
+  return names
+
+
+def _fn(implementation: str, causal: bool, backward: bool):
+  if implementation == "tokamax":
+    import tokamax  # pylint: disable=g-import-not-at-top
+
+    def fwd(q, k, v):
+      return tokamax.dot_product_attention(q, k, v, is_causal=causal)
+  else:
+    def fwd(q, k, v):
+      return kernels.attention(q, k, v, causal=causal,
+                               implementation=implementation)
+  if not backward:
+    return fwd
+  return jax.grad(lambda q, k, v: fwd(q, k, v).astype(jnp.float32).sum(),
+                  argnums=(0, 1, 2))
+
+
+def _is_oom(e: Exception) -> bool:
+  text = str(e)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def measure(row: Row, *, warmup: int, iters: int) -> Row:
+  """Fills `row` in place with the median time, TFLOP/s and peak memory."""
+  shape = (row.batch, row.seq_len, row.num_heads, row.head_dim)
+  keys = jax.random.split(jax.random.key(0), 3)
+  backward = row.pass_ == "fwd+bwd"
+  try:
+    if row.implementation in backends.REGISTRY:
+      call = backends.AttentionCall(
+          row.batch, row.seq_len, row.seq_len, row.num_heads, row.num_heads,
+          row.head_dim, jnp.dtype(row.dtype), row.causal, False, False,
+          jax.default_backend())
+      reason = backends.REGISTRY[row.implementation].supports(call)
+      if reason:
+        row.status = f"unsupported: {reason}"
+        return row
+    q, k, v = (jax.random.normal(key, shape, row.dtype) for key in keys)
+    compiled = jax.jit(_fn(row.implementation, row.causal, backward)).lower(
+        q, k, v).compile()
+    mem = compiled.memory_analysis()
+    if mem is not None:
+      row.peak_mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes +
+                      mem.output_size_in_bytes) / 2**20
+    for _ in range(warmup):
+      jax.block_until_ready(compiled(q, k, v))
+    times = []
+    for _ in range(iters):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(q, k, v))
+      times.append(time.perf_counter() - start)
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_oom(e):
+      row.status = "OOM"
+      return row
+    raise
+  row.ms = statistics.median(times) * 1e3
+  row.tflops = flops(row.batch, row.num_heads, row.seq_len, row.head_dim,
+                     row.causal, backward) / (row.ms * 1e-3) / 1e12
+  return row
+
+
+def grid(seq_lens: Sequence[int], head_dims: Sequence[int],
+         implementations: Sequence[str], *, tokens: int, num_heads: int,
+         dtype: str, causal: Sequence[bool] = (False, True),
+         passes: Sequence[str] = ("fwd", "fwd+bwd")) -> list[Row]:
+  return [Row(impl, p, s, max(1, tokens // s), num_heads, d, c, dtype)
+          for s in seq_lens for d in head_dims for c in causal
+          for p in passes for impl in implementations]
+
+
+_COLUMNS = ("implementation", "pass", "seq_len", "batch", "num_heads",
+            "head_dim", "causal", "dtype", "ms", "tflops", "peak_mib",
+            "status")
+
+
+def cells(row: Row) -> list[str]:
+  def fmt(x, spec):
+    return "" if x is None else format(x, spec)
+  return [row.implementation, row.pass_, str(row.seq_len), str(row.batch),
+          str(row.num_heads), str(row.head_dim), str(row.causal), row.dtype,
+          fmt(row.ms, ".3f"), fmt(row.tflops, ".3f"), fmt(row.peak_mib, ".1f"),
+          row.status]
+
+
+def write_csv(rows: Sequence[Row], path: str) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(_COLUMNS)
+    writer.writerows(cells(r) for r in rows)
+
+
+def markdown(rows: Sequence[Row]) -> str:
+  lines = ["| " + " | ".join(_COLUMNS) + " |",
+           "| " + " | ".join("---" for _ in _COLUMNS) + " |"]
+  lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+  return "\n".join(lines) + "\n"

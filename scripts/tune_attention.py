@@ -1,0 +1,98 @@
+"""Sweeps Triton attention block sizes on a CUDA GPU; prints table rows.
+
+For every (kernel, head_dim, dtype, causal) it times the candidates (forward
+alone for "fwd"; forward+backward for the backward kernels, the other kernels
+keeping their table rows), skips candidates that fail to compile (e.g. too
+much shared memory), and prints the winners in the format of
+`kernels/block_sizes.py`'s TABLE, also written to --out.
+
+  python scripts/tune_attention.py --head_dims=64,128 --dtypes=bfloat16
+"""
+
+import itertools
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+import kernels
+from kernels import block_sizes
+
+_HEAD_DIMS = flags.DEFINE_list("head_dims", ["32", "64", "128", "256"], "")
+_DTYPES = flags.DEFINE_list("dtypes", ["float16", "bfloat16", "float32"], "")
+_KERNELS = flags.DEFINE_list("kernels", list(block_sizes.KERNELS), "")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 4096, "q_len == kv_len.")
+_BATCH = flags.DEFINE_integer("batch", 4, "")
+_HEADS = flags.DEFINE_integer("num_heads", 16, "")
+_ITERS = flags.DEFINE_integer("iters", 20, "Timed calls per candidate.")
+_OUT = flags.DEFINE_string("out", "block_sizes_tuned.txt", "Rows go here.")
+
+_BLOCKS = (16, 32, 64, 128)
+_WARPS = (4, 8)
+_STAGES = (1, 2, 3, 4, 5)
+
+
+def _time(fn, *args) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(_ITERS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _candidate_time(kernel, head_dim, dtype, causal, cand):
+  key = (kernel, head_dim, dtype, causal)
+  shape = (_BATCH.value, _SEQ_LEN.value, _HEADS.value, head_dim)
+  q, k, v = (jax.random.normal(kk, shape, dtype)
+             for kk in jax.random.split(jax.random.key(0), 3))
+
+  def fwd(q, k, v):
+    return kernels.attention(q, k, v, causal=causal, implementation="triton")
+
+  fn = fwd if kernel == "fwd" else jax.grad(
+      lambda q, k, v: fwd(q, k, v).astype(jnp.float32).sum(), argnums=(0, 1, 2))
+  with block_sizes.override({key: cand}), kernels.triton_interpret(False):
+    return _time(jax.jit(fn), q, k, v)
+
+
+def main(argv):
+  del argv
+  if jax.default_backend() != "gpu":
+    raise app.UsageError("tune_attention.py needs a CUDA GPU")
+  lines = []
+  for kernel, head_dim, dtype, causal in itertools.product(
+      _KERNELS.value, [int(d) for d in _HEAD_DIMS.value], _DTYPES.value,
+      (False, True)):
+    if (kernel, head_dim, dtype, causal) not in block_sizes.TABLE:
+      continue
+    best = None
+    for bm, bn, warps, stages in itertools.product(_BLOCKS, _BLOCKS, _WARPS,
+                                                   _STAGES):
+      cand = block_sizes.BlockSizes(bm, bn, warps, stages)
+      try:
+        t = _candidate_time(kernel, head_dim, dtype, causal, cand)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"skip {kernel} d={head_dim} {dtype} causal={causal} {cand}: "
+              f"{type(e).__name__}", flush=True)
+        continue
+      if best is None or t < best[0]:
+        best = (t, cand)
+    if best is None:
+      continue
+    c = best[1]
+    line = (f'    ("{kernel}", {head_dim}, "{dtype}", {causal}): BlockSizes('
+            f"{c.block_m}, {c.block_n}, {c.num_warps}, {c.num_stages}),"
+            f"  # {best[0] * 1e3:.3f} ms on {jax.devices()[0].device_kind}")
+    print(line, flush=True)
+    lines.append(line)
+  with open(_OUT.value, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
