@@ -9,7 +9,7 @@ reason it cannot) and computes it. All take the canonical arguments built by
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -9,10 +9,11 @@ forward does 2, plus the forward itself).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import dataclasses
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,11 +51,8 @@ def available_implementations() -> list[str]:
   names = ["triton", "xla", "cudnn", "reference", "blockwise"]
   if jax.default_backend() != "gpu":
     names = [n for n in names if n not in ("triton", "cudnn")]
-  try:
-    import tokamax  # pylint: disable=g-import-not-at-top,unused-import
+  if importlib.util.find_spec("tokamax") is not None:
     names.append("tokamax")
-  except ImportError:
-    pass
   return names
 
 

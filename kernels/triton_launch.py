@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import importlib
 import importlib.util
 import os
 import sys
 import types
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np

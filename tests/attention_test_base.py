@@ -20,8 +20,6 @@ import pytest
 
 import kernels
 from kernels import blockwise
-from kernels import masking
-from kernels import reference
 
 # (atol, rtol) per input dtype, for outputs and (looser) for dQ, dK, dV.
 TOLERANCES = {

@@ -5,7 +5,6 @@ import os
 import sys
 
 from absl import flags
-import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import bench_attention  # pylint: disable=g-import-not-at-top,wrong-import-position
