@@ -19,14 +19,11 @@ import numpy as np
 import pytest
 
 import kernels
+import tolerances
 from kernels import blockwise
 
 # (atol, rtol) per input dtype, for outputs and (looser) for dQ, dK, dV.
-TOLERANCES = {
-    "float32": dict(out=(2e-5, 2e-5), grad=(1e-4, 1e-4)),
-    "float16": dict(out=(4e-3, 4e-3), grad=(2e-2, 2e-2)),
-    "bfloat16": dict(out=(3e-2, 3e-2), grad=(1e-1, 5e-2)),
-}
+TOLERANCES = tolerances.ATTENTION
 DTYPES = tuple(TOLERANCES)
 
 

@@ -2,7 +2,9 @@
 
 Outputs and gradients of a low-precision computation are compared with a
 float32 oracle; gradients get looser bounds because they accumulate more
-rounding.
+rounding. `OUTPUT`/`GRADIENT` serve the models; `ATTENTION` the attention
+kernels, whose (atol, rtol) pairs reflect one softmax-weighted reduction over
+keys with float32 accumulation.
 """
 
 import jax.numpy as jnp
@@ -26,3 +28,11 @@ def output_tol(dtype) -> dict:
 
 def gradient_tol(dtype) -> dict:
   return GRADIENT[jnp.dtype(dtype)]
+
+
+# dtype name -> {"out" | "grad": (atol, rtol)}, for kernels.attention.
+ATTENTION = {
+    "float32": dict(out=(2e-5, 2e-5), grad=(1e-4, 1e-4)),
+    "float16": dict(out=(4e-3, 4e-3), grad=(2e-2, 2e-2)),
+    "bfloat16": dict(out=(3e-2, 3e-2), grad=(1e-1, 5e-2)),
+}
