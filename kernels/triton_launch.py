@@ -91,6 +91,10 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
     return _launch_interpreted(kernel, args, out_shape, grid, constexprs)
   import jax_triton  # pylint: disable=g-import-not-at-top
 
+  # Triton's own launcher types a Python float as fp32; jax-triton types it
+  # fp64, which would promote every score tile to fp64 (and clash with the
+  # fp32 loop-carried softmax state). Pass float32 scalars explicitly.
+  args = tuple(np.float32(a) if isinstance(a, float) else a for a in args)
   outs = jax_triton.triton_call(
       *args, kernel=kernel, out_shape=out_shape, grid=grid,
       num_warps=num_warps, num_stages=num_stages, **constexprs)
