@@ -1,0 +1,359 @@
+"""Built-in sequence tasks: generated on the fly, deterministic from a seed.
+
+Every task produces batches as a dict of arrays
+
+    inputs:  (batch, time) int32 tokens, or (batch, time, features) float32
+    targets: (batch, time) int32 classes, or (batch, time) float32 values
+    weights: (batch, time) float32, 1 where a step is scored
+
+so one loss serves all of them: weighted cross-entropy for classification,
+weighted squared error for regression (on `logits[..., 0]`). Batch `i` of a
+stream is `task.batch(jax.random.fold_in(key, i), size)`: the data-stream
+position is the step number, so a resumed run sees the same data.
+
+Each task reports its natural metric next to the trivial baseline that a
+model learning nothing would reach, so a log shows whether it learned.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Batch = dict[str, jax.Array]
+
+
+class Task(abc.ABC):
+  """A stream of training batches and how to score a model on them."""
+
+  name: str
+  seq_len: int
+  vocab_size: int | None  # token inputs in [0, vocab_size); None: features
+  input_features: int | None  # float inputs' feature size; None: tokens
+  output_size: int  # classes, or 1 for regression
+  regression: bool = False
+
+  @abc.abstractmethod
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    """One batch; a pure function of `key` (jittable)."""
+
+  def eval_batch(self, key: jax.Array, batch_size: int) -> Batch:
+    """A held-out batch; the generated tasks draw from the same distribution."""
+    return self.batch(key, batch_size)
+
+  @property
+  @abc.abstractmethod
+  def baseline(self) -> dict[str, float]:
+    """Metric values of the trivial predictor (see each task)."""
+
+  def metrics(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """`loss` plus the task's metric, from `logits: (batch, time, output)`."""
+    weights = batch["weights"]
+    total = jnp.maximum(weights.sum(), 1.0)
+    if self.regression:
+      error = (logits[..., 0].astype(jnp.float32) - batch["targets"]) ** 2
+      mse = (error * weights).sum() / total
+      return {"loss": mse, "mse": mse}
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None],
+                               axis=-1)[..., 0]
+    loss = (nll * weights).sum() / total
+    correct = (logits.argmax(-1) == batch["targets"]).astype(jnp.float32)
+    accuracy = (correct * weights).sum() / total
+    return {"loss": loss, "accuracy": accuracy, **self.extra_metrics(
+        nll, correct, batch)}
+
+  def extra_metrics(self, nll: jax.Array, correct: jax.Array,
+                    batch: Batch) -> dict[str, jax.Array]:
+    """Task-specific metrics from per-step `nll` and `correct`, (batch, time)."""
+    del nll, correct, batch
+    return {}
+
+
+def _last_step_weights(batch_size: int, seq_len: int) -> jax.Array:
+  return jnp.zeros((batch_size, seq_len), jnp.float32).at[:, -1].set(1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyMemory(Task):
+  """Copy memory (Arjovsky, Shah and Bengio, 2016).
+
+  Input: 10 symbols from {1..8}, `delay` blanks (0) with the delimiter (9)
+  as the last of them, then 10 blanks; length `delay + 20`. Target: blanks,
+  then the 10 symbols in the last 10 steps. All steps are scored. A
+  memoryless model predicts blanks and then uniform symbols: cross-entropy
+  `10 log 8 / (delay + 20)`.
+  """
+  delay: int = 50
+  num_symbols: int = 8
+  copy_len: int = 10
+
+  name = "copy"
+  vocab_size = 10
+  input_features = None
+  output_size = 10
+
+  def __post_init__(self):
+    if self.delay < 1:
+      raise ValueError(f"delay: expected at least 1 blank, got {self.delay}")
+
+  @property
+  def seq_len(self) -> int:  # type: ignore[override]
+    return self.delay + 2 * self.copy_len
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    symbols = jax.random.randint(key, (batch_size, self.copy_len), 1,
+                                 self.num_symbols + 1)
+    blanks = jnp.zeros((batch_size, self.delay - 1), jnp.int32)
+    delimiter = jnp.full((batch_size, 1), self.num_symbols + 1, jnp.int32)
+    tail = jnp.zeros((batch_size, self.copy_len), jnp.int32)
+    inputs = jnp.concatenate([symbols, blanks, delimiter, tail], axis=1)
+    targets = jnp.concatenate(
+        [jnp.zeros((batch_size, self.delay + self.copy_len), jnp.int32),
+         symbols], axis=1)
+    return {"inputs": inputs, "targets": targets,
+            "weights": jnp.ones(inputs.shape, jnp.float32)}
+
+  @property
+  def baseline(self) -> dict[str, float]:
+    return {"loss": self.copy_len * math.log(self.num_symbols) / self.seq_len,
+            "copy_accuracy": 1.0 / self.num_symbols}
+
+  def extra_metrics(self, nll, correct, batch):
+    del nll, batch
+    return {"copy_accuracy": correct[:, -self.copy_len:].mean()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Adding(Task):
+  """The adding problem (Hochreiter and Schmidhuber, 1997).
+
+  Input `(time, 2)`: values uniform in [0, 1] and a marker channel with two
+  ones, one in each half. Target at the last step: the sum of the two marked
+  values. Predicting the mean, 1, gives MSE = Var(U1 + U2) = 1/6 ~ 0.167.
+  """
+  seq_len: int = 50
+
+  name = "adding"
+  vocab_size = None
+  input_features = 2
+  output_size = 1
+  regression = True
+
+  def __post_init__(self):
+    if self.seq_len < 2:
+      raise ValueError(f"seq_len: expected at least 2, got {self.seq_len}")
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    k_values, k_first, k_second = jax.random.split(key, 3)
+    values = jax.random.uniform(k_values, (batch_size, self.seq_len))
+    half = self.seq_len // 2
+    first = jax.random.randint(k_first, (batch_size,), 0, half)
+    second = jax.random.randint(k_second, (batch_size,), half, self.seq_len)
+    steps = jnp.arange(self.seq_len)[None, :]
+    markers = ((steps == first[:, None]) | (steps == second[:, None])).astype(
+        jnp.float32)
+    total = (values * markers).sum(axis=1)
+    targets = jnp.zeros((batch_size, self.seq_len)).at[:, -1].set(total)
+    return {"inputs": jnp.stack([values, markers], axis=-1),
+            "targets": targets,
+            "weights": _last_step_weights(batch_size, self.seq_len)}
+
+  @property
+  def baseline(self) -> dict[str, float]:
+    return {"loss": 1.0 / 6.0, "mse": 1.0 / 6.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociativeRecall(Task):
+  """Key-value pairs, then a query key; answer its value at the last step.
+
+  Tokens: keys in [0, num_keys), values in [num_keys, num_keys + num_values),
+  the query marker `num_keys + num_values`. Sequence: k1 v1 ... kn vn ? kq.
+  Keys in a sequence are distinct. Chance accuracy: 1 / num_values.
+  """
+  num_pairs: int = 8
+  num_keys: int = 16
+  num_values: int = 16
+
+  name = "recall"
+  input_features = None
+
+  def __post_init__(self):
+    if self.num_pairs > self.num_keys:
+      raise ValueError(f"num_pairs: expected at most num_keys "
+                       f"({self.num_keys}) distinct keys, got {self.num_pairs}")
+
+  @property
+  def seq_len(self) -> int:  # type: ignore[override]
+    return 2 * self.num_pairs + 2
+
+  @property
+  def vocab_size(self) -> int:  # type: ignore[override]
+    return self.num_keys + self.num_values + 1
+
+  @property
+  def output_size(self) -> int:  # type: ignore[override]
+    return self.vocab_size
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    k_keys, k_values, k_query = jax.random.split(key, 3)
+    keys = jax.vmap(lambda k: jax.random.permutation(k, self.num_keys)[
+        :self.num_pairs])(jax.random.split(k_keys, batch_size))
+    values = jax.random.randint(k_values, (batch_size, self.num_pairs),
+                                self.num_keys, self.num_keys + self.num_values)
+    which = jax.random.randint(k_query, (batch_size,), 0, self.num_pairs)
+    rows = jnp.arange(batch_size)
+    pairs = jnp.stack([keys, values], axis=-1).reshape(batch_size, -1)
+    marker = jnp.full((batch_size, 1), self.num_keys + self.num_values)
+    inputs = jnp.concatenate([pairs, marker, keys[rows, which][:, None]],
+                             axis=1).astype(jnp.int32)
+    targets = jnp.zeros_like(inputs).at[:, -1].set(values[rows, which])
+    return {"inputs": inputs, "targets": targets,
+            "weights": _last_step_weights(batch_size, self.seq_len)}
+
+  @property
+  def baseline(self) -> dict[str, float]:
+    return {"loss": math.log(self.num_values),
+            "accuracy": 1.0 / self.num_values}
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstToken(Task):
+  """Remember the first token across `distance` noise tokens.
+
+  Sequence: a class token in [0, num_classes), then `distance` tokens drawn
+  from [num_classes, num_classes + num_noise). Target at the last step: the
+  first token. Chance accuracy: 1 / num_classes. The dependency distance is
+  the experiments' knob.
+  """
+  distance: int = 50
+  num_classes: int = 4
+  num_noise: int = 8
+
+  name = "first_token"
+  input_features = None
+
+  def __post_init__(self):
+    if self.distance < 1:
+      raise ValueError(f"distance: expected at least 1, got {self.distance}")
+
+  @property
+  def seq_len(self) -> int:  # type: ignore[override]
+    return self.distance + 1
+
+  @property
+  def vocab_size(self) -> int:  # type: ignore[override]
+    return self.num_classes + self.num_noise
+
+  @property
+  def output_size(self) -> int:  # type: ignore[override]
+    return self.num_classes
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    k_class, k_noise = jax.random.split(key)
+    label = jax.random.randint(k_class, (batch_size, 1), 0, self.num_classes)
+    noise = jax.random.randint(k_noise, (batch_size, self.distance),
+                               self.num_classes, self.vocab_size)
+    inputs = jnp.concatenate([label, noise], axis=1).astype(jnp.int32)
+    targets = jnp.zeros_like(inputs).at[:, -1].set(label[:, 0])
+    return {"inputs": inputs, "targets": targets,
+            "weights": _last_step_weights(batch_size, self.seq_len)}
+
+  @property
+  def baseline(self) -> dict[str, float]:
+    return {"loss": math.log(self.num_classes),
+            "accuracy": 1.0 / self.num_classes}
+
+
+class CharLM(Task):
+  """Character-level language modelling on a text file.
+
+  The file's distinct characters are the vocabulary; the first
+  `1 - validation_fraction` of the text trains, the rest validates. A batch is
+  random windows of `seq_len + 1` characters: inputs the first `seq_len`,
+  targets the next character at every step. Metric: bits per character; the
+  baseline is the unigram entropy of the training text (a model that ignores
+  context).
+  """
+  name = "char_lm"
+  input_features = None
+
+  def __init__(self, path: str, seq_len: int = 128,
+               validation_fraction: float = 0.1):
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    if not 0.0 < validation_fraction < 1.0:
+      raise ValueError(f"validation_fraction: expected a value in (0, 1), got "
+                       f"{validation_fraction}")
+    split = int(len(text) * (1.0 - validation_fraction))
+    if min(split, len(text) - split) <= seq_len:
+      raise ValueError(
+          f"path: {path} has {len(text)} characters, too few for windows of "
+          f"seq_len + 1 = {seq_len + 1} in both splits (validation fraction "
+          f"{validation_fraction})")
+    self.path = path
+    self.seq_len = seq_len
+    self.chars = sorted(set(text))
+    self.vocab_size = self.output_size = len(self.chars)
+    lookup = {c: i for i, c in enumerate(self.chars)}
+    codes = np.fromiter((lookup[c] for c in text), np.int32, len(text))
+    self._train = jnp.asarray(codes[:split])
+    self._validation = jnp.asarray(codes[split:])
+    counts = np.bincount(codes[:split], minlength=len(self.chars))
+    freq = counts[counts > 0] / split
+    self._unigram_bits = float(-(freq * np.log2(freq)).sum())
+
+  def _windows(self, data: jax.Array, key: jax.Array,
+               batch_size: int) -> Batch:
+    starts = jax.random.randint(key, (batch_size,), 0,
+                                data.shape[0] - self.seq_len)
+    windows = jax.vmap(lambda s: jax.lax.dynamic_slice(
+        data, (s,), (self.seq_len + 1,)))(starts)
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
+            "weights": jnp.ones((batch_size, self.seq_len), jnp.float32)}
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    return self._windows(self._train, key, batch_size)
+
+  def eval_batch(self, key: jax.Array, batch_size: int) -> Batch:
+    return self._windows(self._validation, key, batch_size)
+
+  @property
+  def baseline(self) -> dict[str, float]:
+    return {"loss": self._unigram_bits * math.log(2),
+            "bits_per_char": self._unigram_bits}
+
+  def extra_metrics(self, nll, correct, batch):
+    del correct
+    weights = batch["weights"]
+    return {"bits_per_char": (nll * weights).sum() / jnp.maximum(
+        weights.sum(), 1.0) / math.log(2)}
+
+  def encode(self, text: str) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(self.chars)}
+    unknown = sorted(set(text) - set(lookup))
+    if unknown:
+      raise ValueError(f"text: characters {unknown} are not in the vocabulary "
+                       f"of {self.path}")
+    return np.asarray([lookup[c] for c in text], np.int32)
+
+  def decode(self, codes) -> str:
+    return "".join(self.chars[int(i)] for i in np.asarray(codes).reshape(-1))
+
+
+TASKS = {"copy": CopyMemory, "adding": Adding, "recall": AssociativeRecall,
+         "first_token": FirstToken, "char_lm": CharLM}
+
+
+def make_task(name: str, **kwargs) -> Task:
+  """The task called `name` with its keyword arguments."""
+  if name not in TASKS:
+    raise ValueError(f"task name: expected one of {sorted(TASKS)}, got {name!r}")
+  return TASKS[name](**kwargs)
