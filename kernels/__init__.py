@@ -1,1 +1,19 @@
-"""Attention kernels: a fused Triton kernel and pure-JAX fallbacks behind one entry point."""
+"""Attention kernels: a fused Triton kernel and pure-JAX fallbacks behind one entry point.
+
+`import kernels` never imports triton, jax_triton or torch; they are imported
+when a Triton kernel is first traced.
+"""
+
+from kernels.attention import attention
+from kernels.attention import IMPLEMENTATIONS
+from kernels.backends import XLA_SCORE_BYTES_LIMIT
+from kernels.triton_launch import INTERPRET_ENV
+from kernels.triton_launch import triton_interpret
+
+__all__ = [
+    "attention",
+    "IMPLEMENTATIONS",
+    "INTERPRET_ENV",
+    "triton_interpret",
+    "XLA_SCORE_BYTES_LIMIT",
+]

@@ -1,0 +1,135 @@
+"""The attention entry point: argument validation and dispatch."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import backends
+from kernels import masking
+
+_DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16),
+           np.dtype(jnp.float32))
+IMPLEMENTATIONS = tuple(backends.REGISTRY)
+
+SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
+
+
+def _check_int_array(name: str, x, shape: Sequence[int]) -> jax.Array:
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
+  if x.shape != tuple(shape):
+    raise ValueError(f"{name} must have shape {tuple(shape)}, got {x.shape}")
+  return x.astype(jnp.int32)
+
+
+def _canonical_segments(segment_ids, batch: int, q_len: int, kv_len: int):
+  if segment_ids is None:
+    return None, None
+  if isinstance(segment_ids, (tuple, list)):
+    if len(segment_ids) != 2:
+      raise ValueError("segment_ids must be one array or a pair "
+                       f"(q_segment_ids, kv_segment_ids), got {len(segment_ids)} items")
+    q_seg, kv_seg = segment_ids
+  else:
+    if q_len != kv_len:
+      raise ValueError(
+          f"segment_ids as one array needs q_len == kv_len, got {q_len} and "
+          f"{kv_len}; pass a pair (q_segment_ids, kv_segment_ids)")
+    q_seg = kv_seg = segment_ids
+  return (_check_int_array("q_segment_ids", q_seg, (batch, q_len)),
+          _check_int_array("kv_segment_ids", kv_seg, (batch, kv_len)))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+              causal: bool = False,
+              key_lengths: jax.Array | None = None,
+              segment_ids: SegmentIds | None = None,
+              scale: float | None = None,
+              implementation: str | None = None) -> jax.Array:
+  """Scaled dot-product attention `softmax(scale * Q K^T + mask) V`.
+
+  Args:
+    q: queries `(batch, q_len, num_heads, head_dim)`.
+    k: keys `(batch, kv_len, num_kv_heads, head_dim)`; `num_kv_heads` divides
+      `num_heads` (grouped-query / multi-query attention): query head `h` uses
+      kv head `h // (num_heads // num_kv_heads)`.
+    v: values, same shape as `k`. q, k and v share one dtype of float16,
+      bfloat16 or float32; accumulation is float32, the output has their dtype.
+    causal: query `i` sees key `j` only if `j <= i + kv_len - q_len` (aligned
+      at the bottom-right, as in decoding; the usual lower triangle when
+      `q_len == kv_len`).
+    key_lengths: `(batch,)` integer; keys at positions `>= key_lengths[b]` are
+      padding.
+    segment_ids: `(batch, seq)` integer when `q_len == kv_len`, or a pair
+      `((batch, q_len), (batch, kv_len))`; a query attends only to keys of its
+      own segment.
+    scale: softmax scale, a Python float; default `1 / sqrt(head_dim)`.
+    implementation: one of `IMPLEMENTATIONS`: "triton" (fused Triton kernels;
+      compiled on CUDA GPUs, under Triton's interpreter where requested, see
+      `kernels.triton_interpret`), "xla" / "cudnn"
+      (`jax.nn.dot_product_attention`), "reference" (n x n scores, float32),
+      "blockwise" (online softmax in `lax.scan`, O(n) memory). None picks:
+      the compiled Triton kernels on CUDA GPUs; otherwise "xla" while the
+      float32 score matrix fits in `backends.XLA_SCORE_BYTES_LIMIT` bytes
+      ("reference" if xla cannot express the mask), else "blockwise". A named
+      implementation that cannot serve the call raises ValueError.
+
+  Returns:
+    `(batch, q_len, num_heads, head_dim)`. A query with no allowed key gives a
+    zero row and zero gradients.
+  """
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if getattr(x, "ndim", None) != 4:
+      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
+                       f"head_dim), got shape {jnp.shape(x)}")
+    if np.dtype(x.dtype) not in _DTYPES:
+      raise TypeError(f"{name} must be float16, bfloat16 or float32, got "
+                      f"{x.dtype}")
+  if not q.dtype == k.dtype == v.dtype:
+    raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype} "
+                    f"and {v.dtype}")
+  batch, q_len, num_heads, head_dim = q.shape
+  _, kv_len, num_kv_heads, _ = k.shape
+  if k.shape[0] != batch:
+    raise ValueError(f"k has batch {k.shape[0]}, q has batch {batch}")
+  if k.shape[3] != head_dim:
+    raise ValueError(f"head_dim of k ({k.shape[3]}) must equal head_dim of q "
+                     f"({head_dim})")
+  if v.shape != k.shape:
+    raise ValueError(f"v must have the shape of k {k.shape}, got {v.shape}")
+  if num_heads % num_kv_heads:
+    raise ValueError(f"num_heads of q ({num_heads}) must be divisible by the "
+                     f"num_kv_heads of k and v ({num_kv_heads})")
+  if key_lengths is not None:
+    key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
+  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
+  if scale is None:
+    scale = 1.0 / math.sqrt(head_dim)
+  if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+    raise TypeError(f"scale must be a Python float, got {type(scale)}")
+  if implementation is not None and implementation not in backends.REGISTRY:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or "
+                     f"None, got {implementation!r}")
+
+  call = backends.AttentionCall(
+      batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads,
+      num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=np.dtype(q.dtype),
+      causal=bool(causal), has_key_lengths=key_lengths is not None,
+      has_segments=q_seg is not None, platform=jax.default_backend())
+  if implementation is None:
+    backend = backends.select(call)
+  else:
+    backend = backends.REGISTRY[implementation]
+    reason = backend.supports(call)
+    if reason is not None:
+      raise ValueError(f"implementation={implementation!r} cannot serve this "
+                       f"call: {reason}")
+  mask = masking.Mask(causal=bool(causal), key_lengths=key_lengths,
+                      q_segment_ids=q_seg, kv_segment_ids=kv_seg)
+  return backend.fn(q, k, v, mask, float(scale))

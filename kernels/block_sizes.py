@@ -1,0 +1,113 @@
+"""Block sizes, warps and stages of the Triton attention kernels: one table.
+
+NOT MEASURED. No GPU was available when this table was written; the values are
+starting points taken from the defaults of Triton's fused-attention tutorial
+(python/tutorials/06-fused-attention.py) for Hopper: forward BLOCK_M=128,
+BLOCK_N=64 with 4 warps (8 at head_dim 128) and 3 stages; backward
+BLOCK_M1/BLOCK_N1=32/128 (dK/dV) and BLOCK_M2/BLOCK_N2=128/32 (dQ) with 4
+warps and 5 stages. float32 and head_dim 256 rows shrink the tiles so that
+shared memory stays within budget. Replace rows with the output of
+`python scripts/tune_attention.py` run on the target GPU.
+
+Keys are `(kernel, head_dim, dtype name, causal)` where kernel is "fwd",
+"bwd_dkdv" or "bwd_dq"; the backward kernels have no head_dim 256 rows
+(unsupported). Under the interpreter every kernel uses `INTERPRET`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+KERNELS = ("fwd", "bwd_dkdv", "bwd_dq")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tile shape (queries x keys) and launch parameters of one kernel."""
+
+  block_m: int
+  block_n: int
+  num_warps: int
+  num_stages: int
+
+
+# Small tiles keep the interpreter fast; 16 is tl.dot's minimum tile size.
+INTERPRET = BlockSizes(16, 16, 1, 1)
+
+TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
+    ("fwd", 32, "float16", False): BlockSizes(128, 64, 4, 3),
+    ("fwd", 32, "float16", True): BlockSizes(128, 64, 4, 3),
+    ("fwd", 32, "bfloat16", False): BlockSizes(128, 64, 4, 3),
+    ("fwd", 32, "bfloat16", True): BlockSizes(128, 64, 4, 3),
+    ("fwd", 32, "float32", False): BlockSizes(64, 32, 4, 2),
+    ("fwd", 32, "float32", True): BlockSizes(64, 32, 4, 2),
+    ("fwd", 64, "float16", False): BlockSizes(128, 64, 4, 3),
+    ("fwd", 64, "float16", True): BlockSizes(128, 64, 4, 3),
+    ("fwd", 64, "bfloat16", False): BlockSizes(128, 64, 4, 3),
+    ("fwd", 64, "bfloat16", True): BlockSizes(128, 64, 4, 3),
+    ("fwd", 64, "float32", False): BlockSizes(64, 32, 4, 2),
+    ("fwd", 64, "float32", True): BlockSizes(64, 32, 4, 2),
+    ("fwd", 128, "float16", False): BlockSizes(128, 64, 8, 3),
+    ("fwd", 128, "float16", True): BlockSizes(128, 64, 8, 3),
+    ("fwd", 128, "bfloat16", False): BlockSizes(128, 64, 8, 3),
+    ("fwd", 128, "bfloat16", True): BlockSizes(128, 64, 8, 3),
+    ("fwd", 128, "float32", False): BlockSizes(64, 32, 8, 2),
+    ("fwd", 128, "float32", True): BlockSizes(64, 32, 8, 2),
+    ("fwd", 256, "float16", False): BlockSizes(64, 32, 8, 2),
+    ("fwd", 256, "float16", True): BlockSizes(64, 32, 8, 2),
+    ("fwd", 256, "bfloat16", False): BlockSizes(64, 32, 8, 2),
+    ("fwd", 256, "bfloat16", True): BlockSizes(64, 32, 8, 2),
+    ("fwd", 256, "float32", False): BlockSizes(32, 32, 8, 1),
+    ("fwd", 256, "float32", True): BlockSizes(32, 32, 8, 1),
+    ("bwd_dkdv", 32, "float16", False): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 32, "float16", True): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 32, "bfloat16", False): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 32, "bfloat16", True): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 32, "float32", False): BlockSizes(32, 64, 4, 2),
+    ("bwd_dkdv", 32, "float32", True): BlockSizes(32, 64, 4, 2),
+    ("bwd_dkdv", 64, "float16", False): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 64, "float16", True): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(32, 128, 4, 5),
+    ("bwd_dkdv", 64, "float32", False): BlockSizes(32, 64, 4, 2),
+    ("bwd_dkdv", 64, "float32", True): BlockSizes(32, 64, 4, 2),
+    ("bwd_dkdv", 128, "float16", False): BlockSizes(32, 128, 8, 3),
+    ("bwd_dkdv", 128, "float16", True): BlockSizes(32, 128, 8, 3),
+    ("bwd_dkdv", 128, "bfloat16", False): BlockSizes(32, 128, 8, 3),
+    ("bwd_dkdv", 128, "bfloat16", True): BlockSizes(32, 128, 8, 3),
+    ("bwd_dkdv", 128, "float32", False): BlockSizes(16, 64, 8, 1),
+    ("bwd_dkdv", 128, "float32", True): BlockSizes(16, 64, 8, 1),
+    ("bwd_dq", 32, "float16", False): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 32, "float16", True): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 32, "bfloat16", False): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 32, "bfloat16", True): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 32, "float32", False): BlockSizes(64, 32, 4, 2),
+    ("bwd_dq", 32, "float32", True): BlockSizes(64, 32, 4, 2),
+    ("bwd_dq", 64, "float16", False): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 64, "float16", True): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 64, "bfloat16", False): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 64, "bfloat16", True): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 64, "float32", False): BlockSizes(64, 32, 4, 2),
+    ("bwd_dq", 64, "float32", True): BlockSizes(64, 32, 4, 2),
+    ("bwd_dq", 128, "float16", False): BlockSizes(128, 32, 8, 3),
+    ("bwd_dq", 128, "float16", True): BlockSizes(128, 32, 8, 3),
+    ("bwd_dq", 128, "bfloat16", False): BlockSizes(128, 32, 8, 3),
+    ("bwd_dq", 128, "bfloat16", True): BlockSizes(128, 32, 8, 3),
+    ("bwd_dq", 128, "float32", False): BlockSizes(64, 16, 8, 1),
+    ("bwd_dq", 128, "float32", True): BlockSizes(64, 16, 8, 1),
+}
+
+
+def supported_head_dims(kernel: str) -> tuple[int, ...]:
+  """Head dims with a table row for `kernel`."""
+  return tuple(sorted({key[1] for key in TABLE if key[0] == kernel}))
+
+
+def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
+           interpret: bool) -> BlockSizes:
+  """The block sizes of `kernel` for the call; KeyError if there is no row."""
+  if interpret:
+    return INTERPRET
+  return TABLE[(kernel, head_dim, np.dtype(dtype).name, causal)]

@@ -1,0 +1,71 @@
+"""The attention mask, defined once for the pure-JAX implementations.
+
+A query at position `i` may attend to a key at position `j` when all of the
+following hold (the Triton kernels implement the same predicate in
+`triton_attention.py`):
+
+* causal: `j <= i + (kv_len - q_len)`. Causal attention is aligned at the
+  bottom-right, as in decoding: the last query sees every key. For
+  `q_len == kv_len` this is the usual lower triangle (and equals the top-left
+  convention of `jax.nn.dot_product_attention(is_causal=True)`).
+* key lengths: `j < key_lengths[b]` (key padding per example).
+* segments: `q_segment_ids[b, i] == kv_segment_ids[b, j]`.
+
+A query with no allowed key produces a zero output row and zero gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Mask:
+  """Masking arguments in canonical form.
+
+  Attributes:
+    causal: bottom-right aligned causal masking (static).
+    key_lengths: `(batch,) int32` valid key count per example, or None.
+    q_segment_ids: `(batch, q_len) int32` or None (None iff kv_segment_ids is).
+    kv_segment_ids: `(batch, kv_len) int32` or None.
+  """
+
+  causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  key_lengths: jax.Array | None = None
+  q_segment_ids: jax.Array | None = None
+  kv_segment_ids: jax.Array | None = None
+
+  @property
+  def has_segments(self) -> bool:
+    return self.q_segment_ids is not None
+
+
+def allowed(mask: Mask, q_pos: jax.Array, k_pos: jax.Array, q_len: int,
+            kv_len: int) -> jax.Array:
+  """Which (query, key) pairs may attend.
+
+  Args:
+    mask: the masking arguments.
+    q_pos: `(q_block,) int32` absolute query positions.
+    k_pos: `(k_block,) int32` absolute key positions; positions `>= kv_len`
+      (block padding) are never allowed.
+    q_len: total query length.
+    kv_len: total key length.
+
+  Returns:
+    `(batch or 1, q_block, k_block) bool`.
+  """
+  ok = (k_pos < kv_len)[None, None, :]
+  if mask.causal:
+    ok = ok & (k_pos[None, :] <= q_pos[:, None] + (kv_len - q_len))[None]
+  if mask.key_lengths is not None:
+    ok = ok & (k_pos[None, None, :] < mask.key_lengths[:, None, None])
+  if mask.has_segments:
+    q_seg = jnp.take(mask.q_segment_ids, q_pos, axis=1, mode="clip")
+    kv_seg = jnp.take(mask.kv_segment_ids, k_pos, axis=1, mode="clip")
+    ok = ok & (q_seg[:, :, None] == kv_seg[:, None, :])
+  return ok

@@ -1,0 +1,46 @@
+"""Reference attention: the oracle for tests and a fallback on any backend."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kernels import masking
+
+
+def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array,
+                        mask: masking.Mask, scale: float) -> jax.Array:
+  """Computes `softmax(scale * Q K^T + mask) V` with an n x n score matrix.
+
+  Accumulates in float32 at `Precision.HIGHEST`. Grouped-query attention is
+  expressed by reshaping the query heads into (kv_heads, group), so K and V are
+  never repeated. Rows with no allowed key are zero.
+
+  Args:
+    q: `(batch, q_len, num_heads, head_dim)`.
+    k: `(batch, kv_len, num_kv_heads, head_dim)`.
+    v: `(batch, kv_len, num_kv_heads, head_dim)`.
+    mask: masking arguments.
+    scale: softmax scale.
+
+  Returns:
+    `(batch, q_len, num_heads, head_dim)` in the dtype of `q`.
+  """
+  batch, q_len, num_heads, head_dim = q.shape
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  group = num_heads // num_kv_heads
+  hi = jax.lax.Precision.HIGHEST
+  qg = q.astype(jnp.float32).reshape(batch, q_len, num_kv_heads, group,
+                                     head_dim)
+  s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(jnp.float32),
+                 precision=hi) * scale
+  ok = masking.allowed(mask, jnp.arange(q_len), jnp.arange(kv_len), q_len,
+                       kv_len)[:, None, None]
+  s = jnp.where(ok, s, -jnp.inf)
+  m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  p = jnp.exp(s - m)
+  denom = jnp.sum(p, axis=-1, keepdims=True)
+  p = p / jnp.where(denom == 0.0, 1.0, denom)
+  o = jnp.einsum("bhgqk,bkhd->bqhgd", p, v.astype(jnp.float32), precision=hi)
+  return o.reshape(batch, q_len, num_heads, head_dim).astype(q.dtype)
