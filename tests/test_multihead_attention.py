@@ -1,0 +1,151 @@
+"""MultiHeadAttention against flax.linen.MultiHeadDotProductAttention, GQA and
+its decode cache."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_transformer as rt
+import tolerances
+
+BATCH, TIME, FEATURES, HEADS = 2, 7, 16, 4
+
+
+def _inputs(seed=0):
+  return jax.random.normal(jax.random.key(seed), (BATCH, TIME, FEATURES))
+
+
+def _flax_mask(causal, key_lengths):
+  mask = None
+  if key_lengths is not None:
+    valid = jnp.arange(TIME)[None, :] < key_lengths[:, None]
+    mask = nn.make_attention_mask(jnp.ones((BATCH, TIME), bool), valid)
+  if causal:
+    causal_mask = nn.make_causal_mask(jnp.ones((BATCH, TIME)))
+    mask = causal_mask if mask is None else nn.combine_masks(mask,
+                                                             causal_mask)
+  return mask
+
+
+@pytest.mark.parametrize("implementation", ["xla", "reference", "blockwise"])
+@pytest.mark.parametrize("causal,lengths", [(False, None), (True, None),
+                                            (False, (4, 7)), (True, (5, 2))])
+def test_matches_flax_outputs_and_gradients(causal, lengths, implementation):
+  x = _inputs()
+  cotangent = jax.random.normal(jax.random.key(1), x.shape)
+  key_lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+  theirs = nn.MultiHeadDotProductAttention(num_heads=HEADS)
+  params = theirs.init(jax.random.key(2), x, x)["params"]
+  # Non-zero biases, so that the bias mapping is checked too.
+  params = jax.tree.map(
+      lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape),
+      params)
+  ours = rt.MultiHeadAttention(num_heads=HEADS, attention_impl=implementation)
+  chex.assert_trees_all_equal_shapes(
+      ours.init(jax.random.key(0), x)["params"], params)
+
+  def loss_ours(p, x):
+    out = ours.apply({"params": p}, x, causal=causal, key_lengths=key_lengths)
+    return jnp.sum(out * cotangent)
+
+  def loss_theirs(p, x):
+    out = theirs.apply({"params": p}, x, x,
+                       mask=_flax_mask(causal, key_lengths))
+    return jnp.sum(out * cotangent)
+
+  with jax.default_matmul_precision("highest"):
+    out = ours.apply({"params": params}, x, causal=causal,
+                     key_lengths=key_lengths)
+    expected = theirs.apply({"params": params}, x, x,
+                            mask=_flax_mask(causal, key_lengths))
+    grads = jax.grad(loss_ours, argnums=(0, 1))(params, x)
+    expected_grads = jax.grad(loss_theirs, argnums=(0, 1))(params, x)
+  chex.assert_trees_all_close(out, expected, **tolerances.output_tol(x.dtype))
+  chex.assert_trees_all_close(grads, expected_grads,
+                              **tolerances.gradient_tol(x.dtype))
+
+
+def test_grouped_query_equals_multi_head_with_repeated_kv_heads():
+  x = _inputs()
+  gqa = rt.MultiHeadAttention(num_heads=HEADS, num_kv_heads=2)
+  params = gqa.init(jax.random.key(0), x)["params"]
+  mha_params = dict(params)
+  for name in ("key", "value"):  # kv head g serves query heads 2g and 2g + 1
+    mha_params[name] = jax.tree.map(lambda p: jnp.repeat(p, 2, axis=-2),
+                                    params[name])
+  mha = rt.MultiHeadAttention(num_heads=HEADS)
+  chex.assert_trees_all_close(
+      gqa.apply({"params": params}, x, causal=True),
+      mha.apply({"params": mha_params}, x, causal=True),
+      **tolerances.output_tol(jnp.float32))
+
+
+def test_decode_with_chunked_prefill_equals_causal_attention():
+  """Chunks of 3, 1 and 3 tokens after an empty cache, with RoPE and GQA."""
+  x = _inputs()
+  layer = rt.MultiHeadAttention(num_heads=HEADS, num_kv_heads=2, rotary=True)
+  params = layer.init(jax.random.key(0), x)["params"]
+  expected = layer.apply({"params": params}, x, causal=True)
+  _, variables = layer.apply({"params": params}, jnp.zeros((BATCH, 9, FEATURES)),
+                             causal=True, decode=True, mutable=["cache"])
+  outputs = []
+  for start, end in [(0, 3), (3, 4), (4, 7)]:
+    out, variables = layer.apply({"params": params, **variables},
+                                 x[:, start:end], causal=True, decode=True,
+                                 mutable=["cache"])
+    outputs.append(out)
+  assert int(variables["cache"]["cache_index"]) == TIME
+  chex.assert_trees_all_close(jnp.concatenate(outputs, axis=1), expected,
+                              **tolerances.output_tol(jnp.float32))
+
+
+def test_cache_overflow_raises_with_the_limit():
+  x = _inputs()
+  layer = rt.MultiHeadAttention(num_heads=HEADS)
+  params = layer.init(jax.random.key(0), x)["params"]
+  _, variables = layer.apply({"params": params}, x[:, :4], causal=True,
+                             decode=True, mutable=["cache"])
+  _, variables = layer.apply({"params": params, **variables}, x[:, :3],
+                             causal=True, decode=True, mutable=["cache"])
+  with pytest.raises(ValueError, match=r"cache overflow.*5 > .*max_len 4"):
+    layer.apply({"params": params, **variables}, x[:, :2], causal=True,
+                decode=True, mutable=["cache"])
+
+
+def test_cache_overflow_under_jit_poisons_the_output():
+  x = _inputs()
+  layer = rt.MultiHeadAttention(num_heads=HEADS)
+  params = layer.init(jax.random.key(0), x)["params"]
+  _, variables = layer.apply({"params": params}, x[:, :2], causal=True,
+                             decode=True, mutable=["cache"])
+  step = jax.jit(lambda v, x: layer.apply(v, x, causal=True, decode=True,
+                                          mutable=["cache"]))
+  out, variables = step({"params": params, **variables}, x[:, :1])
+  out, variables = step({"params": params, **variables}, x[:, 1:2])
+  assert np.isfinite(out).all()
+  out, _ = step({"params": params, **variables}, x[:, 2:3])
+  assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("features,heads,kv_heads,message", [
+    (16, 3, None, "model width 16 must be divisible by num_heads 3"),
+    (16, 4, 3, "num_heads 4 must be divisible by num_kv_heads 3"),
+])
+def test_bad_head_counts_raise(features, heads, kv_heads, message):
+  x = jnp.zeros((1, 3, features))
+  layer = rt.MultiHeadAttention(num_heads=heads, num_kv_heads=kv_heads)
+  with pytest.raises(ValueError, match=message):
+    layer.init(jax.random.key(0), x)
+
+
+def test_bad_inputs_raise():
+  layer = rt.MultiHeadAttention(num_heads=HEADS)
+  with pytest.raises(ValueError, match=r"inputs_q: expected rank 3"):
+    layer.init(jax.random.key(0), jnp.zeros((3, FEATURES)))
+  with pytest.raises(rt.DTypeError, match=r"inputs_q: expected a floating"):
+    layer.init(jax.random.key(0), jnp.zeros((1, 3, FEATURES), jnp.int32))
+  with pytest.raises(ValueError, match=r"decode=True is causal self-attention"):
+    layer.init(jax.random.key(0), jnp.zeros((1, 3, FEATURES)), decode=True)

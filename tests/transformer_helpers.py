@@ -1,0 +1,56 @@
+"""Small configs and the cached-decoding driver shared by the Transformer tests."""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+
+import kernels
+import rnn_transformer as rt
+
+VOCAB = 13
+
+
+def tiny_config(**changes) -> rt.ModelConfig:
+  """Two layers, width 16, four heads of 4: fast on a CPU."""
+  fields = dict(vocab_size=VOCAB, num_layers=2, model_dim=16, num_heads=4,
+                mlp_dim=32, max_len=16)
+  fields.update(changes)
+  return rt.ModelConfig(**fields)
+
+
+def triton_config(**changes) -> rt.ModelConfig:
+  """The smallest model the Triton kernels take (head_dim 32), one layer."""
+  fields = dict(vocab_size=VOCAB, num_layers=1, model_dim=64, num_heads=2,
+                num_kv_heads=1, mlp_dim=32, max_len=8)
+  fields.update(changes)
+  return rt.ModelConfig(**fields)
+
+
+def implementation_context(implementation: str):
+  """Triton runs under the interpreter on a CPU; the others need nothing."""
+  if implementation == "triton":
+    return kernels.triton_interpret(True)
+  return contextlib.nullcontext()
+
+
+def tokens(shape, seed: int = 0) -> jax.Array:
+  return jax.random.randint(jax.random.key(seed), shape, 0, VOCAB)
+
+
+def cached_logits(model, params, inputs, prompt_len: int, cache_len: int):
+  """Logits of a prompt prefill then one decode call per remaining token."""
+  batch, time = inputs.shape
+  _, variables = model.apply({"params": params},
+                             jnp.zeros((batch, cache_len), jnp.int32),
+                             decode=True, mutable=["cache"])
+  cache = variables["cache"]
+  pieces = []
+  chunks = [(0, prompt_len)] + [(t, t + 1) for t in range(prompt_len, time)]
+  for start, end in chunks:
+    out, variables = model.apply({"params": params, "cache": cache},
+                                 inputs[:, start:end], decode=True,
+                                 mutable=["cache"])
+    cache = variables["cache"]
+    pieces.append(out.logits)
+  return jnp.concatenate(pieces, axis=1)
