@@ -1,6 +1,7 @@
 """Small configs and the cached-decoding driver shared by the Transformer tests."""
 
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +42,16 @@ def tokens(shape, seed: int = 0) -> jax.Array:
 def cached_logits(model, params, inputs, prompt_len: int, cache_len: int):
   """Logits of a prompt prefill then one decode call per remaining token."""
   batch, time = inputs.shape
-  _, variables = model.apply({"params": params},
-                             jnp.zeros((batch, cache_len), jnp.int32),
-                             decode=True, mutable=["cache"])
+  decode = jax.jit(functools.partial(model.apply, decode=True,
+                                     mutable=["cache"]))
+  _, variables = decode({"params": params},
+                        jnp.zeros((batch, cache_len), jnp.int32))
   cache = variables["cache"]
   pieces = []
   chunks = [(0, prompt_len)] + [(t, t + 1) for t in range(prompt_len, time)]
   for start, end in chunks:
-    out, variables = model.apply({"params": params, "cache": cache},
-                                 inputs[:, start:end], decode=True,
-                                 mutable=["cache"])
+    out, variables = decode({"params": params, "cache": cache},
+                            inputs[:, start:end])
     cache = variables["cache"]
     pieces.append(out.logits)
   return jnp.concatenate(pieces, axis=1)
