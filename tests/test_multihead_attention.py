@@ -10,6 +10,7 @@ import pytest
 
 import rnn_transformer as rt
 import tolerances
+from transformer_helpers import init_params
 
 BATCH, TIME, FEATURES, HEADS = 2, 7, 16, 4
 
@@ -39,14 +40,10 @@ def test_matches_flax_outputs_and_gradients(causal, lengths, implementation):
   cotangent = jax.random.normal(jax.random.key(1), x.shape)
   key_lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
   theirs = nn.MultiHeadDotProductAttention(num_heads=HEADS)
-  params = theirs.init(jax.random.key(2), x, x)["params"]
-  # Non-zero biases, so that the bias mapping is checked too.
-  params = jax.tree.map(
-      lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape),
-      params)
   ours = rt.MultiHeadAttention(num_heads=HEADS, attention_impl=implementation)
+  params = init_params(ours, x)
   chex.assert_trees_all_equal_shapes(
-      ours.init(jax.random.key(0), x)["params"], params)
+      jax.eval_shape(theirs.init, jax.random.key(0), x, x)["params"], params)
 
   def ours_fn(p, x):
     return ours.apply({"params": p}, x, causal=causal, key_lengths=key_lengths)
@@ -71,15 +68,16 @@ def test_matches_flax_outputs_and_gradients(causal, lengths, implementation):
 def test_grouped_query_equals_multi_head_with_repeated_kv_heads():
   x = _inputs()
   gqa = rt.MultiHeadAttention(num_heads=HEADS, num_kv_heads=2)
-  params = gqa.init(jax.random.key(0), x)["params"]
+  params = init_params(gqa, x)
   mha_params = dict(params)
   for name in ("key", "value"):  # kv head g serves query heads 2g and 2g + 1
     mha_params[name] = jax.tree.map(lambda p: jnp.repeat(p, 2, axis=-2),
                                     params[name])
   mha = rt.MultiHeadAttention(num_heads=HEADS)
+  apply = jax.jit(lambda p, module: module.apply({"params": p}, x,
+                                                 causal=True), static_argnums=1)
   chex.assert_trees_all_close(
-      gqa.apply({"params": params}, x, causal=True),
-      mha.apply({"params": mha_params}, x, causal=True),
+      apply(params, gqa), apply(mha_params, mha),
       **tolerances.output_tol(jnp.float32))
 
 
@@ -87,7 +85,7 @@ def test_decode_with_chunked_prefill_equals_causal_attention():
   """Chunks of 3, 1 and 3 tokens after an empty cache, with RoPE and GQA."""
   x = _inputs()
   layer = rt.MultiHeadAttention(num_heads=HEADS, num_kv_heads=2, rotary=True)
-  params = layer.init(jax.random.key(0), x)["params"]
+  params = init_params(layer, x)
   expected = layer.apply({"params": params}, x, causal=True)
   decode = jax.jit(lambda v, x: layer.apply(v, x, causal=True, decode=True,
                                             mutable=["cache"]))
@@ -104,7 +102,7 @@ def test_decode_with_chunked_prefill_equals_causal_attention():
 def test_cache_overflow_raises_with_the_limit():
   x = _inputs()
   layer = rt.MultiHeadAttention(num_heads=HEADS)
-  params = layer.init(jax.random.key(0), x)["params"]
+  params = init_params(layer, x)
   _, variables = layer.apply({"params": params}, x[:, :4], causal=True,
                              decode=True, mutable=["cache"])
   _, variables = layer.apply({"params": params, **variables}, x[:, :3],
@@ -117,7 +115,7 @@ def test_cache_overflow_raises_with_the_limit():
 def test_cache_overflow_under_jit_poisons_the_output():
   x = _inputs()
   layer = rt.MultiHeadAttention(num_heads=HEADS)
-  params = layer.init(jax.random.key(0), x)["params"]
+  params = init_params(layer, x)
   _, variables = layer.apply({"params": params}, x[:, :2], causal=True,
                              decode=True, mutable=["cache"])
   step = jax.jit(lambda v, x: layer.apply(v, x, causal=True, decode=True,
@@ -137,14 +135,15 @@ def test_bad_head_counts_raise(features, heads, kv_heads, message):
   x = jnp.zeros((1, 3, features))
   layer = rt.MultiHeadAttention(num_heads=heads, num_kv_heads=kv_heads)
   with pytest.raises(ValueError, match=message):
-    layer.init(jax.random.key(0), x)
+    jax.eval_shape(layer.init, jax.random.key(0), x)
 
 
 def test_bad_inputs_raise():
-  layer = rt.MultiHeadAttention(num_heads=HEADS)
+  init = jax.jit(rt.MultiHeadAttention(num_heads=HEADS).init,
+                 static_argnames="decode")
   with pytest.raises(ValueError, match=r"inputs_q: expected rank 3"):
-    layer.init(jax.random.key(0), jnp.zeros((3, FEATURES)))
+    init(jax.random.key(0), jnp.zeros((3, FEATURES)))
   with pytest.raises(rt.DTypeError, match=r"inputs_q: expected a floating"):
-    layer.init(jax.random.key(0), jnp.zeros((1, 3, FEATURES), jnp.int32))
+    init(jax.random.key(0), jnp.zeros((1, 3, FEATURES), jnp.int32))
   with pytest.raises(ValueError, match=r"decode=True is causal self-attention"):
-    layer.init(jax.random.key(0), jnp.zeros((1, 3, FEATURES)), decode=True)
+    init(jax.random.key(0), jnp.zeros((1, 3, FEATURES)), decode=True)

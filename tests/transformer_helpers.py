@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import kernels
 import rnn_transformer as rt
@@ -37,6 +38,27 @@ def implementation_context(implementation: str):
 
 def tokens(shape, seed: int = 0) -> jax.Array:
   return jax.random.randint(jax.random.key(seed), shape, 0, VOCAB)
+
+
+def init_params(model, inputs, seed: int = 0, **kwargs):
+  """Random parameters with the shapes of `model.init`, drawn on the host.
+
+  The identities under test hold for any parameters; tracing init and
+  filling it with numpy noise avoids compiling the initialisers, which
+  dominates a tiny model's test time on a CPU. LayerNorm scales are near 1,
+  everything else N(0, 0.3^2), so biases are non-zero too.
+  """
+  shapes = jax.eval_shape(functools.partial(model.init, **kwargs),
+                          jax.random.key(seed), inputs)["params"]
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    noise = rng.normal(0.0, 0.3, leaf.shape)
+    if jax.tree_util.keystr(path).endswith("['scale']"):
+      noise = 1.0 + noise / 3
+    return jnp.asarray(noise, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def cached_logits(model, params, inputs, prompt_len: int, cache_len: int):
