@@ -20,7 +20,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from rnn_transformer import validation
 from rnn_transformer.cells import GRUCell
@@ -105,7 +104,3 @@ def build_backbone(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
         config)
   return RecurrentBackbone(config)
 
-
-def count_params(params: Any) -> int:
-  """Number of scalars in a parameter tree."""
-  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
