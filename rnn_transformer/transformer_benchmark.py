@@ -75,29 +75,6 @@ def time_training(config: ml_collections.ConfigDict, model_config: ModelConfig,
   return rows
 
 
-def generate_without_cache(model: TransformerLM, params: Any, prompt: jax.Array,
-                           max_new_tokens: int) -> jax.Array:
-  """Greedy tokens by a full forward over the whole buffer for every token.
-
-  The buffer has its final length from the start, so one compiled forward
-  serves every step; causal attention keeps the not-yet-written zeros from
-  affecting earlier positions.
-  """
-  batch, prompt_len = prompt.shape
-  total = prompt_len + max_new_tokens
-  tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(prompt)
-
-  def step(i, tokens):
-    logits = model.apply({"params": params}, tokens).logits
-    position = prompt_len + i
-    last = jax.lax.dynamic_index_in_dim(logits, position - 1, axis=1,
-                                        keepdims=False)
-    token = jnp.argmax(last, axis=-1).astype(jnp.int32)
-    return jax.lax.dynamic_update_slice(tokens, token[:, None], (0, position))
-
-  return jax.lax.fori_loop(0, max_new_tokens, step, tokens)
-
-
 def time_generation(config: ml_collections.ConfigDict,
                     model_config: ModelConfig) -> list[dict[str, Any]]:
   """Greedy generation with and without the cache; asserts equal tokens."""
@@ -106,7 +83,7 @@ def time_generation(config: ml_collections.ConfigDict,
                               (config.gen_batch, config.prompt_len), 0,
                               model_config.vocab_size)
   params = jax.jit(model.init)(jax.random.key(0), prompt)["params"]
-  uncached = jax.jit(generate_without_cache, static_argnums=(0, 3))
+  uncached = jax.jit(generation.greedy_by_recompute, static_argnums=(0, 3))
   calls = {
       "with KV cache": lambda: generation.generate(model, params, prompt,
                                                    config.new_tokens),

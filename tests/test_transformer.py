@@ -219,3 +219,22 @@ def test_encoder_cannot_decode():
   with pytest.raises(ValueError, match="decode=True needs a causal model"):
     jax.eval_shape(functools.partial(model.init, decode=True),
                    jax.random.key(0), tokens((1, 4)))
+
+
+def test_dropout_only_when_not_deterministic():
+  config = tiny_config(dropout_rate=0.5)
+  model = rt.TransformerLM(config)
+  x = tokens((2, 6))
+  params = init_params(model, x)
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def logits(model, deterministic, seed):
+    return model.apply({"params": params}, x, deterministic=deterministic,
+                       rngs={"dropout": jax.random.key(seed)}).logits
+
+  no_dropout = rt.TransformerLM(config.replace(dropout_rate=0.0))
+  np.testing.assert_array_equal(logits(model, True, 0),
+                                logits(no_dropout, True, 0))
+  dropped = logits(model, False, 0)
+  assert np.abs(dropped - logits(model, True, 0)).max() > 1e-3
+  np.testing.assert_array_equal(dropped, logits(model, False, 0))
