@@ -109,8 +109,8 @@ def test_backbones_share_one_interface():
   for backbone in rt.model_config.BACKBONES:
     config.backbone = backbone
     model = rt.build_backbone(config)
-    out = jax.eval_shape(lambda: model.init_with_output(
-        jax.random.key(0), x)[0])
+    out = jax.eval_shape(functools.partial(model.init_with_output,
+                                           jax.random.key(0)), x)[0]
     chex.assert_shape([out.features, out.logits], [(2, 5, 8), (2, 5, VOCAB)])
   floats = jnp.zeros((2, 5, 3))
   for backbone in ("transformer", "gru"):
