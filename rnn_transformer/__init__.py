@@ -4,34 +4,69 @@ Recurrent cells (`SimpleRNNCell`, `LSTMCell`, `GRUCell`) run over time by
 `RNN` (lax.scan through Flax's lifted scan), stacked by `StackedRNN` and
 `Bidirectional`; gradient-flow probes in `gradient_flow`; recurrent
 initialisers in `initializers`.
+
+Transformers: `MultiHeadAttention` on the kernels of `kernels.attention`
+(grouped-query, masks, KV-cache decoding), positional encodings
+(sinusoidal, learned, rotary), `TransformerBlock`, `TransformerEncoder` and
+`TransformerLM`. `build_backbone(ModelConfig(backbone=...))` builds any of
+"rnn", "lstm", "gru" or "transformer" behind one interface, and `generate`
+samples from any causal one through its decode cache.
 """
 
 from rnn_transformer import gradient_flow
 from rnn_transformer import initializers
+from rnn_transformer.attention import MultiHeadAttention
+from rnn_transformer.backbones import build_backbone
+from rnn_transformer.backbones import RecurrentBackbone
 from rnn_transformer.cells import FusedGateCell
 from rnn_transformer.cells import GRUCell
 from rnn_transformer.cells import LSTMCell
 from rnn_transformer.cells import SimpleRNNCell
+from rnn_transformer.generation import generate
+from rnn_transformer.model_config import BackboneOutput
+from rnn_transformer.model_config import ModelConfig
+from rnn_transformer.positional import LearnedPositionEmbedding
+from rnn_transformer.positional import rotary_position_embedding
+from rnn_transformer.positional import sinusoidal_position_encoding
 from rnn_transformer.recurrent import Bidirectional
 from rnn_transformer.recurrent import flip_sequences
 from rnn_transformer.recurrent import RNN
 from rnn_transformer.recurrent import StackedRNN
 from rnn_transformer.spectral import spectral_radius
+from rnn_transformer.transformer import stack_block_params
+from rnn_transformer.transformer import TransformerBlock
+from rnn_transformer.transformer import TransformerEncoder
+from rnn_transformer.transformer import TransformerLM
+from rnn_transformer.transformer import unstack_block_params
 from rnn_transformer.validation import DTypeError
 
 __all__ = [
+    "BackboneOutput",
     "Bidirectional",
     "DTypeError",
     "FusedGateCell",
     "GRUCell",
     "LSTMCell",
+    "LearnedPositionEmbedding",
+    "ModelConfig",
+    "MultiHeadAttention",
     "RNN",
+    "RecurrentBackbone",
     "SimpleRNNCell",
     "StackedRNN",
+    "TransformerBlock",
+    "TransformerEncoder",
+    "TransformerLM",
+    "build_backbone",
     "flip_sequences",
+    "generate",
     "gradient_flow",
     "initializers",
+    "rotary_position_embedding",
+    "sinusoidal_position_encoding",
     "spectral_radius",
+    "stack_block_params",
+    "unstack_block_params",
 ]
 
 __version__ = "0.1.0"

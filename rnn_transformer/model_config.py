@@ -1,0 +1,172 @@
+"""The hyper-parameters of every backbone, and what every backbone returns.
+
+One frozen `ModelConfig` describes a recurrent or a Transformer model (as flax
+lm1b's `TransformerConfig` does for its Transformer), so a task swaps
+architectures by changing `backbone`. `BackboneOutput` is the common result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+BACKBONES = ("rnn", "lstm", "gru", "transformer")
+POSITIONAL_ENCODINGS = ("none", "sinusoidal", "learned", "rope")
+NORMS = ("pre", "post")
+ACTIVATIONS = ("gelu", "relu")
+
+
+def check_heads(features: int, num_heads: int,
+                num_kv_heads: int | None) -> None:
+  """Raises unless `features` splits into `num_heads` heads in kv groups."""
+  if num_heads < 1:
+    raise ValueError(f"num_heads: expected a positive integer, got {num_heads}")
+  if features % num_heads:
+    raise ValueError(
+        f"model width {features} must be divisible by num_heads {num_heads}")
+  if num_kv_heads is not None and (num_kv_heads < 1 or
+                                   num_heads % num_kv_heads):
+    raise ValueError(
+        f"num_heads {num_heads} must be divisible by num_kv_heads "
+        f"{num_kv_heads} (a positive divisor)")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a backbone (recurrent or Transformer).
+
+  Attributes:
+    backbone: "rnn" (Elman), "lstm", "gru" or "transformer".
+    vocab_size: inputs are `(batch, time)` token ids in `[0, vocab_size)`,
+      embedded to `model_dim`. None: inputs are `(batch, time, features)`
+      floats (projected to `model_dim` by the Transformer, fed as they are to
+      the recurrent layers).
+    output_size: size of the logits; None means `vocab_size` (a language
+      model), or no logits when `vocab_size` is None too.
+    causal: True for a left-to-right model (language model, decodable);
+      False for a bidirectional encoder (bidirectional recurrent layers).
+    num_layers: Transformer blocks or recurrent layers.
+    model_dim: width of the residual stream / hidden size of each recurrent
+      layer.
+    dropout_rate: dropout on embeddings, on the attention and feed-forward
+      outputs before each residual add, and between recurrent layers.
+    tie_embeddings: logits are `features @ embedding^T` (Press and Wolf,
+      2017); needs `vocab_size` and `output_size` in (None, vocab_size).
+    dtype: compute dtype (None: float32); parameters are `param_dtype`.
+    num_heads, num_kv_heads: attention heads; `num_kv_heads < num_heads` is
+      grouped-query attention (None: as many as `num_heads`).
+    mlp_dim: hidden width of the feed-forward layer (None: 4 * model_dim).
+    max_len: the longest sequence (and decode cache) a Transformer accepts.
+    positional: "sinusoidal", "learned" (absolute, added to the embeddings),
+      "rope" (rotary, applied to q and k in every layer) or "none".
+    rope_base: the base (max timescale) of the rotary frequencies.
+    norm: "pre" (LayerNorm before each sub-layer, plus a final one) or "post"
+      (after each residual add, as in Vaswani et al., 2017).
+    activation: "gelu" or "relu" in the feed-forward layer.
+    attention_impl: passed to `kernels.attention` (None: automatic).
+    remat: rematerialise each block in the backward pass (`nn.remat`).
+    scan_layers: run the blocks with `nn.scan` over stacked parameters, so
+      compile time does not grow with depth.
+  """
+  backbone: str = "transformer"
+  vocab_size: int | None = None
+  output_size: int | None = None
+  causal: bool = True
+  num_layers: int = 2
+  model_dim: int = 64
+  dropout_rate: float = 0.0
+  tie_embeddings: bool = False
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  num_heads: int = 4
+  num_kv_heads: int | None = None
+  mlp_dim: int | None = None
+  max_len: int = 512
+  positional: str = "sinusoidal"
+  rope_base: float = 10_000.0
+  norm: str = "pre"
+  activation: str = "gelu"
+  attention_impl: str | None = None
+  remat: bool = False
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    _check_choice("backbone", self.backbone, BACKBONES)
+    _check_choice("positional", self.positional, POSITIONAL_ENCODINGS)
+    _check_choice("norm", self.norm, NORMS)
+    _check_choice("activation", self.activation, ACTIVATIONS)
+    for name in ("num_layers", "model_dim", "max_len"):
+      if getattr(self, name) < 1:
+        raise ValueError(
+            f"{name}: expected a positive integer, got {getattr(self, name)}")
+    for name in ("vocab_size", "output_size", "mlp_dim"):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"{name}: expected a positive integer or None, got "
+                         f"{value}")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(
+          f"dropout_rate: expected a value in [0, 1), got {self.dropout_rate}")
+    if self.tie_embeddings and (self.vocab_size is None or self.output_size
+                                not in (None, self.vocab_size)):
+      raise ValueError(
+          "tie_embeddings needs token inputs (vocab_size) and logits over the "
+          f"vocabulary; got vocab_size={self.vocab_size}, "
+          f"output_size={self.output_size}")
+    if self.backbone == "transformer":
+      check_heads(self.model_dim, self.num_heads, self.num_kv_heads)
+      if self.positional == "rope" and self.head_dim % 2:
+        raise ValueError(
+            f"positional='rope' needs an even head_dim, got {self.head_dim}")
+      if self.positional == "sinusoidal" and self.model_dim % 2:
+        raise ValueError("positional='sinusoidal' needs an even model_dim, "
+                         f"got {self.model_dim}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.model_dim // self.num_heads
+
+  @property
+  def logits_size(self) -> int | None:
+    return self.vocab_size if self.output_size is None else self.output_size
+
+  @property
+  def feed_forward_dim(self) -> int:
+    return 4 * self.model_dim if self.mlp_dim is None else self.mlp_dim
+
+  def replace(self, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_mapping(cls, mapping: Mapping[str, Any]) -> ModelConfig:
+    """From a dict or `ml_collections.ConfigDict` with the same field names."""
+    if hasattr(mapping, "to_dict"):
+      mapping = mapping.to_dict()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - fields)
+    if unknown:
+      raise ValueError(f"model config: unknown fields {unknown}; expected "
+                       f"names from {sorted(fields)}")
+    return cls(**mapping)
+
+
+class BackboneOutput(flax.struct.PyTreeNode):
+  """What every backbone returns.
+
+  Attributes:
+    features: `(batch, time, model_dim)` per-step features (twice model_dim
+      for a bidirectional recurrent backbone).
+    logits: `(batch, time, logits_size)`, or None without an output layer.
+  """
+  features: jax.Array
+  logits: jax.Array | None

@@ -1,0 +1,43 @@
+"""The Transformer benchmark script runs end to end on a tiny config."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run_script(*flags, cwd):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+  return subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "bench_transformer.py"),
+       f"--config={REPO / 'configs' / 'bench_transformer.py'}:tiny", *flags],
+      capture_output=True, text=True, check=False, timeout=300, cwd=cwd,
+      env=env)
+
+
+def test_bench_transformer_script_times_training_and_generation(tmp_path):
+  result = _run_script("--config.implementations=('xla', 'cudnn')",
+                       "--config.seq_lens=(8,)", f"--output_dir={tmp_path}",
+                       cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "| with KV cache | 8 |" in result.stdout
+  with open(tmp_path / "bench_transformer.json") as f:
+    report = json.load(f)
+  assert [(r["implementation"], r["seq_len"]) for r in report["training"]] == [
+      ("xla", 8)]
+  assert [r["mode"] for r in report["generation"]] == [
+      "with KV cache", "without cache (full forward per token)"]
+  assert all(r["tokens_per_s"] > 0 for r in report["training"] +
+             report["generation"])
+  # cuDNN needs a GPU: reported as skipped with the reason, never silently.
+  assert [s.split(":")[0] for s in report["skipped"]] == ["cudnn"]
+
+
+def test_bench_transformer_rejects_an_unknown_implementation(tmp_path):
+  result = _run_script("--config.implementations=('flash',)", cwd=tmp_path)
+  assert result.returncode != 0
+  assert "config.implementations: expected names from" in result.stderr

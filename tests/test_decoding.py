@@ -1,0 +1,140 @@
+"""Cached decoding equals the full forward pass; `generate` against a greedy
+full-recompute oracle, for Transformer and recurrent backbones."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import rnn_transformer as rt
+import tolerances
+from transformer_helpers import cached_logits
+from transformer_helpers import implementation_context
+from transformer_helpers import init_params
+from transformer_helpers import tiny_config
+from transformer_helpers import tokens
+from transformer_helpers import triton_config
+from transformer_helpers import VOCAB
+
+# Every implementation available on a CPU and every positional encoding, each
+# with grouped-query attention (2 kv heads for 4 query heads, 1 for 2).
+DECODE_CASES = [
+    ("xla", "none", False), ("xla", "rope", False),
+    ("reference", "sinusoidal", False), ("reference", "learned", False),
+    ("blockwise", "rope", False), ("blockwise", "learned", False),
+    ("xla", "sinusoidal", True), ("triton", "rope", False),
+]
+
+
+@pytest.mark.parametrize("implementation,positional,scan_layers",
+                         DECODE_CASES)
+def test_prefill_then_steps_equal_the_full_forward(implementation, positional,
+                                                   scan_layers):
+  if implementation == "triton":  # interpreted: the smallest shapes it takes
+    config = triton_config(positional=positional, attention_impl="triton")
+    x, prompt_len, cache_len = tokens((1, 6)), 3, 8
+  else:
+    config = tiny_config(positional=positional, num_kv_heads=2,
+                         attention_impl=implementation,
+                         scan_layers=scan_layers)
+    x, prompt_len, cache_len = tokens((2, 9)), 4, 12
+  model = rt.TransformerLM(config)
+  with implementation_context(implementation):
+    params = init_params(model, x)
+    expected = jax.jit(model.apply)({"params": params}, x).logits
+    logits = cached_logits(model, params, x, prompt_len, cache_len)
+  chex.assert_trees_all_close(logits, expected,
+                              **tolerances.output_tol(jnp.float32))
+
+
+@pytest.mark.parametrize("backbone", ["lstm", "gru", "rnn"])
+def test_recurrent_carry_cache_equals_the_full_forward(backbone):
+  model = rt.build_backbone(tiny_config(backbone=backbone))
+  x = tokens((2, 9))
+  params = init_params(model, x)
+  expected = jax.jit(model.apply)({"params": params}, x).logits
+  chex.assert_trees_all_close(cached_logits(model, params, x, 4, 9), expected,
+                              **tolerances.output_tol(jnp.float32))
+
+
+def _greedy_oracle(model, params, prompt, max_new_tokens):
+  """Greedy continuation by re-running the whole sequence for every token."""
+  apply = jax.jit(model.apply)
+  seq = prompt
+  for _ in range(max_new_tokens):
+    nxt = jnp.argmax(apply({"params": params}, seq).logits[:, -1], axis=-1)
+    seq = jnp.concatenate([seq, nxt[:, None].astype(seq.dtype)], axis=1)
+  return seq
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "lstm"])
+def test_greedy_generation_equals_full_recompute(backbone):
+  model = rt.build_backbone(tiny_config(backbone=backbone,
+                                        positional="rope"))
+  prompt = tokens((2, 3))
+  params = init_params(model, prompt)
+  out = rt.generate(model, params, prompt, 5)
+  np.testing.assert_array_equal(out, _greedy_oracle(model, params, prompt, 5))
+
+
+def test_top_k_sampling_stays_in_the_top_k():
+  model = rt.TransformerLM(tiny_config())
+  prompt = tokens((3, 2))
+  params = init_params(model, prompt)
+  out = rt.generate(model, params, prompt, 6, temperature=1.5, top_k=2,
+                    rng=jax.random.key(1))
+  np.testing.assert_array_equal(out[:, :2], prompt)
+  logits = jax.jit(model.apply)({"params": params}, out).logits
+  top2 = jax.lax.top_k(logits[:, 1:-1], 2)[1]           # predicts out[:, 2:]
+  assert (top2 == out[:, 2:, None]).any(-1).all()
+  greedy = rt.generate(model, params, prompt, 6)
+  np.testing.assert_array_equal(
+      rt.generate(model, params, prompt, 6, temperature=1.0, top_k=1,
+                  rng=jax.random.key(2)), greedy)
+
+
+def test_generation_rejects_bad_input():
+  model = rt.TransformerLM(tiny_config(max_len=8))
+  prompt = tokens((1, 3))
+  params = init_params(model, prompt)
+  with pytest.raises(ValueError, match=r"cache overflow: prompt length 3 \+ "
+                     r"max_new_tokens 6 = 9 exceeds the model's max_len 8"):
+    rt.generate(model, params, prompt, 6)
+  with pytest.raises(ValueError, match=rf"vocab_size={VOCAB}\)"):
+    rt.generate(model, params, prompt.at[0, 0].set(VOCAB), 2)
+  with pytest.raises(ValueError, match="rng: a PRNG key is required"):
+    rt.generate(model, params, prompt, 2, temperature=1.0)
+  encoder = rt.TransformerEncoder(tiny_config(causal=False))
+  with pytest.raises(ValueError, match="expected a causal backbone"):
+    rt.generate(encoder, params, prompt, 2)
+
+
+def test_backbones_share_one_interface():
+  """One ConfigDict, four architectures: tokens in, features and logits out."""
+  config = ml_collections.ConfigDict(dict(
+      backbone="transformer", vocab_size=VOCAB, num_layers=1, model_dim=8,
+      num_heads=2, max_len=8))
+  x = tokens((2, 5))
+  for backbone in rt.model_config.BACKBONES:
+    config.backbone = backbone
+    model = rt.build_backbone(config)
+    out = jax.eval_shape(lambda: model.init_with_output(
+        jax.random.key(0), x)[0])
+    chex.assert_shape([out.features, out.logits], [(2, 5, 8), (2, 5, VOCAB)])
+  floats = jnp.zeros((2, 5, 3))
+  for backbone in ("transformer", "gru"):
+    model = rt.build_backbone(rt.ModelConfig(backbone=backbone, model_dim=8,
+                                             num_heads=2, output_size=4,
+                                             causal=False))
+    out = jax.eval_shape(functools.partial(model.init_with_output,
+                                           jax.random.key(0)), floats)[0]
+    width = 16 if backbone == "gru" else 8  # bidirectional: both directions
+    chex.assert_shape([out.features, out.logits], [(2, 5, width), (2, 5, 4)])
+  with pytest.raises(ValueError, match=r"unknown fields \['hidden'\]"):
+    rt.build_backbone(dict(backbone="lstm", hidden=3))
+  with pytest.raises(TypeError, match="config: expected a ModelConfig"):
+    rt.build_backbone("lstm")
