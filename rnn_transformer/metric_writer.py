@@ -1,0 +1,93 @@
+"""Where training metrics go: a JSONL file, TensorBoard events, the terminal.
+
+Only process 0 writes (as clu's writers do), so a multi-host run leaves one
+record. Every record carries its step; the JSONL file is line-buffered, so a
+killed run keeps every line it logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files.
+
+  Args:
+    workdir: the run's directory.
+    total_steps: for the progress bar.
+    progress_bar: draw a progress bar when stdout is a terminal; otherwise
+      each training record is printed as one line.
+  """
+
+  def __init__(self, workdir: str, total_steps: int,
+               progress_bar: bool = True):
+    self._active = jax.process_index() == 0
+    self._total = total_steps
+    self._bar = progress_bar and sys.stdout.isatty()
+    self._jsonl = None
+    self._events = None
+    if not self._active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a",  # noqa: SIM115
+                       buffering=1, encoding="utf-8")
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
+    self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+    """Records `scalars` of `split` ("train" or "eval") at `step`."""
+    if not self._active:
+      return
+    values = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": step, "split": split,
+                                  "time": time.time(), **values}) + "\n")
+    self._write_events(step, split, values)
+    line = f"{split} step {step}/{self._total}: " + ", ".join(
+        f"{k}={_fmt(v)}" for k, v in values.items())
+    if self._bar and split == "train":
+      done = int(30 * step / max(self._total, 1))
+      print(f"\r[{'#' * done}{'.' * (30 - done)}] {line}"[:200], end="",
+            flush=True)
+    else:
+      print(("\n" if self._bar else "") + line, flush=True)
+
+  def text(self, step: int, tag: str, value: str) -> None:
+    """Records a text sample (e.g. generated characters)."""
+    if not self._active:
+      return
+    self._jsonl.write(json.dumps({"step": step, "split": "sample", tag: value})
+                      + "\n")
+    print(("\n" if self._bar else "") + f"{tag} at step {step}: {value!r}",
+          flush=True)
+
+  def _write_events(self, step: int, split: str,
+                    values: Mapping[str, float]) -> None:
+    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
+    from tensorboard.compat.proto import summary_pb2  # noqa: PLC0415
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=v)
+        for k, v in values.items() if math.isfinite(v)])
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                           summary=summary))
+
+  def close(self) -> None:
+    if self._bar:
+      print(flush=True)
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._events.close()
+      self._jsonl = self._events = None
+
+
+def _fmt(value: float) -> str:
+  return f"{value:.4g}"

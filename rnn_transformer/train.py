@@ -1,0 +1,359 @@
+"""The training loop: optax, orbax checkpoints, metrics, data parallelism.
+
+`train_and_evaluate(config, workdir)` trains `config.model` on `config.task`
+and is what `scripts/train.py` runs. Relaunching with the same workdir
+resumes from the latest checkpoint, including the optimizer state, the step
+and so the data-stream position (batch `s` is a pure function of the seed
+and `s`), so an interrupted run continued to the end equals an uninterrupted
+one.
+
+Data parallelism: one `data` mesh axis over all devices; batches are split
+along it, parameters and optimizer state are replicated; XLA inserts the
+gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rnn_transformer import generation
+from rnn_transformer import metric_writer
+from rnn_transformer import tasks
+from rnn_transformer import train_config  # noqa: F401 (scripts use train.train_config)
+from rnn_transformer.backbones import build_backbone
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Dense bf16 peak FLOP/s per device, for model FLOPs utilisation on GPUs.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is intact."""
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warmup and cosine decay, after global-norm clipping.
+
+  Clipping the global gradient norm is the seed's cure for exploding
+  gradients (Pascanu et al., 2013).
+  """
+  train = config.train
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train.learning_rate,
+      warmup_steps=train.warmup_steps, decay_steps=train.steps, end_value=0.0)
+  parts = []
+  if train.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
+  parts.append(optax.adamw(schedule, weight_decay=train.weight_decay))
+  return optax.chain(*parts), schedule
+
+
+def _loss_and_metrics(model: nn.Module, task: tasks.Task, params: Any,
+                      batch: tasks.Batch, rng: jax.Array,
+                      deterministic: bool) -> tuple[jax.Array, dict]:
+  out = model.apply({"params": params}, batch["inputs"],
+                    deterministic=deterministic, rngs={"dropout": rng})
+  metrics = task.metrics(out.logits, batch)
+  return metrics["loss"], metrics
+
+
+def make_train_step(model: nn.Module, task: tasks.Task,
+                    schedule: optax.Schedule, grad_accum_steps: int):
+  """`(state, batch, rng) -> (state, metrics)`; averages micro-batch grads."""
+
+  def grads_of(params, batch, rng):
+    grad_fn = jax.value_and_grad(_loss_and_metrics, argnums=2, has_aux=True)
+    (_, metrics), grads = grad_fn(model, task, params, batch, rng, False)
+    return grads, metrics
+
+  def train_step(state: train_state.TrainState, batch: tasks.Batch,
+                 rng: jax.Array):
+    if grad_accum_steps == 1:
+      grads, metrics = grads_of(state.params, batch, rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(
+          (grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+                           batch)
+
+      def accumulate(total, xs):
+        index, micro_batch = xs
+        grads, metrics = grads_of(state.params, micro_batch,
+                                  jax.random.fold_in(rng, index))
+        return jax.tree.map(jnp.add, total, (grads, metrics)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grads_of, state.params, jax.tree.map(lambda x: x[0], micro), rng))
+      total, _ = jax.lax.scan(accumulate, zeros,
+                              (jnp.arange(grad_accum_steps), micro))
+      grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, total)
+    metrics["grad_norm"] = jnp.sqrt(sum(  # optax renames its helper across
+        jnp.sum(jnp.square(g.astype(jnp.float32)))  # versions
+        for g in jax.tree.leaves(grads)))
+    metrics["learning_rate"] = schedule(state.step)
+    return state.apply_gradients(grads=grads), metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, task: tasks.Task):
+  def eval_step(params, batch):
+    _, metrics = _loss_and_metrics(model, task, params, batch,
+                                   jax.random.key(0), True)
+    return metrics
+  return eval_step
+
+
+class Trainer:
+  """Everything a run needs, built once from a validated config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.task, self.model_config = train_config.validate(config)
+    self.model = build_backbone(self.model_config)
+    train = config.train
+    self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.tx, self.schedule = make_optimizer(config)
+    root = jax.random.key(config.seed)
+    self.init_key, self.data_key, self.dropout_key, self.eval_key = (
+        jax.random.split(root, 4))
+    self.next_batch = jax.jit(
+        lambda step: self.task.batch(jax.random.fold_in(self.data_key, step),
+                                     train.batch_size),
+        out_shardings=self.data_sharding)
+    self.train_step = jax.jit(
+        make_train_step(self.model, self.task, self.schedule,
+                        train.grad_accum_steps),
+        in_shardings=(self.replicated, self.data_sharding, self.replicated),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_step = jax.jit(make_eval_step(self.model, self.task),
+                             in_shardings=(self.replicated, self.data_sharding),
+                             out_shardings=self.replicated)
+    self.checkpoints = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=train.keep_checkpoints, create=True,
+            enable_async_checkpointing=False))
+
+  def init_state(self) -> train_state.TrainState:
+    sample = self.task.batch(jax.random.key(0), 1)["inputs"]
+
+    def init(key):
+      params = self.model.init(key, sample)["params"]
+      return train_state.TrainState.create(apply_fn=self.model.apply,
+                                           params=params, tx=self.tx)
+    return jax.jit(init, out_shardings=self.replicated)(self.init_key)
+
+  def restore_or_init(self) -> train_state.TrainState:
+    """The latest checkpoint's state, or a fresh one."""
+    state = self.init_state()
+    step = self.checkpoints.latest_step()
+    if step is None:
+      return state
+    target = {"params": state.params, "opt_state": state.opt_state,
+              "step": state.step}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self.checkpoints.restore(
+        step, args=ocp.args.StandardRestore(abstract))
+    restored = jax.device_put(restored, self.replicated)
+    logging.info("resumed from checkpoint at step %d", step)
+    return state.replace(params=restored["params"],
+                         opt_state=restored["opt_state"],
+                         step=restored["step"])
+
+  def save(self, state: train_state.TrainState) -> None:
+    step = int(state.step)
+    if self.checkpoints.latest_step() == step:
+      return
+    self.checkpoints.save(step, args=ocp.args.StandardSave(
+        {"params": state.params, "opt_state": state.opt_state,
+         "step": state.step}), force=True)
+    self.checkpoints.wait_until_finished()
+
+  def evaluate(self, params: Any) -> dict[str, float]:
+    """Mean metrics over `config.train.eval_batches` held-out batches."""
+    train = self.config.train
+    sums: dict[str, float] = {}
+    for i in range(train.eval_batches):
+      batch = jax.device_put(
+          self.task.eval_batch(jax.random.fold_in(self.eval_key, i),
+                               train.batch_size), self.data_sharding)
+      for k, v in jax.device_get(self.eval_step(params, batch)).items():
+        sums[k] = sums.get(k, 0.0) + float(v) / train.eval_batches
+    return sums
+
+  def sample_text(self, params: Any, step: int) -> str | None:
+    """For language models: characters generated from a validation prompt."""
+    if not isinstance(self.task, tasks.CharLM):
+      return None
+    prompt = self.task.eval_batch(jax.random.fold_in(self.eval_key, step),
+                                  1)["inputs"][:, :16]
+    budget = self.config.train.sample_chars
+    if self.model_config.backbone == "transformer":
+      budget = min(budget, self.model_config.max_len - prompt.shape[1])
+    tokens = generation.generate(
+        self.model, jax.device_get(params), prompt, budget, temperature=0.8,
+        rng=jax.random.fold_in(self.eval_key, step))
+    return self.task.decode(tokens[0])
+
+
+def _mean_metrics(history: list[dict[str, jax.Array]]) -> dict[str, float]:
+  stacked = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in stacked])) for k in stacked[0]}
+
+
+def _first_non_finite(history: list[dict[str, jax.Array]],
+                      first_step: int) -> int | None:
+  losses = np.asarray(jax.device_get([h["loss"] for h in history]))
+  bad = np.flatnonzero(~np.isfinite(losses))
+  return None if bad.size == 0 else first_step + int(bad[0])
+
+
+def _flops_per_step(trainer: Trainer, state, batch) -> float | None:
+  try:
+    analysis = trainer.train_step.lower(
+        state, batch, trainer.dropout_key).compile().cost_analysis()
+  except Exception:  # noqa: BLE001 - cost analysis is best effort per backend
+    return None
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else {}
+  return analysis.get("flops") if analysis else None
+
+
+def _peak_flops() -> float | None:
+  device = jax.devices()[0]
+  if device.platform != "gpu":
+    return None
+  for name, peak in PEAK_FLOPS.items():
+    if name in device.device_kind:
+      return peak * jax.device_count()
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains, evaluates and checkpoints; returns the final eval metrics."""
+  trainer = Trainer(config, workdir)
+  train = config.train
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  writer = metric_writer.MetricWriter(workdir, train.steps,
+                                      train.progress_bar)
+  state = trainer.restore_or_init()
+  step = int(state.step)
+  tokens_per_step = train.batch_size * trainer.task.seq_len
+  flops = peak = None
+  history: list[dict[str, jax.Array]] = []
+  last_log_step, last_log_time = step, time.perf_counter()
+  try:
+    while step < train.steps:
+      batch = trainer.next_batch(step)
+      if flops is None and _peak_flops() is not None:
+        flops, peak = _flops_per_step(trainer, state, batch), _peak_flops()
+      state, metrics = trainer.train_step(
+          state, batch, jax.random.fold_in(trainer.dropout_key, step))
+      step += 1
+      history.append(metrics)
+      log_now = step % train.log_every == 0 or step == train.steps
+      save_now = step % train.checkpoint_every == 0 or step == train.steps
+      if log_now or save_now:
+        bad = _first_non_finite(history, step - len(history) + 1)
+        if bad is not None:
+          raise NonFiniteLossError(
+              f"loss became non-finite at step {bad}; the last good "
+              f"checkpoint is step {trainer.checkpoints.latest_step()} in "
+              f"{os.path.join(workdir, CHECKPOINT_DIR)} (left intact)")
+      if log_now:
+        scalars = _mean_metrics(history)
+        elapsed = time.perf_counter() - last_log_time
+        steps_done = step - last_log_step
+        scalars["step_time_s"] = elapsed / steps_done
+        scalars["tokens_per_s"] = tokens_per_step * steps_done / elapsed
+        if flops and peak:
+          scalars["mfu"] = flops * steps_done / elapsed / peak
+        writer.write(step, "train", scalars)
+        history = []
+        last_log_step, last_log_time = step, time.perf_counter()
+      if save_now:
+        trainer.save(state)
+      if step % train.eval_every == 0 and step != train.steps:
+        writer.write(step, "eval", trainer.evaluate(state.params))
+    final = trainer.evaluate(state.params)
+    writer.write(step, "eval", final)
+    sample = trainer.sample_text(state.params, step)
+    if sample is not None:
+      writer.text(step, "sample", sample)
+  finally:
+    writer.close()
+    trainer.checkpoints.close()
+  return final
+
+
+def summary(task: tasks.Task, metrics: dict[str, float]) -> str:
+  """One line a newcomer can read: each metric against its trivial baseline."""
+  parts = []
+  for name, baseline in task.baseline.items():
+    if name == "loss" or name not in metrics:
+      continue
+    value = metrics[name]
+    # "learned" needs a margin: 10% of the way from the baseline to perfect
+    # (accuracy 1, error 0), so noise around chance does not count.
+    if name in ("mse", "bits_per_char"):
+      learned = value <= 0.9 * baseline
+    else:
+      learned = value >= baseline + 0.1 * (1.0 - baseline)
+    parts.append(f"{name} {value:.4g} vs trivial baseline {baseline:.4g} "
+                 f"({'learned' if learned else 'did NOT learn'})")
+  loss_note = (f"loss {metrics['loss']:.4g} vs baseline "
+               f"{task.baseline['loss']:.4g}")
+  return f"{task.name}: " + "; ".join(parts + [loss_note])
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in its workdir."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"workdir: no {CONFIG_FILE} in {workdir}; is it a "
+                     f"training run's directory?")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str) -> tuple[tasks.Task, dict[str, float],
+                                            str | None]:
+  """Restores the latest checkpoint of a run; returns task, metrics, sample."""
+  config = load_config(workdir)
+  trainer = Trainer(config, workdir)
+  if trainer.checkpoints.latest_step() is None:
+    raise ValueError(f"workdir: no checkpoint under "
+                     f"{os.path.join(workdir, CHECKPOINT_DIR)}")
+  state = trainer.restore_or_init()
+  step = int(state.step)
+  metrics = trainer.evaluate(state.params)
+  sample = trainer.sample_text(state.params, step)
+  trainer.checkpoints.close()
+  return trainer.task, metrics, sample
+
+

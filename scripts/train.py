@@ -1,0 +1,47 @@
+r"""Trains a backbone on a task; resumes from the workdir's latest checkpoint.
+
+    python scripts/train.py --config=configs/first_token.py:lstm --workdir=/tmp/run
+    python scripts/train.py --config=configs/copy.py:transformer \
+        --config.model.num_layers=4 --config.train.steps=5000 --workdir=/tmp/copy
+
+Any config field can be overridden with --config.<field>=<value>; the
+resolved config, metrics.jsonl, TensorBoard events and orbax checkpoints go
+to --workdir. Relaunching with the same --workdir continues the run.
+"""
+
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from rnn_transformer import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A configs/<task>.py[:<backbone>] file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first (one process "
+    "per host; coordinator from the environment, e.g. on Cloud TPU or SLURM).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  task, _ = train.train_config.validate(config)  # fail before compiling
+  logging.info("devices: %s", jax.devices())
+  try:
+    metrics = train.train_and_evaluate(config, _WORKDIR.value)
+  except train.NonFiniteLossError as e:
+    sys.exit(f"stopped: {e}")
+  print(train.summary(task, metrics))
+
+
+if __name__ == "__main__":
+  app.run(main)
