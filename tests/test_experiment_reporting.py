@@ -1,0 +1,49 @@
+"""The experiments' shared reporting: fits, tables, verdicts, the registry."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from rnn_transformer import experiments
+from rnn_transformer.experiments import reporting
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0, 0.5])
+def test_loglog_slope_recovers_a_power_law(exponent):
+  x = np.array([16.0, 64.0, 256.0, 1024.0])
+  assert reporting.loglog_slope(x, 3.0 * x**exponent) == pytest.approx(
+      exponent, abs=1e-9)
+
+
+def test_loglog_slope_rejects_bad_input():
+  with pytest.raises(ValueError, match="at least 2 points"):
+    reporting.loglog_slope([1.0], [2.0])
+  with pytest.raises(ValueError, match="positive"):
+    reporting.loglog_slope([1.0, 2.0], [0.0, 1.0])
+
+
+def test_write_table_and_report(tmp_path):
+  paths = reporting.write_table(str(tmp_path), "t", ["n", "ms"],
+                                [(16, 1.23456), (32, 2.5)])
+  with open(paths[0]) as f:
+    assert list(csv.reader(f)) == [["n", "ms"], ["16", "1.23456"],
+                                   ["32", "2.5"]]
+  with open(paths[1]) as f:
+    assert f.read().splitlines()[2] == "| 16 | 1.235 |"
+  report = experiments.Report("demo", "cpu", {"slope": 1.5}, [
+      experiments.Claim("x is fast", "supported", "slope 1.5")], paths)
+  report.write(str(tmp_path))
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["claims"][0]["verdict"] == "supported"
+  assert "- **supported**: x is fast. slope 1.5" in report.markdown()
+
+
+def test_bad_names_raise():
+  with pytest.raises(ValueError, match="verdict: expected one of"):
+    experiments.Claim("c", "maybe", "")
+  with pytest.raises(ValueError, match="experiment: expected one of"):
+    experiments.load("nope")
+  with pytest.raises(ValueError, match="scale .* expected one of"):
+    reporting.check_scale("huge")
