@@ -264,14 +264,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = trainer.restore_or_init()
   step = int(state.step)
   tokens_per_step = train.batch_size * trainer.task.seq_len
-  flops = peak = None
+  peak = _peak_flops()
+  flops = None
   history: list[dict[str, jax.Array]] = []
+  final = None
   last_log_step, last_log_time = step, time.perf_counter()
   try:
     while step < train.steps:
       batch = trainer.next_batch(step)
-      if flops is None and _peak_flops() is not None:
-        flops, peak = _flops_per_step(trainer, state, batch), _peak_flops()
+      if peak is not None and flops is None:  # once: compile for cost analysis
+        flops = _flops_per_step(trainer, state, batch) or 0.0
       state, metrics = trainer.train_step(
           state, batch, jax.random.fold_in(trainer.dropout_key, step))
       step += 1
@@ -298,13 +300,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         last_log_step, last_log_time = step, time.perf_counter()
       if save_now:
         trainer.save(state)
-      if step % train.eval_every == 0 and step != train.steps:
-        writer.write(step, "eval", trainer.evaluate(state.params))
-    final = trainer.evaluate(state.params)
-    writer.write(step, "eval", final)
-    sample = trainer.sample_text(state.params, step)
-    if sample is not None:
-      writer.text(step, "sample", sample)
+      if step % train.eval_every == 0 or step == train.steps:
+        final = trainer.evaluate(state.params)
+        writer.write(step, "eval", {**final, **{
+            f"baseline_{k}": v for k, v in trainer.task.baseline.items()}})
+        sample = trainer.sample_text(state.params, step)
+        if sample is not None:
+          writer.text(step, "sample", sample)
+    if final is None:  # relaunched a finished run: nothing left to train
+      final = trainer.evaluate(state.params)
   finally:
     writer.close()
     trainer.checkpoints.close()
