@@ -180,6 +180,7 @@ def measure(config: ml_collections.ConfigDict
   if len(lens) < 2 or lens != sorted(set(lens)) or lens[0] < 1:
     raise ValueError(f"config.seq_lens: expected at least two ascending "
                      f"positive lengths, got {tuple(lens)}")
+  limit, _ = device_memory()
   rows, skipped = [], {}
   for impl in config.implementations:
     reason = unavailable_reason(config, impl)
@@ -188,10 +189,11 @@ def measure(config: ml_collections.ConfigDict
       continue
     for seq_len in lens:
       total = compiled_bytes(config, impl, seq_len)
+      status = ("OOM when compiled" if not math.isfinite(total) else
+                "exceeds device memory (compiled only)" if total > limit else
+                "ok")
       rows.append(dict(implementation=impl, seq_len=seq_len,
-                       compiled_bytes=total, peak_bytes=None,
-                       status="ok" if math.isfinite(total) else
-                       "OOM when compiled"))
+                       compiled_bytes=total, peak_bytes=None, status=status))
   if config.runtime_peak and jax.default_backend() == "gpu":
     _runtime_peaks(config, [r for r in rows if r["status"] == "ok"])
   return rows, skipped
@@ -212,23 +214,38 @@ def _series(rows: Sequence[dict[str, Any]], impl: str, key: str
 
 
 def check_limit(config: ml_collections.ConfigDict, implementation: str,
-                limit: float, estimate: float
+                limit: float, estimate: float,
+                known: dict[int, float] | None = None
                 ) -> tuple[tuple[int, float] | None, tuple[int, float] | None]:
   """Compiles at powers of two around `estimate`, walking until they bracket
   the length where the compiled footprint first exceeds `limit`.
+
+  Args:
+    config: the experiment's config (shapes, `max_check_len`).
+    implementation: a `kernels.IMPLEMENTATIONS` name.
+    limit: the device's memory in bytes.
+    estimate: the extrapolated length where the footprint reaches `limit`.
+    known: compiled bytes by length already measured, not compiled again.
 
   Returns:
     ((longest n that fits, its bytes) or None, (shortest n that does not,
     its bytes) or None if none up to `config.max_check_len`).
   """
+  known = dict(known or {})
+
+  def footprint(n: int) -> float:
+    if n not in known:
+      known[n] = compiled_bytes(config, implementation, n)
+    return known[n]
+
   n = 2 ** max(0, int(math.floor(math.log2(max(estimate, 1.0)))))
   n = min(n, config.max_check_len)
-  size = compiled_bytes(config, implementation, n)
+  size = footprint(n)
   if size > limit:
     over = (n, size)
     while n > 1:
       n //= 2
-      size = compiled_bytes(config, implementation, n)
+      size = footprint(n)
       if size <= limit:
         return (n, size), over
       over = (n, size)
@@ -236,7 +253,7 @@ def check_limit(config: ml_collections.ConfigDict, implementation: str,
   fits = (n, size)
   while 2 * n <= config.max_check_len:
     n *= 2
-    size = compiled_bytes(config, implementation, n)
+    size = footprint(n)
     if size > limit:
       return fits, (n, size)
     fits = (n, size)
@@ -314,7 +331,8 @@ def analyse(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
   estimate = math.exp((math.log(limit) - log_c) / p)
   figures["reference_max_len_extrapolated"] = estimate
   extra["estimate"] = estimate
-  fit_len, over = check_limit(config, "reference", limit, estimate)
+  measured = dict(zip(*_series(rows, "reference", "compiled_bytes")))
+  fit_len, over = check_limit(config, "reference", limit, estimate, measured)
   extra["check"] = (fit_len, over)
   if fit_len is not None:
     figures["reference_max_len_compiled_fits"] = fit_len[0]
