@@ -71,3 +71,46 @@ def test_check_limit_walks_to_the_bracket(monkeypatch, estimate):
 def test_power_fit_recovers_the_constant():
   p, log_c = memory.power_fit([10.0, 100.0, 1000.0], [3e2, 3e4, 3e6])
   assert p == pytest.approx(2.0) and math.exp(log_c) == pytest.approx(3.0)
+
+
+class _ScriptedDevice:
+  """memory_stats() returns the scripted (bytes_in_use, peak) pairs in turn."""
+
+  def __init__(self, stats):
+    self._stats = iter(stats)
+
+  def memory_stats(self):
+    in_use, peak = next(self._stats)
+    return {"bytes_in_use": in_use, "peak_bytes_in_use": peak}
+
+
+def test_runtime_peaks_orders_by_size_masks_and_stops_after_oom(monkeypatch):
+  def fake_compile(config, impl, seq_len):
+    del config
+
+    def call(q, k, v):
+      if (impl, seq_len) == ("reference", 1024):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating")
+      return q + k + v
+    return call
+
+  monkeypatch.setattr(memory, "_compile", fake_compile)
+  rows = [dict(implementation=i, seq_len=n, compiled_bytes=b, peak_bytes=None,
+               status="ok")
+          for i, n, b in (("reference", 2048, 40), ("reference", 1024, 30),
+                          ("blockwise", 1024, 25), ("reference", 512, 20),
+                          ("blockwise", 512, 10))]
+  # Per run: (in use, high-water mark) before it, then the mark after it.
+  device = _ScriptedDevice([(100, 100), (0, 300),  # blockwise 512
+                            (100, 300), (0, 700),  # reference 512
+                            (100, 700), (0, 700),  # blockwise 1024: masked
+                            (100, 700)])  # reference 1024: OOM
+  memory.runtime_peaks(memory.get_config("tiny"), rows, device)
+  got = {(r["implementation"], r["seq_len"]): (r["peak_bytes"], r["status"])
+         for r in rows}
+  assert got == {
+      ("blockwise", 512): (200, "ok"),
+      ("reference", 512): (600, "ok"),
+      ("blockwise", 1024): (None, "peak masked by an earlier, larger run"),
+      ("reference", 1024): (None, "OOM when run"),
+      ("reference", 2048): (None, "not run (OOM at a shorter length)")}

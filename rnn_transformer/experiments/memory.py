@@ -136,27 +136,39 @@ def compiled_bytes(config: ml_collections.ConfigDict, implementation: str,
   return float(memory.total)
 
 
-def _runtime_peaks(config: ml_collections.ConfigDict,
-                   rows: list[dict[str, Any]]) -> None:
+def runtime_peaks(config: ml_collections.ConfigDict,
+                  rows: list[dict[str, Any]], device: Any = None) -> None:
   """Fills `peak_bytes` / `status` of `rows` by running each program once.
 
-  Increasing compiled size, so each run should raise the high-water mark; an
-  implementation that runs out of memory is not run at longer lengths.
+  Runs in increasing compiled size, so that each run should raise the
+  device's high-water mark `peak_bytes_in_use`; a run that does not is
+  reported as masked. An implementation that runs out of memory is not run
+  at longer lengths.
+
+  Args:
+    config: the experiment's config (shapes).
+    rows: rows of `measure`, each with `implementation`, `seq_len` and
+      `compiled_bytes`; updated in place.
+    device: has `memory_stats()` with `bytes_in_use` and `peak_bytes_in_use`
+      (default: the default device).
   """
-  device = jax.devices()[0]
+  device = jax.devices()[0] if device is None else device
   failed = set()
   for row in sorted(rows, key=lambda r: r["compiled_bytes"]):
-    impl = row["implementation"]
+    impl, seq_len = row["implementation"], row["seq_len"]
     if impl in failed:
       row["status"] = "not run (OOM at a shorter length)"
       continue
-    stats = device.memory_stats()
-    before, high = stats["bytes_in_use"], stats["peak_bytes_in_use"]
+    qkv = None
     try:
-      compiled = _compile(config, impl, row["seq_len"])
-      keys = jax.random.split(jax.random.key(row["seq_len"]), 3)
-      qkv = [jax.random.normal(k, _shape(config, row["seq_len"]),
-                               jnp.dtype(config.dtype)) for k in keys]
+      # Compile before reading the high-water mark: autotuning may allocate.
+      compiled = _compile(config, impl, seq_len)
+      stats = device.memory_stats()
+      before, high = stats["bytes_in_use"], stats["peak_bytes_in_use"]
+      rng = np.random.default_rng(seq_len)
+      qkv = [jnp.asarray(rng.standard_normal(_shape(config, seq_len),
+                                             np.float32), config.dtype)
+             for _ in range(3)]
       jax.block_until_ready(compiled(*qkv))
     except Exception as error:  # pylint: disable=broad-except
       if not benchmark.is_oom(error):
@@ -165,7 +177,7 @@ def _runtime_peaks(config: ml_collections.ConfigDict,
       failed.add(impl)
       continue
     finally:
-      qkv = None
+      del qkv
     peak = device.memory_stats()["peak_bytes_in_use"]
     if peak > high:
       row["peak_bytes"] = peak - before
@@ -195,7 +207,7 @@ def measure(config: ml_collections.ConfigDict
       rows.append(dict(implementation=impl, seq_len=seq_len,
                        compiled_bytes=total, peak_bytes=None, status=status))
   if config.runtime_peak and jax.default_backend() == "gpu":
-    _runtime_peaks(config, [r for r in rows if r["status"] == "ok"])
+    runtime_peaks(config, [r for r in rows if r["status"] == "ok"])
   return rows, skipped
 
 
