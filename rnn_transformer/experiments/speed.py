@@ -12,8 +12,8 @@ for each sequence length n measures
 
 * the median time of one jitted forward+backward (`jax.grad` of the mean
   square of the `(batch, n, d)` features w.r.t. parameters and inputs), after
-  compilation, all backbones timed round-robin at each n so they share the
-  machine's background load;
+  compilation, every backbone at every n timed round-robin so that all of
+  them share the machine's background load;
 * the sequential steps of that program: the scan iterations in its jaxpr
   (nested scans multiply), a count that does not depend on the hardware.
 
@@ -63,7 +63,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.attention_impl = "auto"  # "auto": kernels.attention picks per call
   config.dtype = "float32"  # compute dtype
   config.warmup = 1  # untimed calls after compilation
-  config.iters = 5  # timed calls per backbone and length; the median counts
+  config.iters = 10  # timed rounds over all backbones and lengths; medians
   if scale == "tiny":  # compilation dominates: two backbones, two lengths
     config.backbones = ("rnn", "transformer")
     config.seq_lens = (8, 32)
@@ -162,19 +162,25 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   x = jnp.zeros((config.batch, lens[0], config.model_dim), config.dtype)
   params = {b: jax.jit(m.init)(jax.random.key(0), x)
             for b, m in models.items()}
+  calls, steps = {}, {}
+  for seq_len in lens:
+    for backbone, model in models.items():
+      label = f"{backbone} n={seq_len}"
+      calls[label], steps[label] = _compiled_step(
+          model, params[backbone], config.batch, seq_len)
+  # Every backbone at every length in one round-robin: a change of the
+  # machine's background load during the run shifts all curves alike instead
+  # of bending the slopes.
+  times = benchmarking.interleaved_median_seconds(
+      calls, warmup=config.warmup, iters=config.iters)
   rows = []
   for seq_len in lens:
-    calls, steps = {}, {}
-    for backbone, model in models.items():
-      calls[backbone], steps[backbone] = _compiled_step(
-          model, params[backbone], config.batch, seq_len)
-    times = benchmarking.interleaved_median_seconds(
-        calls, warmup=config.warmup, iters=config.iters)
     for backbone in config.backbones:
+      label = f"{backbone} n={seq_len}"
       rows.append(dict(
-          backbone=backbone, seq_len=seq_len, ms=1e3 * times[backbone],
-          us_per_token=1e6 * times[backbone] / (config.batch * seq_len),
-          sequential_steps=steps[backbone],
+          backbone=backbone, seq_len=seq_len, ms=1e3 * times[label],
+          us_per_token=1e6 * times[label] / (config.batch * seq_len),
+          sequential_steps=steps[label],
           attention=(attention_used(config, seq_len)
                      if backbone == "transformer" else "")))
   return rows
@@ -187,15 +193,21 @@ def _series(rows: Sequence[dict[str, Any]], backbone: str, key: str
           np.array([r[key] for r in mine], np.float64))
 
 
+def _upper_half(num_lens: int) -> int:
+  return max(2, (num_lens + 1) // 2)
+
+
 def fit_slopes(rows: Sequence[dict[str, Any]],
                backbones: Sequence[str]) -> dict[str, float]:
   """`<backbone>_slope` over all lengths, `<backbone>_end_slope` over the
-  longest two (the asymptotic regime the seed's O() statements describe)."""
+  longer half of them (at least two): the asymptotic regime the seed's O()
+  statements describe."""
   figures = {}
   for backbone in backbones:
     n, ms = _series(rows, backbone, "ms")
+    k = _upper_half(len(n))
     figures[f"{backbone}_slope"] = reporting.loglog_slope(n, ms)
-    figures[f"{backbone}_end_slope"] = reporting.loglog_slope(n[-2:], ms[-2:])
+    figures[f"{backbone}_end_slope"] = reporting.loglog_slope(n[-k:], ms[-k:])
   return figures
 
 
@@ -280,7 +292,8 @@ def claims(rows: Sequence[dict[str, Any]], figures: dict[str, float],
                "not supported" if end <= SUBQUADRATIC_SLOPE else
                "partly supported")
     result.append(reporting.Claim(text, verdict, (
-        f"Transformer slope {end:.2f} between n={lens[-2]} and {lens[-1]} "
+        f"Transformer slope {end:.2f} over n={lens[-_upper_half(len(lens))]}"
+        f"..{lens[-1]} "
         f"({figures['transformer_slope']:.2f} over all lengths); quadratic at "
         f">= {QUADRATIC_SLOPE:g}, <= {SUBQUADRATIC_SLOPE:g} means the "
         f"O(n d^2) projections and feed-forward still dominate")))
