@@ -50,7 +50,7 @@ def test_reference_limit_is_bracketed_by_compiled_lengths(tiny_run):
   _, report, _ = tiny_run
   fits = report.figures["reference_max_len_compiled_fits"]
   over = report.figures["reference_first_len_over_memory"]
-  estimate = report.figures["reference_max_len_extrapolated"]
+  estimate = report.figures["reference_max_len_from_fit"]
   assert over == 2 * fits
   # The fit's exponent is not exactly 2, so allow one octave either side.
   assert fits / 2 <= estimate <= 2 * over

@@ -341,7 +341,7 @@ def analyse(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
     return figures, result, extra
   p, log_c = fits["reference"]
   estimate = math.exp((math.log(limit) - log_c) / p)
-  figures["reference_max_len_extrapolated"] = estimate
+  figures["reference_max_len_from_fit"] = estimate
   extra["estimate"] = estimate
   measured = dict(zip(*_series(rows, "reference", "compiled_bytes")))
   fit_len, over = check_limit(config, "reference", limit, estimate, measured)
@@ -366,8 +366,9 @@ def analyse(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
           f"n={over[0]} needs {_gib(over[1])} (does not fit)" if over else
           f"none up to n={config.max_check_len} exceeds it")
   result.append(reporting.Claim(text, verdict, (
-      f"Device memory {_gib(limit)} ({limit_source}). Extrapolating the "
-      f"reference's fit (p={p:.2f} over n={lens[0]}..{lens[-1]}) it no "
+      f"Device memory {_gib(limit)} ({limit_source}). By the reference's "
+      f"fit (p={p:.2f} over n={lens[0]}..{lens[-1]}, "
+      f"{'interpolated' if estimate <= lens[-1] else 'extrapolated'}) it no "
       f"longer fits beyond n ~ {estimate:,.0f}{check}"
       + (f"; it ran out of memory when run at n={min(oom)}" if oom else "")
       + ". At that length " + ", ".join(
@@ -401,15 +402,19 @@ def plot(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
              label=f"device memory ({extra['limit_source']})")
   if "estimate" in extra:
     p, log_c = extra["fits"]["reference"]
-    n_max = max(r["seq_len"] for r in rows)
-    n = np.geomspace(n_max, max(extra["estimate"], n_max), 20)
+    n = np.geomspace(min(r["seq_len"] for r in rows),
+                     max(extra["estimate"], max(r["seq_len"] for r in rows)),
+                     50)
     ax.plot(n, np.exp(log_c) * n ** p / mib, "--", color="tab:red", lw=1,
-            label=f"reference fit, extrapolated: n ~ {extra['estimate']:,.0f}")
+            label=f"reference fit (exponent {p:.2f})")
+    ax.plot([extra["estimate"]], [extra["limit"] / mib], "*", ms=12,
+            color="tab:red",
+            label=f"fit reaches device memory: n ~ {extra['estimate']:,.0f}")
     checked = [c for c in extra["check"] if c is not None]
     if checked:
       ax.plot([c[0] for c in checked], [c[1] / mib for c in checked], "s",
               mfc="none", color="tab:red",
-              label="reference compiled at the limit (not run)")
+              label="reference compiled around the limit (not run)")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
   ax.set_xlabel("sequence length n (tokens)")
