@@ -72,9 +72,52 @@ def _fn(implementation: str, causal: bool, backward: bool):
                   argnums=(0, 1, 2))
 
 
-def _is_oom(e: Exception) -> bool:
+def is_oom(e: Exception) -> bool:
+  """Whether `e` is XLA running out of device memory."""
   text = str(e)
   return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledMemory:
+  """Bytes XLA's buffer assignment reserves for one compiled program."""
+  temp: int
+  arguments: int
+  outputs: int
+
+  @property
+  def total(self) -> int:
+    """temp + arguments + outputs: the program's footprint while it runs."""
+    return self.temp + self.arguments + self.outputs
+
+
+def compile_attention(implementation: str, shape: Sequence[int], dtype,
+                      *, causal: bool, backward: bool):
+  """Compiles attention for q, k, v of `shape` without allocating them.
+
+  Args:
+    implementation: a `kernels.IMPLEMENTATIONS` name, or "tokamax".
+    shape: `(batch, seq, heads, head_dim)` of q, k and v.
+    dtype: their dtype.
+    causal: causal masking.
+    backward: compile `jax.grad` of the output's sum w.r.t. q, k and v (the
+      forward runs inside it) instead of the forward alone.
+
+  Returns:
+    The `jax.stages.Compiled` program, called as `compiled(q, k, v)`.
+  """
+  spec = jax.ShapeDtypeStruct(tuple(shape), dtype)
+  return jax.jit(_fn(implementation, causal, backward)).lower(
+      spec, spec, spec).compile()
+
+
+def compiled_memory(compiled) -> CompiledMemory | None:
+  """XLA's `memory_analysis()` of `compiled`; None where there is none."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  return CompiledMemory(mem.temp_size_in_bytes, mem.argument_size_in_bytes,
+                        mem.output_size_in_bytes)
 
 
 def measure(row: Row, *, warmup: int, iters: int) -> Row:
@@ -93,12 +136,11 @@ def measure(row: Row, *, warmup: int, iters: int) -> Row:
         row.status = f"unsupported: {reason}"
         return row
     q, k, v = (jax.random.normal(key, shape, row.dtype) for key in keys)
-    compiled = jax.jit(_fn(row.implementation, row.causal, backward)).lower(
-        q, k, v).compile()
-    mem = compiled.memory_analysis()
+    compiled = compile_attention(row.implementation, shape, row.dtype,
+                                 causal=row.causal, backward=backward)
+    mem = compiled_memory(compiled)
     if mem is not None:
-      row.peak_mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes +
-                      mem.output_size_in_bytes) / 2**20
+      row.peak_mib = mem.total / 2**20
     for _ in range(warmup):
       jax.block_until_ready(compiled(q, k, v))
     times = []
@@ -107,7 +149,7 @@ def measure(row: Row, *, warmup: int, iters: int) -> Row:
       jax.block_until_ready(compiled(q, k, v))
       times.append(time.perf_counter() - start)
   except Exception as e:  # pylint: disable=broad-except
-    if _is_oom(e):
+    if is_oom(e):
       row.status = "OOM"
       return row
     raise

@@ -25,8 +25,12 @@ CELLS: dict[str, tuple[type, type]] = {
 }
 
 
-def _forward_backward(apply: Callable[..., jax.Array]) -> Callable[..., Any]:
-  """jit(grad) of a scalar loss of the outputs w.r.t. params and inputs."""
+def forward_backward(apply: Callable[..., jax.Array]) -> Callable[..., Any]:
+  """jit(grad) of a scalar loss of the outputs w.r.t. params and inputs.
+
+  `apply(params, x)` returns the outputs; the loss is their mean square, so
+  the backward pass runs through every output step.
+  """
   def loss(params, x):
     return jnp.mean(apply(params, x).astype(jnp.float32) ** 2)
   return jax.jit(jax.grad(loss, argnums=(0, 1)))
@@ -34,7 +38,7 @@ def _forward_backward(apply: Callable[..., jax.Array]) -> Callable[..., Any]:
 
 def _layer_variant(layer: nn.Module, x: jax.Array) -> Callable[..., Any]:
   params = layer.init(jax.random.key(0), x)
-  step = _forward_backward(layer.apply)
+  step = forward_backward(layer.apply)
   return lambda: step(params, x)
 
 
@@ -52,7 +56,7 @@ def _cudnn_lstm_variant(config, x: jax.Array) -> Callable[..., Any]:
                                    config.input_size, config.hidden_size, 1,
                                    0.0, False)
     return outputs
-  step = _forward_backward(apply)
+  step = forward_backward(apply)
   return lambda: step(weights.astype(x.dtype), x)
 
 

@@ -2,31 +2,24 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-import kernels
+from kernels import benchmark
+from rnn_transformer.experiments import reporting
 
 _LENGTHS = (512, 1024, 2048, 4096)
 
 
 def _temp_bytes(implementation: str, seq: int, backward: bool) -> int:
-  q = jax.ShapeDtypeStruct((1, seq, 1, 32), jnp.float32)
-
-  def fwd(q, k, v):
-    return kernels.attention(q, k, v, causal=True,
-                             implementation=implementation)
-
-  fn = fwd
-  if backward:
-    fn = jax.grad(lambda q, k, v: fwd(q, k, v).sum(), argnums=(0, 1, 2))
-  compiled = jax.jit(fn).lower(q, q, q).compile()
-  return compiled.memory_analysis().temp_size_in_bytes
+  compiled = benchmark.compile_attention(
+      implementation, (1, seq, 1, 32), jnp.float32, causal=True,
+      backward=backward)
+  return benchmark.compiled_memory(compiled).temp
 
 
 def _exponent(implementation: str, backward: bool) -> float:
-  sizes = [_temp_bytes(implementation, n, backward) for n in _LENGTHS]
-  return float(np.polyfit(np.log(_LENGTHS), np.log(sizes), 1)[0])
+  return reporting.loglog_slope(
+      _LENGTHS, [_temp_bytes(implementation, n, backward) for n in _LENGTHS])
 
 
 @pytest.mark.parametrize("backward", (False, True), ids=("fwd", "fwd_bwd"))

@@ -1,0 +1,361 @@
+r"""Forward+backward time against sequence length: recurrent scan vs Transformer.
+
+The seed's chapter 1 says "RNNs are slow because they are sequential", and its
+chapter 3 table puts numbers on it: per layer of width d over n steps, a
+recurrent layer does O(n d^2) work in O(n) sequential operations, self-
+attention O(n^2 d) work in O(1) sequential operations.
+
+This experiment builds one layer of each backbone (`build_backbone` with
+`num_layers=1`: an RNN/LSTM/GRU `lax.scan`, or a Transformer block with the
+automatically chosen attention implementation) at one width and batch, and
+for each sequence length n measures
+
+* the median time of one jitted forward+backward (`jax.grad` of the mean
+  square of the `(batch, n, d)` features w.r.t. parameters and inputs), after
+  compilation, every backbone at every n timed round-robin so that all of
+  them share the machine's background load;
+* the sequential steps of that program: the scan iterations in its jaxpr
+  (nested scans multiply), a count that does not depend on the hardware.
+
+    python scripts/experiment.py --config=configs/experiments/speed.py:tiny \
+        --output_dir=/tmp/experiments
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kernels import backends
+from rnn_transformer import benchmarking
+from rnn_transformer import recurrent_benchmark
+from rnn_transformer.backbones import build_backbone
+from rnn_transformer.experiments import reporting
+from rnn_transformer.model_config import BACKBONES
+from rnn_transformer.model_config import ModelConfig
+
+RECURRENT = ("rnn", "lstm", "gru")
+
+# Verdict thresholds. Timing ratios within SLOWER_MARGIN of 1 are treated as a
+# tie (shared-machine noise); slopes are log-log exponents of time against n.
+SLOWER_MARGIN = 1.1
+LINEAR_SLOPE = (0.75, 1.25)  # recurrent time ~ n
+QUADRATIC_SLOPE = 1.75  # Transformer end slope at or above: attention dominates
+SUBQUADRATIC_SLOPE = 1.25  # at or below: the O(n d^2) terms still dominate
+
+
+def get_config(scale: str = "default") -> ml_collections.ConfigDict:
+  """Sizes per scale: "tiny" (seconds), "default" (minutes, CPU), "large"."""
+  reporting.check_scale(scale)
+  config = ml_collections.ConfigDict()
+  config.experiment = "speed"
+  config.backbones = ("rnn", "lstm", "gru", "transformer")  # one layer each
+  config.seq_lens = (64, 128, 256, 512, 1024)  # n, ascending
+  config.batch = 4  # sequences per forward+backward
+  config.model_dim = 128  # width d of every backbone (hidden size, residual)
+  config.num_heads = 4  # Transformer heads (head_dim = model_dim / num_heads)
+  config.attention_impl = "auto"  # "auto": kernels.attention picks per call
+  config.dtype = "float32"  # compute dtype
+  config.warmup = 1  # untimed calls after compilation
+  config.iters = 10  # timed rounds over all backbones and lengths; medians
+  if scale == "tiny":  # compilation dominates: two backbones, two lengths
+    config.backbones = ("rnn", "transformer")
+    config.seq_lens = (8, 32)
+    config.batch, config.model_dim, config.num_heads = 2, 16, 2
+    config.iters = 2
+  elif scale == "large":  # a GPU: longer sequences, a realistic width
+    config.seq_lens = (256, 512, 1024, 2048, 4096, 8192, 16384)
+    config.batch, config.model_dim, config.num_heads = 8, 512, 8
+    config.warmup, config.iters = 2, 10
+  return config
+
+
+def sequential_steps(jaxpr: Any) -> int:
+  """Loop iterations that must run one after another in `jaxpr`.
+
+  Each `scan` contributes `length` times the steps of its body (at least 1);
+  a `cond` the most of its branches; other equations the steps of the
+  sub-jaxprs they call (`pjit`, `custom_vjp_call`, `remat`, ...). A `while`
+  loop has no static trip count and counts as one pass of its body. Neither
+  the models here nor `kernels.attention` use one.
+
+  Args:
+    jaxpr: a `Jaxpr` or `ClosedJaxpr`, e.g. `jax.jit(f).trace(*args).jaxpr`.
+  """
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0
+  for eqn in jaxpr.eqns:
+    inner = [sequential_steps(sub) for sub in _sub_jaxprs(eqn.params)]
+    if eqn.primitive.name == "scan":
+      total += eqn.params["length"] * max([1, *inner])
+    elif eqn.primitive.name == "cond":
+      total += max(inner, default=0)
+    else:
+      total += sum(inner)
+  return total
+
+
+def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:
+  found = []
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if hasattr(item, "eqns") or hasattr(getattr(item, "jaxpr", None),
+                                           "eqns"):
+        found.append(item)
+  return found
+
+
+def _model_config(config: ml_collections.ConfigDict,
+                  backbone: str) -> ModelConfig:
+  return ModelConfig(
+      backbone=backbone, num_layers=1, model_dim=config.model_dim,
+      num_heads=config.num_heads, max_len=max(config.seq_lens),
+      dtype=jnp.dtype(config.dtype),
+      attention_impl=(None if config.attention_impl == "auto" else
+                      config.attention_impl))
+
+
+def attention_used(config: ml_collections.ConfigDict, seq_len: int) -> str:
+  """The implementation `kernels.attention` runs for the Transformer here."""
+  if config.attention_impl != "auto":
+    return config.attention_impl
+  heads = config.num_heads
+  call = backends.AttentionCall(
+      config.batch, seq_len, seq_len, heads, heads,
+      config.model_dim // heads, np.dtype(config.dtype), True, False, False,
+      jax.default_backend())
+  return backends.select(call).name
+
+
+def _compiled_step(model: Any, params: Any, batch: int, seq_len: int):
+  """(zero-argument compiled forward+backward call, its sequential steps)."""
+  # Drawn on the host: jax.random would compile a program per shape.
+  x = jnp.asarray(np.random.default_rng(seq_len).standard_normal(
+      (batch, seq_len, model.config.model_dim)), model.config.dtype)
+  step = recurrent_benchmark.forward_backward(
+      lambda params, x: model.apply(params, x).features)
+  traced = step.trace(params, x)
+  compiled = traced.lower().compile()
+  return (lambda: compiled(params, x)), sequential_steps(traced.jaxpr)
+
+
+def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """One row per backbone and sequence length: ms, us/token, steps."""
+  unknown = sorted(set(config.backbones) - set(BACKBONES))
+  if unknown or not config.backbones:
+    raise ValueError(f"config.backbones: expected names from {BACKBONES}, "
+                     f"got {tuple(config.backbones)}")
+  lens = list(config.seq_lens)
+  if len(lens) < 2 or lens != sorted(set(lens)) or lens[0] < 1:
+    raise ValueError(f"config.seq_lens: expected at least two ascending "
+                     f"positive lengths, got {tuple(lens)}")
+  models = {b: build_backbone(_model_config(config, b))
+            for b in config.backbones}
+  # No parameter depends on n (sinusoidal positions), so one initialisation
+  # per backbone serves every length.
+  x = jnp.zeros((config.batch, lens[0], config.model_dim), config.dtype)
+  params = {b: jax.jit(m.init)(jax.random.key(0), x)
+            for b, m in models.items()}
+  calls, steps = {}, {}
+  for seq_len in lens:
+    for backbone, model in models.items():
+      label = f"{backbone} n={seq_len}"
+      calls[label], steps[label] = _compiled_step(
+          model, params[backbone], config.batch, seq_len)
+  # Every backbone at every length in one round-robin: a change of the
+  # machine's background load during the run shifts all curves alike instead
+  # of bending the slopes.
+  times = benchmarking.interleaved_median_seconds(
+      calls, warmup=config.warmup, iters=config.iters)
+  rows = []
+  for seq_len in lens:
+    for backbone in config.backbones:
+      label = f"{backbone} n={seq_len}"
+      rows.append(dict(
+          backbone=backbone, seq_len=seq_len, ms=1e3 * times[label],
+          us_per_token=1e6 * times[label] / (config.batch * seq_len),
+          sequential_steps=steps[label],
+          attention=(attention_used(config, seq_len)
+                     if backbone == "transformer" else "")))
+  return rows
+
+
+def _series(rows: Sequence[dict[str, Any]], backbone: str, key: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+  mine = [r for r in rows if r["backbone"] == backbone]
+  return (np.array([r["seq_len"] for r in mine], np.float64),
+          np.array([r[key] for r in mine], np.float64))
+
+
+def _upper_half(num_lens: int) -> int:
+  return max(2, (num_lens + 1) // 2)
+
+
+def fit_slopes(rows: Sequence[dict[str, Any]],
+               backbones: Sequence[str]) -> dict[str, float]:
+  """`<backbone>_slope` over all lengths, `<backbone>_end_slope` over the
+  longer half of them (at least two): the asymptotic regime the seed's O()
+  statements describe."""
+  figures = {}
+  for backbone in backbones:
+    n, ms = _series(rows, backbone, "ms")
+    k = _upper_half(len(n))
+    figures[f"{backbone}_slope"] = reporting.loglog_slope(n, ms)
+    figures[f"{backbone}_end_slope"] = reporting.loglog_slope(n[-k:], ms[-k:])
+  return figures
+
+
+def _hardware() -> str:
+  if jax.default_backend() == "cpu":
+    return f"{os.cpu_count()} CPU cores"
+  return reporting.device_description()
+
+
+def claims(rows: Sequence[dict[str, Any]], figures: dict[str, float],
+           backbones: Sequence[str]) -> list[reporting.Claim]:
+  """The seed's claims with verdicts computed from the measurement."""
+  recurrent = [b for b in backbones if b in RECURRENT]
+  longest = max(r["seq_len"] for r in rows)
+  at_longest = {r["backbone"]: r for r in rows if r["seq_len"] == longest}
+  has_transformer = "transformer" in backbones
+  result = []
+
+  text = ("RNNs are slow because they are sequential: at equal width and "
+          "batch a recurrent layer's forward+backward is slower than a "
+          "Transformer layer's")
+  if recurrent and has_transformer:
+    t = at_longest["transformer"]["ms"]
+    ratios = {b: at_longest[b]["ms"] / t for b in recurrent}
+    slower = [b for b, r in ratios.items() if r >= SLOWER_MARGIN]
+    faster = [b for b, r in ratios.items() if r <= 1 / SLOWER_MARGIN]
+    verdict = ("supported" if len(slower) == len(recurrent) else
+               "not supported" if len(faster) == len(recurrent) else
+               "partly supported")
+    result.append(reporting.Claim(text, verdict, (
+        f"At n={longest}: Transformer {t:.1f} ms, " + ", ".join(
+            f"{b} {at_longest[b]['ms']:.1f} ms ({ratios[b]:.2f}x)"
+            for b in recurrent) +
+        f" (recurrent / Transformer; a tie within {SLOWER_MARGIN:g}x). "
+        f"Measured on {_hardware()}: all the parallel hardware the "
+        f"Transformer's O(1)-sequential work can spread over.")))
+  else:
+    result.append(reporting.Claim(text, "not measured",
+                                  "needs a recurrent backbone and the "
+                                  "Transformer in config.backbones"))
+
+  text = ("a recurrent layer needs O(n) sequential operations, self-attention "
+          "O(1)")
+  lens = sorted({r["seq_len"] for r in rows})
+  steps = {b: [r["sequential_steps"] for r in rows if r["backbone"] == b]
+           for b in backbones}
+  linear = {b: steps[b][0] > 0 and all(
+      s * lens[0] == steps[b][0] * n for s, n in zip(steps[b], lens))
+            for b in recurrent}
+  constant = has_transformer and len(set(steps["transformer"])) == 1
+  checks = list(linear.values()) + ([constant] if has_transformer else [])
+  verdict = ("supported" if checks and all(checks) else
+             "not supported" if not any(checks) else "partly supported")
+  result.append(reporting.Claim(text, verdict, (
+      f"Scan iterations in the compiled forward+backward at n={lens[0]}.."
+      f"{lens[-1]}: " + "; ".join(
+          f"{b} {steps[b][0]}..{steps[b][-1]}" for b in backbones) +
+      " (proportional to n: " + ", ".join(
+          f"{b} {'yes' if v else 'no'}" for b, v in linear.items()) +
+      (f"; Transformer constant: {'yes' if constant else 'no'}, attention "
+       f"{'/'.join(sorted({r['attention'] for r in rows if r['attention']}))}"
+       if has_transformer else "") + ")")))
+
+  text = "a recurrent layer's time grows linearly in n (O(n d^2) work)"
+  if recurrent:
+    low, high = LINEAR_SLOPE
+    inside = [b for b in recurrent if low <= figures[f"{b}_slope"] <= high]
+    verdict = ("supported" if len(inside) == len(recurrent) else
+               "not supported" if not inside else "partly supported")
+    result.append(reporting.Claim(text, verdict, (
+        "Log-log slopes of time against n: " + ", ".join(
+            f"{b} {figures[f'{b}_slope']:.2f}" for b in recurrent) +
+        f" (linear: within [{low:g}, {high:g}])")))
+  else:
+    result.append(reporting.Claim(text, "not measured",
+                                  "no recurrent backbone in config.backbones"))
+
+  text = "self-attention's work grows as n^2 (O(n^2 d))"
+  if has_transformer:
+    end = figures["transformer_end_slope"]
+    verdict = ("supported" if end >= QUADRATIC_SLOPE else
+               "not supported" if end <= SUBQUADRATIC_SLOPE else
+               "partly supported")
+    result.append(reporting.Claim(text, verdict, (
+        f"Transformer slope {end:.2f} over n={lens[-_upper_half(len(lens))]}"
+        f"..{lens[-1]} "
+        f"({figures['transformer_slope']:.2f} over all lengths); quadratic at "
+        f">= {QUADRATIC_SLOPE:g}, <= {SUBQUADRATIC_SLOPE:g} means the "
+        f"O(n d^2) projections and feed-forward still dominate")))
+  else:
+    result.append(reporting.Claim(text, "not measured",
+                                  "no Transformer in config.backbones"))
+  return result
+
+
+def plot(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
+         output_dir: str) -> str:
+  """Time and time per token against n, log-log, one line per backbone."""
+  plt = reporting.pyplot()
+  fig, (ax_time, ax_token) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for backbone in config.backbones:
+    n, ms = _series(rows, backbone, "ms")
+    _, per_token = _series(rows, backbone, "us_per_token")
+    label = backbone if backbone != "transformer" else "Transformer"
+    ax_time.plot(n, ms, "o-", label=label)
+    ax_token.plot(n, per_token, "o-", label=label)
+  n = np.array(sorted({r["seq_len"] for r in rows}), np.float64)
+  anchor = min(r["ms"] for r in rows if r["seq_len"] == n[0])
+  for power, style in ((1, ":"), (2, "--")):
+    ax_time.plot(n, anchor * (n / n[0]) ** power, style, color="gray",
+                 label=f"slope {power}")
+  ax_time.set_ylabel("forward+backward time (ms)")
+  ax_token.set_ylabel("time per token (us)")
+  for ax in (ax_time, ax_token):
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n (tokens)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+  fig.suptitle(f"One layer, width {config.model_dim}, batch {config.batch}, "
+               f"{config.dtype}: forward+backward after compilation\n"
+               f"{reporting.device_description()}")
+  return reporting.save_figure(fig, output_dir, "speed")
+
+
+def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
+  """Measures, writes `speed.{png,csv,md}` and the summary; see module doc."""
+  rows = measure(config)
+  figures = fit_slopes(rows, config.backbones)
+  longest = max(config.seq_lens)
+  ms = {r["backbone"]: r["ms"] for r in rows if r["seq_len"] == longest}
+  for backbone in config.backbones:
+    figures[f"{backbone}_ms_at_{longest}"] = ms[backbone]
+  if "transformer" in ms:
+    for backbone in RECURRENT:
+      if backbone in ms:
+        figures[f"{backbone}_over_transformer_at_{longest}"] = (
+            ms[backbone] / ms["transformer"])
+  report = reporting.Report("speed", reporting.device_description(), figures,
+                            claims(rows, figures, config.backbones))
+  report.files += reporting.write_table(
+      output_dir, "speed",
+      ["backbone", "seq_len", "ms", "us_per_token", "sequential_steps",
+       "attention"],
+      [[r["backbone"], r["seq_len"], r["ms"], r["us_per_token"],
+        r["sequential_steps"], r["attention"]] for r in rows])
+  report.files.append(plot(rows, config, output_dir))
+  report.files.append(os.path.join(output_dir, "summary.md"))
+  report.files.append(os.path.join(output_dir, "summary.json"))
+  report.write(output_dir)
+  return report

@@ -1,0 +1,91 @@
+"""The speed experiment: tiny run, sequential-step counts, computed verdicts."""
+
+import csv
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rnn_transformer.experiments import reporting
+from rnn_transformer.experiments import speed
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  output_dir = str(tmp_path_factory.mktemp("speed"))
+  config = speed.get_config("tiny")
+  return config, speed.run(config, output_dir), output_dir
+
+
+def test_tiny_run_writes_figure_tables_and_summary(tiny_run):
+  config, report, output_dir = tiny_run
+  for name in ("speed.png", "speed.csv", "speed.md", "summary.md",
+               "summary.json"):
+    assert os.path.join(output_dir, name) in report.files
+  for path in report.files:
+    assert os.path.getsize(path) > 0, path
+  with open(os.path.join(output_dir, "speed.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(config.backbones) * len(config.seq_lens)
+  assert all(float(r["ms"]) > 0 for r in rows)
+  for backbone in config.backbones:
+    assert math.isfinite(report.figures[f"{backbone}_slope"])
+  assert [c.verdict in reporting.VERDICTS for c in report.claims] == [True] * 4
+
+
+def test_recurrent_steps_grow_with_n_transformer_steps_do_not(tiny_run):
+  config, report, output_dir = tiny_run
+  with open(os.path.join(output_dir, "speed.csv")) as f:
+    for row in csv.DictReader(f):
+      n, steps = int(row["seq_len"]), int(row["sequential_steps"])
+      # One scan over time forward and one backward; attention has none.
+      assert steps == (0 if row["backbone"] == "transformer" else 2 * n), row
+  sequential = [c for c in report.claims if "sequential operations" in c.claim]
+  assert [c.verdict for c in sequential] == ["supported"]
+
+
+def test_sequential_steps_multiplies_nested_scans_and_maxes_conds():
+  def inner(c, x):
+    return jax.lax.scan(lambda c, y: (c + y, None), c, x)[0], None
+
+  def f(x):  # x: (3, 4); an outer scan of 3 over an inner scan of 4
+    total, _ = jax.lax.scan(inner, 0.0, x)
+    return jax.lax.cond(total > 0, lambda: jax.lax.scan(
+        lambda c, y: (c + y, None), total, jnp.ones(5))[0], lambda: total)
+
+  assert speed.sequential_steps(jax.make_jaxpr(f)(jnp.ones((3, 4)))) == 17
+
+
+def _rows(ms_by_backbone, lens=(64, 128)):
+  return [dict(backbone=b, seq_len=n, ms=ms * n, us_per_token=1.0,
+               sequential_steps=(0 if b == "transformer" else 2 * n),
+               attention="xla" if b == "transformer" else "")
+          for n in lens for b, ms in ms_by_backbone.items()]
+
+
+@pytest.mark.parametrize("recurrent_ms, verdict", [
+    ({"rnn": 3.0, "lstm": 2.0}, "supported"),
+    ({"rnn": 0.3, "lstm": 0.5}, "not supported"),
+    ({"rnn": 1.0, "lstm": 3.0}, "partly supported"),  # a tie, one slower
+])
+def test_verdicts_follow_the_measured_numbers(recurrent_ms, verdict):
+  rows = _rows({**recurrent_ms, "transformer": 1.0})
+  backbones = (*recurrent_ms, "transformer")
+  claims = speed.claims(rows, speed.fit_slopes(rows, backbones), backbones)
+  assert claims[0].verdict == verdict, claims[0]
+  # Every synthetic time is proportional to n: linear, not quadratic.
+  assert claims[2].verdict == "supported", claims[2]
+  assert claims[3].verdict == "not supported", claims[3]
+
+
+def test_bad_config_raises():
+  config = speed.get_config("tiny")
+  config.backbones = ("rnn", "mamba")
+  with pytest.raises(ValueError, match="config.backbones"):
+    speed.measure(config)
+  config = speed.get_config("tiny")
+  config.seq_lens = (32, 8)
+  with pytest.raises(ValueError, match="config.seq_lens"):
+    speed.measure(config)
