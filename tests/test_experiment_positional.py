@@ -42,7 +42,7 @@ def test_each_encoding_tells_word_order(report, encoding):
 
 
 def test_vocabulary_and_permutation_of_words():
-  pairs = ["dog bites man | man bites dog"]
+  pairs = ["dog bites man / man bites dog"]
   assert positional.vocabulary(pairs) == {
       "<pad>": 0, "bites": 1, "dog": 2, "man": 3}
   sentence, permuted = "the cat sees the dog".split(), (
@@ -65,3 +65,17 @@ def test_unpermuted_difference_is_zero_for_permuted_features():
   features[1, 1] += 0.5
   np.testing.assert_allclose(
       positional.unpermuted_differences(features, lengths, [perm]), [0.5])
+
+
+@pytest.mark.parametrize("none, sinusoidal, learned, rope, verdicts", [
+    (0.0, 0.5, 0.05, 0.5, ["supported", "supported"]),
+    (1e-4, 0.5, 1e-6, 0.5, ["partly supported", "partly supported"]),
+    (0.1, 1e-6, 1e-6, 1e-4, ["not supported", "not supported"]),
+])
+def test_verdicts_follow_the_thresholds(none, sinusoidal, learned, rope,
+                                        verdicts):
+  smallest = {"none": none, "sinusoidal": sinusoidal, "learned": learned,
+              "rope": rope}
+  largest = {k: 2 * v for k, v in smallest.items()}
+  claims = positional._claims(largest, smallest, exact_pairs=0, total_pairs=1)
+  assert [c.verdict for c in claims] == verdicts

@@ -46,13 +46,15 @@ EQUIVARIANT_ATOL = 1e-5
 ORDER_SENSITIVE_ATOL = 1e-3
 
 _SENTENCE_PAIRS = (
-    "dog bites man | man bites dog",
-    "the cat chases the mouse | the mouse chases the cat",
-    "the man who feeds the dog sees the cat | "
+    "dog bites man / man bites dog",
+    "the cat chases the mouse / the mouse chases the cat",
+    "the man who feeds the dog sees the cat / "
     "the cat who feeds the dog sees the man",
-    "the dog that bit the man saw the cat | "
+    "the dog that bit the man saw the cat / "
     "the man that bit the dog saw the cat",
 )
+_LONG_SENTENCE = ("the man who bites the dog sees a cat that chases the "
+                  "mouse")
 
 
 def get_config(scale: str = "default") -> ml_collections.ConfigDict:
@@ -61,10 +63,13 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "positional"
   config.seed = 0  # the first seed; seeds are seed .. seed + num_seeds - 1
-  config.num_seeds = {"tiny": 1, "default": 5, "large": 20}[scale]
-  # "sentence | a permutation of its words", one pair per entry.
+  config.num_seeds = {"tiny": 1, "default": 10, "large": 20}[scale]
+  # "sentence / a permutation of its words", one pair per entry.
   config.sentence_pairs = _SENTENCE_PAIRS[:2] if scale == "tiny" else (
       _SENTENCE_PAIRS)
+  # Further pairs: this sentence and random shuffles of its words.
+  config.long_sentence = _LONG_SENTENCE
+  config.random_permutations = {"tiny": 1, "default": 8, "large": 32}[scale]
   config.model = ml_collections.ConfigDict()  # fields of ModelConfig
   config.model.num_layers = {"tiny": 1, "default": 2, "large": 6}[scale]
   config.model.model_dim = {"tiny": 16, "default": 64, "large": 256}[scale]
@@ -78,6 +83,17 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   return config
 
 
+def sentence_pairs(config: ml_collections.ConfigDict) -> list[str]:
+  """The configured pairs plus shuffles of `long_sentence` (seeded)."""
+  pairs = list(config.sentence_pairs)
+  words = config.long_sentence.split()
+  rng = np.random.default_rng(config.seed)
+  for _ in range(config.random_permutations):
+    shuffled = [words[i] for i in rng.permutation(len(words))]
+    pairs.append(f"{' '.join(words)} / {' '.join(shuffled)}")
+  return pairs
+
+
 def vocabulary(pairs) -> dict[str, int]:
   """Word -> token id over every sentence, `<pad>` = 0, the rest sorted."""
   words = sorted({w for pair in pairs for s in _split(pair) for w in s})
@@ -85,7 +101,7 @@ def vocabulary(pairs) -> dict[str, int]:
 
 
 def _split(pair: str) -> tuple[list[str], list[str]]:
-  first, _, second = pair.partition("|")
+  first, _, second = pair.partition("/")
   return first.split(), second.split()
 
 
@@ -244,7 +260,7 @@ def _plot_differences(output_dir: str, worst: dict[str, float],
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, plots and tabulates; returns the report with verdicts."""
-  pairs = list(config.sentence_pairs)
+  pairs = sentence_pairs(config)
   vocab = vocabulary(pairs)
   tokens, lengths, perms = _batch(pairs, vocab, config.model.max_len)
   with jax.default_matmul_precision("float32"):
