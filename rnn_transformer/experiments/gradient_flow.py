@@ -91,7 +91,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict()
   config.task.name = "adding"  # a rnn_transformer.tasks name, loss on step T
   config.task.params = ml_collections.ConfigDict(
-      {"seq_len": seq_len})  # its arguments (first_token: distance)
+      {"seq_len": seq_len})  # its keyword arguments
   config.hidden = {"tiny": 16, "default": 32, "large": 128}[scale]  # H
   config.batch_size = {"tiny": 16, "default": 32, "large": 128}[scale]
   config.train = ml_collections.ConfigDict()  # read by train.make_optimizer
@@ -179,11 +179,11 @@ class _Runner:
     self.task = task
     root = jax.random.key(config.seed)
     init_key, data_key, probe_key, self.dropout_key = jax.random.split(root, 4)
-    steps = jnp.arange(config.train.steps + 1)
+    steps = jnp.arange(config.train.steps)
 
     def draw(data_key, probe_key):
       batches = jax.vmap(lambda s: task.batch(jax.random.fold_in(data_key, s),
-                                              config.batch_size))(steps[:-1])
+                                              config.batch_size))(steps)
       return batches, task.eval_batch(probe_key, config.batch_size)
 
     self.batches, self.probe_batch = self.compile(draw, data_key, probe_key)(
@@ -419,9 +419,6 @@ def _plot_losses(output_dir: str, name: str, title: str,
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, plots and tabulates; returns the report with verdicts."""
   task = tasks.make_task(config.task.name, **config.task.params.to_dict())
-  if task.regression and task.output_size != 1:
-    raise ValueError(f"task: expected one regression output, got "
-                     f"{task.output_size}")
   runner = _Runner(config, task)
   baseline = task.baseline["loss"]
   norms, ratios, losses, grad_norms, rows, radii = {}, {}, {}, {}, [], {}
