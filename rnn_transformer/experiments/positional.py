@@ -229,9 +229,10 @@ def _plot_encoding(output_dir: str, config: ml_collections.ConfigDict) -> str:
 
 
 def _plot_differences(output_dir: str, worst: dict[str, float],
-                      best: dict[str, float], floor: float) -> str:
+                      best: dict[str, float], floor: float,
+                      config: ml_collections.ConfigDict) -> str:
   plt = reporting.pyplot()
-  fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
+  fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
   names = list(worst)
   x = np.arange(len(names))
   # A bit-exact 0 has no place on a log axis: drawn at `floor`, labelled.
@@ -252,8 +253,10 @@ def _plot_differences(output_dir: str, worst: dict[str, float],
   ax.set_xticks(x, names)
   ax.set_xlabel("positional encoding")
   ax.set_ylabel("max |f(Px) - P f(x)| (output units)")
-  ax.set_title("Transformer encoder outputs, permuted sentence vs permuted "
-               f"outputs\n{reporting.device_description()}")
+  model = config.model
+  ax.set_title(f"{model.num_layers}-layer Transformer encoder (d="
+               f"{model.model_dim}, same weights at init): permuted sentence "
+               f"vs permuted outputs\n{reporting.device_description()}")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   return reporting.save_figure(fig, output_dir, "permutation_difference")
 
@@ -283,7 +286,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   nonzero = [v for d in differences.values() for v in d.ravel() if v > 0]
   floor = min([EQUIVARIANT_ATOL / 10] + nonzero) / 10
   files.append(_plot_encoding(output_dir, config))
-  files.append(_plot_differences(output_dir, worst, best, floor))
+  files.append(_plot_differences(output_dir, worst, best, floor, config))
   files += [os.path.join(output_dir, f) for f in ("summary.md",
                                                   "summary.json")]
 
@@ -292,6 +295,8 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
     figures[f"{encoding} largest difference"] = worst[encoding]
     figures[f"{encoding} smallest difference"] = best[encoding]
     figures[f"{encoding} max abs output"] = scales[encoding]
+    figures[f"{encoding} first pair, first seed"] = float(
+        differences[encoding][0, 0])
   none = differences["none"]
   figures["none bit-exact cases"] = int(np.sum(none == 0))
   report = reporting.Report(
