@@ -478,7 +478,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
 
   files += reporting.write_table(
       output_dir, "gradient_ratio",
-      ["model", "stage", "rho(W_hh)", "||dL/dh_1||", "||dL/dh_T||",
+      ["model", "stage", "rho(W_hh)", "norm_dL_dh_1", "norm_dL_dh_T",
        "ratio_1_over_T", "per_step_factor", "underflow_to_step",
        "final_train_loss"], rows)
   time = task.seq_len
