@@ -112,3 +112,16 @@ def test_tiny_run_writes_every_seed_and_the_verdicts_it_measured(tiny_run):
   # The robust gap at this budget: the RNN is far behind at the longest.
   assert mean["rnn"][longest] <= mean["transformer"][longest] - 0.3
   assert report.figures["transformer_solved_up_to_distance"] == longest
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("distances", (5, 5), "distinct positive"),
+    ("distances", (0, 5), "distinct positive"),
+    ("backbones", ("rnn", "mamba"), "mamba"),
+    ("seeds", 0, "at least 1"),
+])
+def test_bad_configs_raise_before_training(field, value, match, tmp_path):
+  config = long_range.get_config("tiny")
+  config[field] = value
+  with pytest.raises(ValueError, match=match):
+    long_range.run(config, str(tmp_path))

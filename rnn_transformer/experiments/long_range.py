@@ -421,6 +421,13 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   if unknown:
     raise ValueError(f"config.backbones: expected names from {BACKBONES}, got "
                      f"{unknown}")
+  distances = list(config.distances)
+  if not distances or len(set(distances)) != len(distances) or any(
+      not isinstance(d, int) or d < 1 for d in distances):
+    raise ValueError(f"config.distances: expected distinct positive integers, "
+                     f"got {config.distances}")
+  if config.seeds < 1:
+    raise ValueError(f"config.seeds: expected at least 1, got {config.seeds}")
   results, seconds = {}, {}
   for backbone in config.backbones:
     backbone_start = time.perf_counter()
