@@ -370,7 +370,8 @@ def claims(mean_accuracy: dict[str, dict[int, float]],
       else missing(RNN_FORGETS, "rnn"),
       _gated_remember_longer(mean_accuracy)
       if acc["rnn"] and (acc["lstm"] or acc["gru"])
-      else missing(GATED_REMEMBER_LONGER, "rnn and lstm or gru"),
+      else missing(GATED_REMEMBER_LONGER,
+                   "lstm or gru" if acc["rnn"] else "rnn"),
       _lstm_few_hundred(acc["lstm"], failed_below) if acc["lstm"]
       else missing(LSTM_FEW_HUNDRED, "lstm"),
       _transformer_solves_all(acc["transformer"]) if acc["transformer"]
@@ -444,7 +445,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
                        float(metrics["accuracy"][seed]),
                        float(metrics["loss"][seed]),
                        float(metrics["train_loss"][seed])))
-    acc = metrics["accuracy"]
+    acc = metrics["accuracy"].astype(np.float64)
     mean_accuracy.setdefault(backbone, {})[distance] = float(acc.mean())
     summary_rows.append((backbone, distance, float(acc.mean()),
                          float(acc.std()), float(acc.min()), float(acc.max())))
