@@ -241,10 +241,18 @@ def train_backbone(config: ml_collections.ConfigDict,
   return {k: np.asarray(v).reshape(seeds.shape) for k, v in metrics.items()}
 
 
-def _compiler_options(fast_compile: bool) -> dict[str, int]:
-  if fast_compile and jax.default_backend() == "cpu":
-    return {"xla_backend_optimization_level": 0}
-  return {}
+def _compiler_options(fast_compile: bool) -> dict[str, int | bool]:
+  if jax.default_backend() != "cpu":
+    return {}
+  # One default run in about five stalled with every XLA:CPU thread parked
+  # while the vmapped program ran (idle for 13 min, at 3% CPU). Eigen's
+  # intra-op thread pool wedging on vmapped graphs is a reported XLA:CPU
+  # hang; this program is a long scan of small matmuls, so it gives up
+  # little without that pool.
+  options: dict[str, int | bool] = {"xla_cpu_multi_thread_eigen": False}
+  if fast_compile:
+    options["xla_backend_optimization_level"] = 0
+  return options
 
 
 def chance_accuracy(config: ml_collections.ConfigDict) -> float:
