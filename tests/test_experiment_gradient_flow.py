@@ -9,15 +9,16 @@ import numpy as np
 import optax
 import pytest
 
+from experiment_helpers import assert_wrote
+from experiment_helpers import run_tiny
 from rnn_transformer import experiments
 from rnn_transformer.experiments import gradient_flow
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-  output_dir = str(tmp_path_factory.mktemp("gradient_flow"))
-  config = gradient_flow.get_config("tiny")
-  return gradient_flow.run(config, output_dir), output_dir
+  _, report, output_dir = run_tiny(gradient_flow, tmp_path_factory)
+  return report, output_dir
 
 
 def _verdicts(report):
@@ -26,13 +27,10 @@ def _verdicts(report):
 
 def test_writes_figures_tables_and_summary(report):
   report, output_dir = report
-  names = {os.path.basename(f) for f in report.files}
-  for name in ("gradient_norms.png", "clipping.png", "training_loss.png",
-               "gradient_ratio.csv", "gradient_ratio.md", "clipping.csv",
-               "summary.md", "summary.json"):
-    assert name in names
-  for path in report.files:
-    assert os.path.getsize(path) > 0, path
+  assert_wrote(report, ("gradient_norms.png", "clipping.png",
+                        "training_loss.png", "gradient_ratio.csv",
+                        "gradient_ratio.md", "clipping.csv", "summary.md",
+                        "summary.json"))
   assert experiments.load("gradient_flow") is gradient_flow
   with open(os.path.join(output_dir, "gradient_ratio.csv")) as f:
     assert len(f.read().splitlines()) == 1 + 2 * len(gradient_flow.MODELS)

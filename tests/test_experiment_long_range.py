@@ -2,12 +2,14 @@
 
 import csv
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiment_helpers import run_tiny
 from rnn_transformer import tasks
 from rnn_transformer import train_config
 from rnn_transformer.backbones import build_backbone
@@ -79,9 +81,8 @@ def test_verdicts_follow_the_thresholds():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  output_dir = tmp_path_factory.mktemp("long_range")
-  config = long_range.get_config("tiny")
-  return config, long_range.run(config, str(output_dir)), output_dir
+  config, report, output_dir = run_tiny(long_range, tmp_path_factory)
+  return config, report, pathlib.Path(output_dir)
 
 
 def test_tiny_run_writes_every_seed_and_the_verdicts_it_measured(tiny_run):

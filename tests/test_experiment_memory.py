@@ -7,24 +7,21 @@ import os
 import jax
 import pytest
 
+from experiment_helpers import assert_wrote
+from experiment_helpers import run_tiny
 from rnn_transformer.experiments import memory
 from rnn_transformer.experiments import reporting
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  output_dir = str(tmp_path_factory.mktemp("memory"))
-  config = memory.get_config("tiny")
-  return config, memory.run(config, output_dir), output_dir
+  return run_tiny(memory, tmp_path_factory)
 
 
 def test_tiny_run_writes_figure_tables_and_summary(tiny_run):
   config, report, output_dir = tiny_run
-  for name in ("memory.png", "memory.csv", "memory.md", "summary.md",
-               "summary.json"):
-    assert os.path.join(output_dir, name) in report.files
-  for path in report.files:
-    assert os.path.getsize(path) > 0, path
+  assert_wrote(report, ("memory.png", "memory.csv", "memory.md",
+                        "summary.md", "summary.json"))
   with open(os.path.join(output_dir, "memory.csv")) as f:
     rows = list(csv.DictReader(f))
   measured = [r for r in rows if r["status"] == "ok"]

@@ -1,18 +1,18 @@
 """The positional experiment at its tiny scale: attention alone is order-blind."""
 
-import os
 
 import numpy as np
 import pytest
 
+from experiment_helpers import assert_wrote
+from experiment_helpers import run_tiny
 from rnn_transformer import experiments
 from rnn_transformer.experiments import positional
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-  output_dir = str(tmp_path_factory.mktemp("positional"))
-  return positional.run(positional.get_config("tiny"), output_dir)
+  return run_tiny(positional, tmp_path_factory)[1]
 
 
 def _verdicts(report):
@@ -20,13 +20,10 @@ def _verdicts(report):
 
 
 def test_writes_figures_tables_and_summary(report):
-  names = {os.path.basename(f) for f in report.files}
-  for name in ("sinusoidal_encoding.png", "permutation_difference.png",
-               "permutation_difference.csv", "permutation_difference.md",
-               "vocabulary.csv", "summary.md", "summary.json"):
-    assert name in names
-  for path in report.files:
-    assert os.path.getsize(path) > 0, path
+  assert_wrote(report, ("sinusoidal_encoding.png", "permutation_difference.png",
+                        "permutation_difference.csv",
+                        "permutation_difference.md", "vocabulary.csv",
+                        "summary.md", "summary.json"))
   assert experiments.load("positional") is positional
 
 

@@ -8,24 +8,21 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from experiment_helpers import assert_wrote
+from experiment_helpers import run_tiny
 from rnn_transformer.experiments import reporting
 from rnn_transformer.experiments import speed
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  output_dir = str(tmp_path_factory.mktemp("speed"))
-  config = speed.get_config("tiny")
-  return config, speed.run(config, output_dir), output_dir
+  return run_tiny(speed, tmp_path_factory)
 
 
 def test_tiny_run_writes_figure_tables_and_summary(tiny_run):
   config, report, output_dir = tiny_run
-  for name in ("speed.png", "speed.csv", "speed.md", "summary.md",
-               "summary.json"):
-    assert os.path.join(output_dir, name) in report.files
-  for path in report.files:
-    assert os.path.getsize(path) > 0, path
+  assert_wrote(report, ("speed.png", "speed.csv", "speed.md", "summary.md",
+                        "summary.json"))
   with open(os.path.join(output_dir, "speed.csv")) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(config.backbones) * len(config.seq_lens)
