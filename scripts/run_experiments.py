@@ -26,9 +26,9 @@ _ONLY = flags.DEFINE_list("only", list(experiments.EXPERIMENTS),
 
 def main(argv):
   del argv
+  modules = {name: experiments.load(name) for name in _ONLY.value}  # fail early
   summaries = []
-  for name in _ONLY.value:
-    module = experiments.load(name)
+  for name, module in modules.items():
     output_dir = os.path.join(_OUTPUT_DIR.value, name)
     os.makedirs(output_dir, exist_ok=True)
     start = time.perf_counter()

@@ -95,7 +95,8 @@ def test_verdicts_follow_the_thresholds(init, trained, verdict):
     measured.update(zip([(name, stage) for name in (
         "tanh_0.5", "linear_1.5", "lstm", "gru", "tanh_1.0")], values))
   fine = dict(final_unclipped=0.1, final_clipped=0.1, non_finite_unclipped=None,
-              derailed_unclipped=False, derailed_clipped=False)
+              derailed_unclipped=False, derailed_clipped=False,
+              norm_overflow_clipped=None)
   claims = gradient_flow._claims(measured, {"sgd": fine}, 10)
   assert [c.verdict for c in claims[:3]] == [verdict] * 3
   assert claims[3].verdict == "not measured"  # nothing derailed unclipped
@@ -103,5 +104,12 @@ def test_verdicts_follow_the_thresholds(init, trained, verdict):
   lost = dict(rescued, derailed_clipped=True)
   for runs, expected in (({"sgd": rescued}, "supported"),
                          ({"sgd": rescued, "adamw": lost}, "partly supported"),
-                         ({"sgd": lost}, "not supported")):
+                         ({"sgd": lost}, "not supported"),
+                         # clip_by_global_norm of an infinite norm zeroes the
+                         # update: that run says nothing about clipping.
+                         ({"sgd": dict(lost, norm_overflow_clipped=3)},
+                          "not measured"),
+                         ({"sgd": rescued,
+                           "adamw": dict(lost, norm_overflow_clipped=0)},
+                          "supported")):
     assert gradient_flow._claims(measured, runs, 10)[3].verdict == expected

@@ -344,13 +344,18 @@ def _claims(ratios: dict[tuple[str, str], float],
       "||dL/dh_1||/||dL/dh_T|| against the tanh RNN at rho=1 (pass: at "
       f"least {GATING_MARGIN:g} times larger): " + "; ".join(parts) + "."))
 
-  derailed = [opt for opt, r in clipping.items() if r["derailed_unclipped"]]
+  derailed = [opt for opt, r in clipping.items()
+              if r["derailed_unclipped"] and r["norm_overflow_clipped"] is None]
   rescued = [opt for opt in derailed if not clipping[opt]["derailed_clipped"]]
-  evidence = "; ".join(
+  overflowed = [f"{opt} (the clipped run's gradient norm overflowed float32 "
+                f"at step {r['norm_overflow_clipped']}: not counted)"
+                for opt, r in clipping.items()
+                if r["norm_overflow_clipped"] is not None]
+  evidence = "; ".join(overflowed + [
       f"{opt}: final loss {r['final_unclipped']:.3g} unclipped (first "
       f"non-finite step {r['non_finite_unclipped']}) vs "
       f"{r['final_clipped']:.3g} clipped"
-      for opt, r in clipping.items())
+      for opt, r in clipping.items()])
   if not derailed:
     verdict = "not measured"
   elif len(rescued) == len(derailed):
@@ -458,6 +463,10 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       result[f"final_{label}"] = _final_loss(curve)
       result[f"derailed_{label}"] = _derailed(curve, baseline)
       result[f"non_finite_{label}"] = _first_non_finite(curve)
+    # An infinite global norm makes clip_by_global_norm scale by 1/inf = 0:
+    # the clipped run then stands still and says nothing about clipping.
+    result["norm_overflow_clipped"] = _first_non_finite(
+        clip_grads[optimizer]["clipped"])
     clipping[optimizer] = result
 
   files = [_plot_norms(output_dir, norms, config)]
