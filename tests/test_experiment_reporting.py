@@ -47,3 +47,20 @@ def test_bad_names_raise():
     experiments.load("nope")
   with pytest.raises(ValueError, match="scale .* expected one of"):
     reporting.check_scale("huge")
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("speed", "iters", 0), ("positional", "num_seeds", 0),
+    ("gradient_flow", "train.steps", -1), ("gradient_flow", "hidden", 0)])
+def test_experiments_reject_non_positive_sizes(tmp_path, name, field, value):
+  module = experiments.load(name)
+  config = module.get_config("tiny")
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  with config.unlocked():
+    node[leaf] = value
+  with pytest.raises(ValueError, match=rf"config.{field}: expected a positive "
+                     rf"integer, got {value}"):
+    module.run(config, str(tmp_path))

@@ -423,6 +423,8 @@ def _plot_losses(output_dir: str, name: str, title: str,
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, plots and tabulates; returns the report with verdicts."""
+  reporting.check_positive(config, "hidden", "batch_size", "train.steps",
+                           "task.params.seq_len")
   task = tasks.make_task(config.task.name, **config.task.params.to_dict())
   runner = _Runner(config, task)
   baseline = task.baseline["loss"]

@@ -263,6 +263,8 @@ def _plot_differences(output_dir: str, worst: dict[str, float],
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, plots and tabulates; returns the report with verdicts."""
+  reporting.check_positive(config, "num_seeds", "model.num_layers",
+                           "model.model_dim", "model.num_heads")
   pairs = sentence_pairs(config)
   vocab = vocabulary(pairs)
   tokens, lengths, perms = _batch(pairs, vocab, config.model.max_len)

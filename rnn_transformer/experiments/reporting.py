@@ -22,6 +22,20 @@ VERDICTS = ("supported", "partly supported", "not supported", "not measured")
 SCALES = ("tiny", "default", "large")
 
 
+def check_positive(config, *fields: str) -> None:
+  """Raises ValueError naming `config.<field>` unless each is an int >= 1.
+
+  Fields may be dotted (`"train.steps"`).
+  """
+  for field in fields:
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.{field}: expected a positive integer, got "
+                       f"{value!r}")
+
+
 def check_scale(scale: str) -> str:
   if scale not in SCALES:
     raise ValueError(f"scale (the config argument): expected one of {SCALES}, "

@@ -154,6 +154,7 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   if unknown or not config.backbones:
     raise ValueError(f"config.backbones: expected names from {BACKBONES}, "
                      f"got {tuple(config.backbones)}")
+  reporting.check_positive(config, "batch", "model_dim", "num_heads", "iters")
   lens = list(config.seq_lens)
   if len(lens) < 2 or lens != sorted(set(lens)) or lens[0] < 1:
     raise ValueError(f"config.seq_lens: expected at least two ascending "
