@@ -9,12 +9,16 @@ the memory of one jitted forward+backward (`jax.grad` of the output's sum
 w.r.t. q, k and v):
 
 * compiled: XLA's `memory_analysis()`, temp + arguments + outputs, on every
-  backend. Deterministic, and compiling allocates nothing, so it can be read
-  at lengths that would not fit;
+  backend. Deterministic, and it can be read at lengths that would not fit
+  (on a CPU compiling allocates nothing; on a GPU the autotuner may allocate
+  while compiling, which raises the high-water mark below);
 * peak (GPU): `memory_stats()["peak_bytes_in_use"]` after running the program
   once, minus the bytes in use before its inputs were allocated. The peak is
   a high-water mark that never resets, so programs run in increasing order of
-  compiled size and a run that does not raise it is reported as masked.
+  compiled size and a run that does not raise it is reported as masked. It
+  is only informative in a fresh process: run this experiment alone
+  (`scripts/experiment.py`), not after others in `run_experiments.py`.
+  Never run yet (no GPU was available where this was written).
 
 It fits the exponent p of bytes ~ c n^p per implementation, and the length
 at which the reference no longer fits in the device's memory (GPU:
