@@ -220,7 +220,8 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
       qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
       ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg,
                                kv_seg, CAUSAL, HAS_SEGMENTS))
-      p_t = tl.where(ok_t, tl.math.exp2(qk_t - lse[None, :]), 0.0)
+      # Masked before exp2 so masked scores never overflow to inf.
+      p_t = tl.math.exp2(tl.where(ok_t, qk_t - lse[None, :], float("-inf")))
       dv += tl.dot(_operand(p_t, Q.dtype.element_ty, WIDEN), do,
                    input_precision=DOT_PRECISION)
       dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
@@ -290,7 +291,7 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     ok = _allowed(offs_m, offs_n, hi, q_len, kv_len, q_seg, kv_seg, CAUSAL,
                   HAS_SEGMENTS)
-    p = tl.where(ok, tl.math.exp2(qk - lse[:, None]), 0.0)
+    p = tl.math.exp2(tl.where(ok, qk - lse[:, None], float("-inf")))
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(_operand(ds, Q.dtype.element_ty, WIDEN), k,
