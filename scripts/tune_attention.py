@@ -29,10 +29,18 @@ _BATCH = flags.DEFINE_integer("batch", 4, "")
 _HEADS = flags.DEFINE_integer("num_heads", 16, "")
 _ITERS = flags.DEFINE_integer("iters", 20, "Timed calls per candidate.")
 _OUT = flags.DEFINE_string("out", "block_sizes_tuned.txt", "Rows go here.")
+# The full grid is 160 candidates per table row; narrow it to fit a short lease.
+_BLOCK_MS = flags.DEFINE_list("block_ms", ["16", "32", "64", "128"],
+                              "Candidate BLOCK_M (query tile rows).")
+_BLOCK_NS = flags.DEFINE_list("block_ns", ["16", "32", "64", "128"],
+                              "Candidate BLOCK_N (key tile rows).")
+_WARPS = flags.DEFINE_list("num_warps", ["4", "8"], "Candidate warps.")
+_STAGES = flags.DEFINE_list("num_stages", ["1", "2", "3", "4", "5"],
+                            "Candidate software-pipelining stages.")
 
-_BLOCKS = (16, 32, 64, 128)
-_WARPS = (4, 8)
-_STAGES = (1, 2, 3, 4, 5)
+
+def _ints(flag) -> list[int]:
+  return [int(x) for x in flag.value]
 
 
 def _time(fn, *args) -> float:
@@ -66,13 +74,13 @@ def main(argv):
     raise app.UsageError("tune_attention.py needs a CUDA GPU")
   lines = []
   for kernel, head_dim, dtype, causal in itertools.product(
-      _KERNELS.value, [int(d) for d in _HEAD_DIMS.value], _DTYPES.value,
+      _KERNELS.value, _ints(_HEAD_DIMS), _DTYPES.value,
       (False, True)):
     if (kernel, head_dim, dtype, causal) not in block_sizes.TABLE:
       continue
     best = None
-    for bm, bn, warps, stages in itertools.product(_BLOCKS, _BLOCKS, _WARPS,
-                                                   _STAGES):
+    for bm, bn, warps, stages in itertools.product(
+        _ints(_BLOCK_MS), _ints(_BLOCK_NS), _ints(_WARPS), _ints(_STAGES)):
       cand = block_sizes.BlockSizes(bm, bn, warps, stages)
       try:
         t = _candidate_time(kernel, head_dim, dtype, causal, cand)

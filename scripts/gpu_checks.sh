@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, sized for a short lease (about 9 minutes on one
+# H100/H200): the compiled-kernel tests, the attention and recurrent
+# benchmarks at a reduced grid, and a narrowed block-size sweep. Everything
+# lands in one flat folder of at most 8 files:
+#
+#   env.txt  gpu_checks.log (every step's output)  attention_bench.{csv,md}
+#   bench_recurrent.{csv,md}  block_sizes_tuned.txt
+#
+# Usage, from the repository root:
+#   bash scripts/gpu_checks.sh [OUT_DIR]          # default: $OUT, else ./out
+# Missing packages (jax-triton, ml_collections) can be carried as wheels in
+# .whl/ (gitignored); they are installed into /tmp/site, never into the system:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux2014_x86_64 -d .whl jax-triton==0.3.1 ml_collections
+# Each step has its own time limit (seconds, overridable through the
+# environment) so one slow step cannot starve the rest; a step that fails or
+# runs out of time is reported in gpu_checks.log and the next one runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+out=${1:-${OUT:-out}}
+mkdir -p "$out"
+log="$out/gpu_checks.log"
+: "${TESTS_S:=200}" "${ATTENTION_S:=170}" "${RECURRENT_S:=60}" "${TUNE_S:=110}"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# Tests and benchmarks share the GPU one process at a time; no preallocation
+# keeps the peak-memory columns about the program, not the allocator.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log the outcome
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$SECONDS
+  echo "== $name (limit ${limit}s): $*" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n 40
+  rc=${PIPESTATUS[0]}
+  echo "== $name: rc=$rc after $((SECONDS - start))s" | tee -a "$log"
+}
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c 'import sys, jax, jaxlib, flax, optax, triton
+print("python", sys.version.split()[0], "jax", jax.__version__, "jaxlib",
+      jaxlib.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "triton", triton.__version__)
+print("devices", jax.devices())
+import importlib.metadata as m
+try:
+  print("jax-triton", m.version("jax-triton"))
+except m.PackageNotFoundError:
+  print("jax-triton not installed: the triton implementation cannot run")'
+  git rev-parse HEAD 2>/dev/null
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q tests/
+step attention_bench "$ATTENTION_S" python3 scripts/bench_attention.py \
+  --seq_lens=4096,16384 --head_dims=64,128 --out_dir="$out"
+step recurrent_bench "$RECURRENT_S" python3 scripts/bench_recurrent.py \
+  --output_dir="$out"
+# Forward kernel, bfloat16, head_dim 128: the row the issue's goals name.
+step tune "$TUNE_S" python3 scripts/tune_attention.py --kernels=fwd \
+  --head_dims=128 --dtypes=bfloat16 --block_ms=64,128 --block_ns=32,64,128 \
+  --num_warps=4,8 --num_stages=2,3,4 --iters=10 --out="$out/block_sizes_tuned.txt"
