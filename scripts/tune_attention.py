@@ -72,6 +72,8 @@ def main(argv):
   del argv
   if jax.default_backend() != "gpu":
     raise app.UsageError("tune_attention.py needs a CUDA GPU")
+  candidates = [block_sizes.BlockSizes(*c) for c in itertools.product(
+      _ints(_BLOCK_MS), _ints(_BLOCK_NS), _ints(_WARPS), _ints(_STAGES))]
   lines = []
   for kernel, head_dim, dtype, causal in itertools.product(
       _KERNELS.value, _ints(_HEAD_DIMS), _DTYPES.value,
@@ -79,9 +81,7 @@ def main(argv):
     if (kernel, head_dim, dtype, causal) not in block_sizes.TABLE:
       continue
     best = None
-    for bm, bn, warps, stages in itertools.product(
-        _ints(_BLOCK_MS), _ints(_BLOCK_NS), _ints(_WARPS), _ints(_STAGES)):
-      cand = block_sizes.BlockSizes(bm, bn, warps, stages)
+    for cand in candidates:
       try:
         t = _candidate_time(kernel, head_dim, dtype, causal, cand)
       except Exception as e:  # pylint: disable=broad-except
