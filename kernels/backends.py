@@ -99,6 +99,35 @@ def _dot_product_attention(implementation: str) -> AttentionFn:
       out = jnp.where(has_key[:, :, None, None], out, 0).astype(out.dtype)
     return out
 
+  if implementation == "xla":
+    return _float16_widened_on_cpu(fn)
+  return fn
+
+
+def _float16_widened_on_cpu(attend: AttentionFn) -> AttentionFn:
+  """`attend`, computing float16 in float32 when lowered for the CPU.
+
+  XLA:CPU has no float16 x float16 -> float32 dot ("The precision
+  'F16_F16_F32' is not supported by dot_general on CPU"), which
+  `jax.nn.dot_product_attention` asks for; jax's own fallback catches that
+  only outside `jit`. `lax.platform_dependent` picks the branch when the
+  program is lowered, so a GPU lowering keeps the float16 path.
+  """
+
+  def fn(q, k, v, mask, scale):
+    if q.dtype != jnp.float16:
+      return attend(q, k, v, mask, scale)
+
+    def widened(q, k, v, mask):
+      f32 = (x.astype(jnp.float32) for x in (q, k, v))
+      return attend(*f32, mask, scale).astype(q.dtype)
+
+    def native(q, k, v, mask):
+      return attend(q, k, v, mask, scale)
+
+    return jax.lax.platform_dependent(q, k, v, mask, cpu=widened,
+                                      default=native)
+
   return fn
 
 

@@ -108,7 +108,11 @@ _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 @contextlib.contextmanager
 def override(rows: Mapping[tuple[str, int, str, bool], BlockSizes]
              ) -> Iterator[None]:
-  """Within the block, `rows` replace table rows (for the tuner; trace time)."""
+  """Within the block, `rows` replace table rows, read at trace time.
+
+  For the tuner, the compile gate, and tests that run the table's real tile
+  shapes under the interpreter (overrides apply in both modes).
+  """
   saved = dict(_overrides)
   _overrides.update(rows)
   try:
@@ -125,8 +129,14 @@ def supported_head_dims(kernel: str) -> tuple[int, ...]:
 
 def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
            interpret: bool) -> BlockSizes:
-  """The block sizes of `kernel` for the call; KeyError if there is no row."""
+  """The block sizes of `kernel` for the call; KeyError if there is no row.
+
+  An `override` row wins; otherwise the interpreter uses `INTERPRET` and the
+  compiled kernels `TABLE`.
+  """
+  key = (kernel, head_dim, np.dtype(dtype).name, causal)
+  if key in _overrides:
+    return _overrides[key]
   if interpret:
     return INTERPRET
-  key = (kernel, head_dim, np.dtype(dtype).name, causal)
-  return _overrides.get(key) or TABLE[key]
+  return TABLE[key]

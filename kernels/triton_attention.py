@@ -196,38 +196,42 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
 
   dk = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
   dv = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
-  for g in range(group):
+  # One flat loop over (query head of the group, query block): a nested loop
+  # would restart the software pipeline per head and keep more values live.
+  num_m = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_M)
+  for it in range(0, group * num_m):
+    g = it // num_m
+    start_m = lo + (it - g * num_m) * BLOCK_M
     off_h = off_hk * group + g
     off_bh = off_b * NUM_HEADS + off_h
     q_base = (off_b.to(tl.int64) * q_len * NUM_HEADS + off_h) * HEAD_DIM
-    for start_m in range(lo, hi, BLOCK_M):
-      offs_m = start_m + tl.arange(0, BLOCK_M)
-      rows = offs_m[:, None] * (NUM_HEADS * HEAD_DIM) + offs_d[None, :]
-      q = _operand(
-          tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
-          Q.dtype.element_ty, WIDEN)
-      do = _operand(
-          tl.load(DO + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
-          Q.dtype.element_ty, WIDEN)
-      lse = tl.load(LSE + off_bh * q_len + offs_m, mask=offs_m < q_len,
-                    other=float("inf"))
-      delta = tl.load(DELTA + off_bh * q_len + offs_m, mask=offs_m < q_len,
-                      other=0.0)
-      q_seg = offs_m
-      if HAS_SEGMENTS:
-        q_seg = tl.load(Q_SEG + off_b * q_len + offs_m, mask=offs_m < q_len,
-                        other=-1)
-      qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
-      ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg,
-                               kv_seg, CAUSAL, HAS_SEGMENTS))
-      # Masked before exp2 so masked scores never overflow to inf.
-      p_t = tl.math.exp2(tl.where(ok_t, qk_t - lse[None, :], float("-inf")))
-      dv += tl.dot(_operand(p_t, Q.dtype.element_ty, WIDEN), do,
-                   input_precision=DOT_PRECISION)
-      dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-      ds_t = p_t * (dp_t - delta[None, :])
-      dk += tl.dot(_operand(ds_t, Q.dtype.element_ty, WIDEN), q,
-                   input_precision=DOT_PRECISION)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = offs_m[:, None] * (NUM_HEADS * HEAD_DIM) + offs_d[None, :]
+    q = _operand(
+        tl.load(Q + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+        Q.dtype.element_ty, WIDEN)
+    do = _operand(
+        tl.load(DO + q_base + rows, mask=offs_m[:, None] < q_len, other=0.0),
+        Q.dtype.element_ty, WIDEN)
+    lse = tl.load(LSE + off_bh * q_len + offs_m, mask=offs_m < q_len,
+                  other=float("inf"))
+    delta = tl.load(DELTA + off_bh * q_len + offs_m, mask=offs_m < q_len,
+                    other=0.0)
+    q_seg = offs_m
+    if HAS_SEGMENTS:
+      q_seg = tl.load(Q_SEG + off_b * q_len + offs_m, mask=offs_m < q_len,
+                      other=-1)
+    qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+    ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg,
+                             kv_seg, CAUSAL, HAS_SEGMENTS))
+    # Masked before exp2 so masked scores never overflow to inf.
+    p_t = tl.math.exp2(tl.where(ok_t, qk_t - lse[None, :], float("-inf")))
+    dv += tl.dot(_operand(p_t, Q.dtype.element_ty, WIDEN), do,
+                 input_precision=DOT_PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(_operand(ds_t, Q.dtype.element_ty, WIDEN), q,
+                 input_precision=DOT_PRECISION)
 
   dk = dk * scale
   tl.store(DK + kv_base + cols, dk.to(DK.dtype.element_ty),

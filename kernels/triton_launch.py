@@ -14,6 +14,14 @@ The interpreter is requested with the environment variable
 manager `triton_interpret(True/False)`. The choice is read when a function is
 traced: a `jax.jit` cache entry traced under one mode keeps it.
 
+Compiled launches target the compute capability of GPU 0 unless one is given
+with `cuda_compute_capability(90)` or `RNN_TRANSFORMER_CUDA_COMPUTE_CAPABILITY`
+(for lowering or exporting for `cuda` on a machine without a GPU).
+
+`recording()` replaces every launch by a record of what would be launched
+(kernel, operand types, scalars, constexprs, grid, warps, stages), for the
+ahead-of-time compile gate in `kernels.compile_gate`.
+
 Kernel arguments follow jax-triton's convention: positional inputs (arrays
 become pointers, Python ints/floats become scalars), then one pointer per
 output, then keyword constexprs. Kernels must write every output element:
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -33,11 +42,60 @@ from typing import Any
 from collections.abc import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 INTERPRET_ENV = "RNN_TRANSFORMER_TRITON_INTERPRET"
+COMPUTE_CAPABILITY_ENV = "RNN_TRANSFORMER_CUDA_COMPUTE_CAPABILITY"
 _interpret_override: contextvars.ContextVar[bool | None] = (
     contextvars.ContextVar("triton_interpret", default=None))
+_capability_override: contextvars.ContextVar[int | None] = (
+    contextvars.ContextVar("cuda_compute_capability", default=None))
+_recorder: contextvars.ContextVar[list[LaunchRecord] | None] = (
+    contextvars.ContextVar("launch_recorder", default=None))
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchRecord:
+  """One kernel launch as jax-triton would compile it.
+
+  Attributes:
+    kernel: the `@triton.jit` function.
+    args: the positional kernel arguments in order: `jax.ShapeDtypeStruct`
+      for each array (inputs, then outputs), Python int or float scalars.
+    constexprs: keyword constexprs.
+    grid: launch grid.
+    num_warps: warps per program.
+    num_stages: software-pipelining stages.
+  """
+
+  kernel: Any
+  args: tuple[Any, ...]
+  constexprs: tuple[tuple[str, Any], ...]
+  grid: tuple[int, ...]
+  num_warps: int
+  num_stages: int
+
+  @property
+  def name(self) -> str:
+    return self.kernel.__name__
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[LaunchRecord]]:
+  """Within the block, launches are recorded (and return zeros), not run.
+
+  Yields the list the records are appended to, in trace order. Launches are
+  seen only while a function is traced, so jax's tracing caches are cleared
+  on entry: a function traced before would otherwise record nothing.
+  """
+  jax.clear_caches()
+  records: list[LaunchRecord] = []
+  token = _recorder.set(records)
+  try:
+    yield records
+  finally:
+    _recorder.reset(token)
 
 
 @contextlib.contextmanager
@@ -58,6 +116,45 @@ def interpret_requested() -> bool:
   return os.environ.get(INTERPRET_ENV, "0").lower() in ("1", "true", "yes")
 
 
+@contextlib.contextmanager
+def cuda_compute_capability(capability: int | None) -> Iterator[None]:
+  """Within the block, compiled kernels target `capability` (e.g. 80, 90).
+
+  None restores the default: the environment variable, else GPU 0's own.
+  The value is read when a launch is traced.
+  """
+  if capability is not None:
+    _check_capability("capability", capability)
+  token = _capability_override.set(capability)
+  try:
+    yield
+  finally:
+    _capability_override.reset(token)
+
+
+def _check_capability(name: str, capability: Any) -> int:
+  if (not isinstance(capability, (int, np.integer))
+      or isinstance(capability, bool) or not 30 <= capability < 1000):
+    raise ValueError(f"{name} must be a CUDA compute capability as an int "
+                     f"such as 80 or 90, got {capability!r}")
+  return int(capability)
+
+
+def compute_capability() -> int | None:
+  """The requested compute capability, or None to ask the device."""
+  override = _capability_override.get()
+  if override is not None:
+    return override
+  value = os.environ.get(COMPUTE_CAPABILITY_ENV, "").strip()
+  if not value:
+    return None
+  try:
+    parsed = int(value)
+  except ValueError:
+    parsed = value
+  return _check_capability(COMPUTE_CAPABILITY_ENV, parsed)
+
+
 def _installed(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None
@@ -73,10 +170,12 @@ def unavailable_reason(interpret: bool) -> str | None:
       return (f"the Triton interpreter needs {' and '.join(missing)} "
               "installed (pip install -e '.[test]')")
     return _triton_mode_mismatch(interpret)
-  if jax.default_backend() != "gpu":
+  if jax.default_backend() != "gpu" and compute_capability() is None:
     return (f"compiled Triton kernels need a CUDA GPU (jax backend is "
             f"'{jax.default_backend()}'); set {INTERPRET_ENV}=1 or use "
-            "kernels.triton_interpret() to run them under the interpreter")
+            "kernels.triton_interpret() to run them under the interpreter, "
+            f"or name a compute capability ({COMPUTE_CAPABILITY_ENV} or "
+            "kernels.cuda_compute_capability) to lower them for cuda")
   if not _installed("jax_triton"):
     return "jax_triton is not installed (pip install -e '.[cuda]')"
   return _triton_mode_mismatch(interpret)
@@ -87,6 +186,15 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
            interpret: bool, **constexprs: Any) -> tuple[jax.Array, ...]:
   """Launches `kernel[grid](*args, *outputs, **constexprs)`; returns outputs."""
   out_shape = tuple(out_shape)
+  records = _recorder.get()
+  if records is not None:
+    records.append(LaunchRecord(
+        kernel=kernel,
+        args=tuple(a if _is_scalar(a) else jax.ShapeDtypeStruct(
+            np.shape(a), a.dtype) for a in args) + out_shape,
+        constexprs=tuple(sorted(constexprs.items())), grid=tuple(grid),
+        num_warps=num_warps, num_stages=num_stages))
+    return tuple(jnp.zeros(s.shape, s.dtype) for s in out_shape)
   if interpret:
     return _launch_interpreted(kernel, args, out_shape, grid, constexprs)
   import jax_triton  # pylint: disable=g-import-not-at-top
@@ -97,7 +205,8 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
   args = tuple(np.float32(a) if isinstance(a, float) else a for a in args)
   outs = jax_triton.triton_call(
       *args, kernel=kernel, out_shape=out_shape, grid=grid,
-      num_warps=num_warps, num_stages=num_stages, **constexprs)
+      num_warps=num_warps, num_stages=num_stages,
+      compute_capability=compute_capability(), **constexprs)
   return tuple(outs)
 
 

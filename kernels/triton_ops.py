@@ -36,6 +36,12 @@ class _Static:
   has_segments: bool
   scale: float
   interpret: bool
+  # Kernel name -> its block sizes, resolved before tracing so that a change
+  # of table row (an override) is a new cache key, never a stale trace.
+  blocks: tuple[tuple[str, block_sizes.BlockSizes], ...]
+
+  def block(self, kernel: str) -> block_sizes.BlockSizes:
+    return dict(self.blocks)[kernel]
 
 
 def _fold_vmap(fn: Callable[..., tuple[jax.Array, ...]]):
@@ -64,13 +70,16 @@ def _kernels(st: _Static):
 def _common(st: _Static, q, k, kernel: str):
   """Block sizes and constexprs shared by the attention kernels."""
   head_dim = q.shape[-1]
-  bs = block_sizes.lookup(kernel, head_dim, q.dtype, st.causal, st.interpret)
+  bs = st.block(kernel)
   constexprs = dict(
       NUM_HEADS=q.shape[2], NUM_KV_HEADS=k.shape[2], HEAD_DIM=head_dim,
       BLOCK_M=bs.block_m, BLOCK_N=bs.block_n, CAUSAL=st.causal,
       HAS_SEGMENTS=st.has_segments,
-      # Without this, tl.dot rounds float32 operands to tf32 on GPUs.
-      DOT_PRECISION="ieee" if q.dtype == jnp.float32 else "tf32",
+      # float32: three tf32 tensor-core products (a_hi b_hi + a_hi b_lo +
+      # a_lo b_hi), about float32 accuracy; plain "tf32" would round operands
+      # to 10 mantissa bits, and "ieee" (FMA) spills registers on every
+      # float32 tile the compile gate tried (BUILD_NOTES).
+      DOT_PRECISION="tf32x3" if q.dtype == jnp.float32 else "tf32",
       WIDEN=st.interpret and q.dtype == jnp.bfloat16)
   return bs, constexprs
 
@@ -99,8 +108,7 @@ def _backward_op(st: _Static):
     batch, q_len, num_heads, head_dim = q.shape
     kv_len, num_kv_heads = k.shape[1], k.shape[2]
     kern = _kernels(st)
-    pre = block_sizes.lookup("bwd_dq", head_dim, q.dtype, st.causal,
-                             st.interpret)
+    pre = st.block("bwd_dq")
     (delta,) = triton_launch.launch(
         kern._attn_bwd_preprocess, o, do, q_len,
         out_shape=(jax.ShapeDtypeStruct((batch, num_heads, q_len),
@@ -188,6 +196,13 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
     kv_seg = mask.kv_segment_ids.astype(jnp.int32)
   else:  # Never read (HAS_SEGMENTS=False); the launch needs a pointer.
     q_seg = kv_seg = jnp.zeros((batch, 1), jnp.int32)
+  head_dim = q.shape[-1]
+  kernels_ = block_sizes.KERNELS
+  if head_dim > MAX_BACKWARD_HEAD_DIM:
+    kernels_ = ("fwd",)  # No backward rows; the VJP raises a named error.
   st = _Static(causal=mask.causal, has_segments=mask.has_segments,
-               scale=float(np.float32(scale)), interpret=interpret)
+               scale=float(np.float32(scale)), interpret=interpret,
+               blocks=tuple((k, block_sizes.lookup(k, head_dim, q.dtype,
+                                                   mask.causal, interpret))
+                            for k in kernels_))
   return _attention(st, q, k, v, key_lengths.astype(jnp.int32), q_seg, kv_seg)

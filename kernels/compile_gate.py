@@ -1,0 +1,266 @@
+"""The compile gate: every Triton launch the library makes, compiled for GPUs.
+
+For every row of `block_sizes.TABLE` and every call variant (plain, segment
+ids, grouped-query, decode), the real forward and gradient of
+`triton_ops.attention_triton` are traced with `triton_launch.recording()`, so
+the launches are exactly the library's. Each distinct launch is compiled for
+each requested compute capability (`aot_compile`), and `check` turns the
+results into failures:
+
+* a compile or ptxas error;
+* shared memory over the architecture's per-block limit;
+* any register spill;
+* a table row that no compiled launch used;
+* a float16/bfloat16 `tl.dot` kernel on sm_90 without `wgmma` (Hopper tensor
+  cores).
+
+`scripts/check_kernels.py` is the command-line entry point.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import aot_compile
+from kernels import block_sizes
+from kernels import masking
+from kernels import triton_launch
+from kernels import triton_ops
+
+VARIANTS = ("plain", "segments", "gqa", "decode")
+# Which table kernel each Triton function takes its row from; the backward
+# preprocess has no row (it borrows bwd_dq's BLOCK_M) and no tl.dot.
+TABLE_KERNEL = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "bwd_dkdv",
+                "_attn_bwd_dq": "bwd_dq"}
+_TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32",
+                "int32": "i32"}
+_SEQ_LEN = 1024  # Any length > 1 traces the same kernels (lengths are scalars).
+
+RowKey = tuple[str, int, str, bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """One distinct launch and the table rows / variants that make it."""
+
+  spec: aot_compile.CompileSpec
+  row: RowKey | None
+  variants: tuple[str, ...]
+
+  @property
+  def kernel(self) -> str:
+    return self.spec.kernel
+
+
+def _variant_inputs(variant: str, head_dim: int, dtype: str):
+  """q, k, v and the mask of one variant, as shape-only placeholders."""
+  q_len, kv_len, heads, kv_heads = _SEQ_LEN, _SEQ_LEN, 2, 2
+  if variant == "gqa":
+    heads, kv_heads = 16, 4
+  elif variant == "decode":
+    q_len = 1
+  elif variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+  q = jnp.zeros((1, q_len, heads, head_dim), dtype)
+  kv = jnp.zeros((1, kv_len, kv_heads, head_dim), dtype)
+  seg = None
+  if variant == "segments":
+    seg = jnp.zeros((1, q_len), jnp.int32)
+  return q, kv, seg
+
+
+def trace_launches(head_dim: int, dtype: str, causal: bool,
+                   variant: str) -> list[triton_launch.LaunchRecord]:
+  """The launches of one attention call's forward and (where supported) VJP.
+
+  Decode (q_len 1) is inference: forward only. The backward is traced where
+  the kernels support it (head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM).
+  """
+  q, kv, seg = _variant_inputs(variant, head_dim, dtype)
+  mask = masking.Mask(causal=causal, key_lengths=None, q_segment_ids=seg,
+                      kv_segment_ids=seg)
+  scale = 1.0 / np.sqrt(head_dim)
+
+  def forward(q, k, v):
+    return triton_ops.attention_triton(q, k, v, mask, float(scale),
+                                       interpret=False)
+
+  def forward_and_vjp(q, k, v):
+    out, vjp = jax.vjp(forward, q, k, v)
+    return vjp(out)
+
+  backward = (variant != "decode"
+              and head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM)
+  with triton_launch.recording() as records:
+    jax.make_jaxpr(forward_and_vjp if backward else forward)(q, kv, kv)
+  return records
+
+
+def compile_spec(record: triton_launch.LaunchRecord) -> aot_compile.CompileSpec:
+  """The compile description jax-triton would derive from a launch.
+
+  Arrays become 16-byte-aligned pointers, Python ints `i32` and floats `fp32`
+  (the launcher passes float32 scalars); a scalar equal to 1 becomes the
+  constexpr 1, as jax-triton specialises it.
+  """
+  names = record.kernel.arg_names
+  signature, constexprs, pointers = {}, dict(record.constexprs), []
+  for i, arg in enumerate(record.args):
+    name = names[i]
+    if isinstance(arg, jax.ShapeDtypeStruct):
+      signature[name] = "*" + _TRITON_TYPE[np.dtype(arg.dtype).name]
+      pointers.append(i)
+    elif arg == 1:
+      signature[name] = "constexpr"
+      constexprs[name] = 1
+    elif isinstance(arg, int):
+      signature[name] = "i32" if -2**31 <= arg < 2**31 else "i64"
+    else:
+      signature[name] = "fp32"
+  for name in record.constexprs:
+    signature[name] = "constexpr"
+  ordered = tuple((n, signature[n]) for n in names if n in signature)
+  return aot_compile.CompileSpec(
+      module=record.kernel.__module__, kernel=record.name, signature=ordered,
+      constexprs=tuple(sorted(constexprs.items())),
+      pointer_args=tuple(pointers), num_warps=record.num_warps,
+      num_stages=record.num_stages)
+
+
+def table_rows() -> list[RowKey]:
+  return sorted(block_sizes.TABLE)
+
+
+def collect_launches(rows: Iterable[RowKey] | None = None,
+                     variants: Sequence[str] = VARIANTS) -> list[Launch]:
+  """Distinct launches over `rows` (default: the whole table) x `variants`."""
+  rows = table_rows() if rows is None else list(rows)
+  calls = sorted({(hd, dt, causal) for _, hd, dt, causal in rows})
+  found: dict[aot_compile.CompileSpec, tuple[RowKey | None, list[str]]] = {}
+  for head_dim, dtype, causal in calls:
+    for variant in variants:
+      for record in trace_launches(head_dim, dtype, causal, variant):
+        spec = compile_spec(record)
+        kernel = TABLE_KERNEL.get(record.name)
+        row = None if kernel is None else (kernel, head_dim, dtype, causal)
+        entry = found.setdefault(spec, (row, []))
+        if variant not in entry[1]:
+          entry[1].append(variant)
+  return [Launch(spec, row, tuple(v)) for spec, (row, v) in found.items()]
+
+
+def compile_all(launches: Sequence[Launch], capabilities: Sequence[int], *,
+                jobs: int = 2, ptxas: str | None = None,
+                progress: Callable[[int, int], None] | None = None
+                ) -> dict[tuple[int, int], aot_compile.CompileResult]:
+  """Compiles every launch for every capability, `jobs` at a time.
+
+  Returns {(launch index, capability): result}. Workers are spawned fresh
+  (never forked from a process running XLA) with an empty Triton cache.
+  """
+  tasks = [(i, c) for i in range(len(launches)) for c in capabilities]
+  results: dict[tuple[int, int], aot_compile.CompileResult] = {}
+  with tempfile.TemporaryDirectory() as cache, \
+      concurrent.futures.ProcessPoolExecutor(
+          max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+          initializer=aot_compile.init_worker, initargs=(cache,)) as pool:
+    futures = {pool.submit(aot_compile.compile_and_measure,
+                           launches[i].spec, c, ptxas): (i, c)
+               for i, c in tasks}
+    for done, future in enumerate(concurrent.futures.as_completed(futures)):
+      results[futures[future]] = future.result()
+      if progress:
+        progress(done + 1, len(tasks))
+  return results
+
+
+def _uses_tensor_cores(launch: Launch) -> bool:
+  dtypes = {t for _, t in launch.spec.signature}
+  return launch.kernel in TABLE_KERNEL and bool(dtypes & {"*fp16", "*bf16"})
+
+
+def check(launches: Sequence[Launch],
+          results: dict[tuple[int, int], aot_compile.CompileResult],
+          rows: Iterable[RowKey] | None = None) -> list[str]:
+  """Every reason the gate fails, one line each; empty when it passes."""
+  failures = []
+  compiled_rows = set()
+  for (i, capability), r in sorted(results.items()):
+    launch = launches[i]
+    where = f"{_describe(launch)} on {aot_compile.arch_name(capability)}"
+    if r.error:
+      failures.append(f"{where}: compile error: {r.error.splitlines()[0]}")
+      continue
+    limit = aot_compile.SHARED_MEMORY_LIMIT.get(capability)
+    if limit is not None and r.shared_bytes > limit:
+      failures.append(f"{where}: shared memory {r.shared_bytes} B over the "
+                      f"limit {limit} B")
+    if r.spill_bytes:
+      failures.append(f"{where}: spills {r.spill_stores} B stored, "
+                      f"{r.spill_loads} B loaded ({r.registers} registers)")
+    if capability == 90 and _uses_tensor_cores(launch) and not r.wgmma:
+      failures.append(f"{where}: a 16-bit tl.dot kernel without wgmma")
+    if launch.row is not None:
+      compiled_rows.add((launch.row, capability))
+  capabilities = sorted({c for _, c in results})
+  for row in (table_rows() if rows is None else rows):
+    for capability in capabilities:
+      if (row, capability) not in compiled_rows:
+        failures.append(f"table row {row} was never compiled for "
+                        f"{aot_compile.arch_name(capability)}")
+  return failures
+
+
+def _describe(launch: Launch) -> str:
+  row = launch.row
+  if row is None:
+    return f"{launch.kernel} [{'/'.join(launch.variants)}]"
+  kernel, head_dim, dtype, causal = row
+  return (f"{kernel} hd{head_dim} {dtype} {'causal' if causal else 'full'} "
+          f"[{'/'.join(launch.variants)}]")
+
+
+def format_table(launches: Sequence[Launch],
+                 results: dict[tuple[int, int], aot_compile.CompileResult]
+                 ) -> str:
+  """A Markdown table: one line per launch and capability."""
+  header = ("| kernel | head_dim | dtype | causal | variants | tile | warps "
+            "| stages | arch | registers | spill B | shared B (% of limit) "
+            "| wgmma | TMA | compile s |")
+  lines = [header, "|" + " --- |" * (header.count("|") - 1)]
+  for (i, capability), r in sorted(
+      results.items(), key=lambda kv: (_sort_key(launches[kv[0][0]]),
+                                       kv[0][1])):
+    launch = launches[i]
+    constexprs = dict(launch.spec.constexprs)
+    kernel, head_dim, dtype, causal = launch.row or (
+        launch.kernel, constexprs.get("HEAD_DIM"), "-", "-")
+    tile = (f"{constexprs['BLOCK_M']}x{constexprs.get('BLOCK_N', '-')}"
+            if "BLOCK_M" in constexprs else "-")
+    arch = aot_compile.arch_name(capability)
+    if r.error:
+      cells = ["error: " + r.error.splitlines()[0][:60]] + [""] * 4
+    else:
+      limit = aot_compile.SHARED_MEMORY_LIMIT.get(capability)
+      share = f" ({100 * r.shared_bytes / limit:.0f}%)" if limit else ""
+      cells = [str(r.registers), str(r.spill_bytes),
+               f"{r.shared_bytes}{share}", str(r.wgmma), str(r.tma)]
+    lines.append(
+        f"| {kernel} | {head_dim} | {dtype} | {causal} | "
+        f"{'/'.join(launch.variants)} | {tile} | {launch.spec.num_warps} | "
+        f"{launch.spec.num_stages} | {arch} | " + " | ".join(cells) +
+        f" | {r.seconds:.1f} |")
+  return "\n".join(lines)
+
+
+def _sort_key(launch: Launch):
+  row = launch.row or (launch.kernel, 0, "", False)
+  return (row[0], row[1], row[2], row[3], launch.variants)
