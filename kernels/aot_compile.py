@@ -65,6 +65,9 @@ class CompileResult:
   tma: int | None = None
   tcgen05: int | None = None
   ptx_target: str | None = None
+  # Read back from the driver after loading the cubin (`on_device=True`).
+  device_registers: int | None = None
+  device_spills: int | None = None
   seconds: float = 0.0
   error: str | None = None
 
@@ -135,8 +138,8 @@ def ptx_target(ptx: str) -> str | None:
   return match.group(1) if match else None
 
 
-def compile_ptx(spec: CompileSpec, capability: int) -> tuple[str, int]:
-  """Compiles `spec` for `sm_<capability>`; returns (PTX, shared bytes)."""
+def compile_kernel(spec: CompileSpec, capability: int) -> Any:
+  """Compiles `spec` for `sm_<capability>`: Triton's `CompiledKernel`."""
   import triton  # pylint: disable=g-import-not-at-top
   from triton.backends.compiler import GPUTarget  # pylint: disable=g-import-not-at-top
 
@@ -147,8 +150,13 @@ def compile_ptx(spec: CompileSpec, capability: int) -> tuple[str, int]:
   # The options jax-triton 0.3.x passes (triton_lib.get_or_create_triton_kernel).
   options = dict(num_warps=spec.num_warps, num_stages=spec.num_stages,
                  num_ctas=1, enable_fp_fusion=True, debug=False)
-  compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                            options=options)
+  return triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                        options=options)
+
+
+def compile_ptx(spec: CompileSpec, capability: int) -> tuple[str, int]:
+  """Compiles `spec` for `sm_<capability>`; returns (PTX, shared bytes)."""
+  compiled = compile_kernel(spec, capability)
   return compiled.asm["ptx"], int(compiled.metadata.shared)
 
 
@@ -168,13 +176,25 @@ def assemble(ptx: str, capability: int, ptxas: str) -> str:
 
 
 def compile_and_measure(spec: CompileSpec, capability: int,
-                        ptxas: str | None = None) -> CompileResult:
-  """Compiles `spec` and reads its resources; errors become `result.error`."""
+                        ptxas: str | None = None,
+                        on_device: bool = False) -> CompileResult:
+  """Compiles `spec` and reads its resources; errors become `result.error`.
+
+  With `on_device`, the cubin is also loaded on GPU 0 (which must have this
+  capability) and the driver's own register and spill counts are recorded,
+  to compare with ptxas's.
+  """
   start = time.perf_counter()
+  device = {}
   try:
-    ptx, shared = compile_ptx(spec, capability)
+    compiled = compile_kernel(spec, capability)
+    ptx, shared = compiled.asm["ptx"], int(compiled.metadata.shared)
     registers, stores, loads = parse_ptxas_log(
         assemble(ptx, capability, ptxas or bundled_ptxas(capability)))
+    if on_device:
+      compiled._init_handles()  # pylint: disable=protected-access
+      device = dict(device_registers=int(compiled.n_regs),
+                    device_spills=int(compiled.n_spills))
   except Exception as e:  # pylint: disable=broad-except
     # Reported per launch by the gate, which fails on any error.
     return CompileResult(capability=capability,
@@ -183,7 +203,7 @@ def compile_and_measure(spec: CompileSpec, capability: int,
   return CompileResult(
       capability=capability, registers=registers, spill_stores=stores,
       spill_loads=loads, shared_bytes=shared, ptx_target=ptx_target(ptx),
-      seconds=time.perf_counter() - start, **count_instructions(ptx))
+      seconds=time.perf_counter() - start, **device, **count_instructions(ptx))
 
 
 def init_worker(cache_dir: str) -> None:

@@ -111,7 +111,7 @@ def compile_spec(record: triton_launch.LaunchRecord) -> aot_compile.CompileSpec:
   (the launcher passes float32 scalars); a scalar equal to 1 becomes the
   constexpr 1, as jax-triton specialises it.
   """
-  names = record.kernel.arg_names
+  names = record.arg_names
   signature, constexprs, pointers = {}, dict(record.constexprs), []
   for i, arg in enumerate(record.args):
     name = names[i]
@@ -129,7 +129,7 @@ def compile_spec(record: triton_launch.LaunchRecord) -> aot_compile.CompileSpec:
     signature[name] = "constexpr"
   ordered = tuple((n, signature[n]) for n in names if n in signature)
   return aot_compile.CompileSpec(
-      module=record.kernel.__module__, kernel=record.name, signature=ordered,
+      module=record.module, kernel=record.name, signature=ordered,
       constexprs=tuple(sorted(constexprs.items())),
       pointer_args=tuple(pointers), num_warps=record.num_warps,
       num_stages=record.num_stages)
@@ -159,12 +159,14 @@ def collect_launches(rows: Iterable[RowKey] | None = None,
 
 def compile_all(launches: Sequence[Launch], capabilities: Sequence[int], *,
                 jobs: int = 2, ptxas: str | None = None,
+                on_device: bool = False,
                 progress: Callable[[int, int], None] | None = None
                 ) -> dict[tuple[int, int], aot_compile.CompileResult]:
   """Compiles every launch for every capability, `jobs` at a time.
 
   Returns {(launch index, capability): result}. Workers are spawned fresh
   (never forked from a process running XLA) with an empty Triton cache.
+  `on_device` also loads each cubin on GPU 0 (see `aot_compile`).
   """
   tasks = [(i, c) for i in range(len(launches)) for c in capabilities]
   results: dict[tuple[int, int], aot_compile.CompileResult] = {}
@@ -173,7 +175,7 @@ def compile_all(launches: Sequence[Launch], capabilities: Sequence[int], *,
           max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
           initializer=aot_compile.init_worker, initargs=(cache,)) as pool:
     futures = {pool.submit(aot_compile.compile_and_measure,
-                           launches[i].spec, c, ptxas): (i, c)
+                           launches[i].spec, c, ptxas, on_device): (i, c)
                for i, c in tasks}
     for done, future in enumerate(concurrent.futures.as_completed(futures)):
       results[futures[future]] = future.result()
@@ -234,7 +236,7 @@ def format_table(launches: Sequence[Launch],
   """A Markdown table: one line per launch and capability."""
   header = ("| kernel | head_dim | dtype | causal | variants | tile | warps "
             "| stages | arch | registers | spill B | shared B (% of limit) "
-            "| wgmma | TMA | compile s |")
+            "| wgmma | TMA | device regs / spills | compile s |")
   lines = [header, "|" + " --- |" * (header.count("|") - 1)]
   for (i, capability), r in sorted(
       results.items(), key=lambda kv: (_sort_key(launches[kv[0][0]]),
@@ -247,12 +249,14 @@ def format_table(launches: Sequence[Launch],
             if "BLOCK_M" in constexprs else "-")
     arch = aot_compile.arch_name(capability)
     if r.error:
-      cells = ["error: " + r.error.splitlines()[0][:60]] + [""] * 4
+      cells = ["error: " + r.error.splitlines()[0][:60]] + [""] * 5
     else:
       limit = aot_compile.SHARED_MEMORY_LIMIT.get(capability)
       share = f" ({100 * r.shared_bytes / limit:.0f}%)" if limit else ""
       cells = [str(r.registers), str(r.spill_bytes),
-               f"{r.shared_bytes}{share}", str(r.wgmma), str(r.tma)]
+               f"{r.shared_bytes}{share}", str(r.wgmma), str(r.tma),
+               "-" if r.device_registers is None else
+               f"{r.device_registers} / {r.device_spills}"]
     lines.append(
         f"| {kernel} | {head_dim} | {dtype} | {causal} | "
         f"{'/'.join(launch.variants)} | {tile} | {launch.spec.num_warps} | "

@@ -34,6 +34,7 @@ import contextlib
 import contextvars
 import dataclasses
 import importlib
+import inspect
 import importlib.util
 import os
 import sys
@@ -60,7 +61,9 @@ class LaunchRecord:
   """One kernel launch as jax-triton would compile it.
 
   Attributes:
-    kernel: the `@triton.jit` function.
+    module: module of the `@triton.jit` function.
+    name: its name.
+    arg_names: its argument names, in order.
     args: the positional kernel arguments in order: `jax.ShapeDtypeStruct`
       for each array (inputs, then outputs), Python int or float scalars.
     constexprs: keyword constexprs.
@@ -69,16 +72,14 @@ class LaunchRecord:
     num_stages: software-pipelining stages.
   """
 
-  kernel: Any
+  module: str
+  name: str
+  arg_names: tuple[str, ...]
   args: tuple[Any, ...]
   constexprs: tuple[tuple[str, Any], ...]
   grid: tuple[int, ...]
   num_warps: int
   num_stages: int
-
-  @property
-  def name(self) -> str:
-    return self.kernel.__name__
 
 
 @contextlib.contextmanager
@@ -188,8 +189,11 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
   out_shape = tuple(out_shape)
   records = _recorder.get()
   if records is not None:
+    # The compiled and the interpreted decorator both keep the function.
+    fn = getattr(kernel, "fn", kernel)
     records.append(LaunchRecord(
-        kernel=kernel,
+        module=fn.__module__, name=fn.__name__,
+        arg_names=tuple(inspect.signature(fn).parameters),
         args=tuple(a if _is_scalar(a) else jax.ShapeDtypeStruct(
             np.shape(a), a.dtype) for a in args) + out_shape,
         constexprs=tuple(sorted(constexprs.items())), grid=tuple(grid),
@@ -241,7 +245,9 @@ def import_kernels(module: str, interpret: bool) -> types.ModuleType:
     # Stays set: triton imports more modules lazily and checks the flag then.
     os.environ["TRITON_INTERPRET"] = "1"
   reason = _triton_mode_mismatch(interpret)
-  if reason:
+  # A recorded launch needs only the kernel's name and arguments, which
+  # either mode gives; the compile gate compiles in fresh processes.
+  if reason and _recorder.get() is None:
     raise ValueError(reason)
   return importlib.import_module(module)
 

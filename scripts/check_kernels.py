@@ -39,6 +39,10 @@ _PTXAS = flags.DEFINE_string(
     "bundles (e.g. a CUDA 13 ptxas from the nvidia-cuda-nvcc wheel, or the "
     "GPU host's).")
 _OUT = flags.DEFINE_string("out", None, "Also write the table here.")
+_DEVICE = flags.DEFINE_bool(
+    "device", False,
+    "Also load each cubin on GPU 0 and record the driver's register and "
+    "spill counts (a GPU of each --archs capability is needed).")
 
 
 def _rows():
@@ -103,7 +107,9 @@ def main(argv):
       print(f"  compiled {done}/{total}", flush=True)
 
   results = compile_gate.compile_all(launches, capabilities, jobs=_JOBS.value,
-                                     ptxas=_PTXAS.value, progress=progress)
+                                     ptxas=_PTXAS.value,
+                                     on_device=_DEVICE.value,
+                                     progress=progress)
   table = compile_gate.format_table(launches, results)
   print(table)
   if _OUT.value:

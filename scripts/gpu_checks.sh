@@ -5,7 +5,7 @@
 # lands in one flat folder of at most 8 files:
 #
 #   env.txt  gpu_checks.log (every step's output)  attention_bench.{csv,md}
-#   bench_recurrent.{csv,md}  block_sizes_tuned.txt
+#   bench_recurrent.{csv,md}  block_sizes_tuned.txt  compile_gate.md
 #
 # Usage, from the repository root:
 #   bash scripts/gpu_checks.sh [OUT_DIR]          # default: $OUT, else ./out
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-out}}
 mkdir -p "$out"
 log="$out/gpu_checks.log"
-: "${TESTS_S:=200}" "${ATTENTION_S:=170}" "${RECURRENT_S:=60}" "${TUNE_S:=110}"
+: "${TESTS_S:=200}" "${GATE_S:=60}" "${ATTENTION_S:=170}" "${RECURRENT_S:=60}" "${TUNE_S:=80}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -62,6 +62,10 @@ except m.PackageNotFoundError:
 cat "$out/env.txt"
 
 step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q tests/
+# The compile gate's ptxas figures against the driver's own n_regs/n_spills.
+step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \
+  --variants=plain,gqa --dtypes=bfloat16,float32 --head_dims=64,128 \
+  --jobs=8 --device --out="$out/compile_gate.md"
 step attention_bench "$ATTENTION_S" python3 scripts/bench_attention.py \
   --seq_lens=4096,16384 --head_dims=64,128 --out_dir="$out"
 step recurrent_bench "$RECURRENT_S" python3 scripts/bench_recurrent.py \

@@ -1,0 +1,191 @@
+"""The compile gate's parts: launch recording, compile specs, ptxas parsing,
+the failure rules, one real sm_90 compile, and the compute-capability knob.
+
+The whole gate (every table row, sm_80 and sm_90) runs in CI as
+`python scripts/check_kernels.py`.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+import kernels
+from kernels import aot_compile
+from kernels import block_sizes
+from kernels import compile_gate
+from kernels import triton_launch
+
+_PTXAS_LOG = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_attn_fwd' for 'sm_90a'
+ptxas info    : Function properties for _attn_fwd
+    24 bytes stack frame, 28 bytes spill stores, 20 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 24 bytes cumulative stack size
+"""
+
+
+def test_parse_ptxas_log():
+  assert aot_compile.parse_ptxas_log(_PTXAS_LOG) == (255, 28, 20)
+  with pytest.raises(ValueError, match="no register or spill line"):
+    aot_compile.parse_ptxas_log("ptxas info    : 0 bytes gmem\n")
+
+
+def test_count_instructions_and_target():
+  ptx = (".version 8.7\n.target sm_90a\n wgmma.mma_async.sync.aligned.m64n64k16"
+         "\n wgmma.mma_async.sync x\n cp.async.bulk.tensor.2d x\n")
+  assert aot_compile.count_instructions(ptx) == dict(wgmma=2, tma=1, tcgen05=0)
+  assert aot_compile.ptx_target(ptx) == "sm_90a"
+  assert aot_compile.arch_name(80) == "sm_80"
+  assert aot_compile.arch_name(100) == "sm_100a"
+
+
+def _names(records):
+  return [r.name for r in records]
+
+
+def test_forward_and_gradient_launches_follow_the_table():
+  records = compile_gate.trace_launches(64, "bfloat16", True, "gqa")
+  assert _names(records) == ["_attn_fwd", "_attn_bwd_preprocess",
+                             "_attn_bwd_dkdv", "_attn_bwd_dq"]
+  seq, heads, kv_heads = compile_gate._SEQ_LEN, 16, 4  # pylint: disable=protected-access
+  for record in records:
+    constexprs = dict(record.constexprs)
+    assert constexprs["HEAD_DIM"] == 64
+    kernel = compile_gate.TABLE_KERNEL.get(record.name)
+    if kernel is None:
+      continue
+    row = block_sizes.TABLE[(kernel, 64, "bfloat16", True)]
+    assert (constexprs["BLOCK_M"], constexprs["BLOCK_N"]) == (row.block_m,
+                                                              row.block_n)
+    assert (record.num_warps, record.num_stages) == (row.num_warps,
+                                                     row.num_stages)
+    blocks, programs = ((-(-seq // row.block_n), kv_heads)
+                        if kernel == "bwd_dkdv" else
+                        (-(-seq // row.block_m), heads))
+    assert record.grid == (blocks, programs)
+
+
+def test_decode_traces_the_forward_only_with_q_len_a_constexpr():
+  (record,) = compile_gate.trace_launches(128, "float16", True, "decode")
+  spec = compile_gate.compile_spec(record)
+  signature = dict(spec.signature)
+  assert signature["q_len"] == "constexpr"  # jax-triton specialises 1
+  assert dict(spec.constexprs)["q_len"] == 1
+  assert signature["kv_len"] == "i32"
+  assert signature["scale"] == "fp32"
+  assert signature["Q"] == "*fp16" and signature["LSE"] == "*fp32"
+  assert spec.pointer_args == tuple(
+      i for i, (_, t) in enumerate(spec.signature) if t.startswith("*"))
+
+
+def test_override_is_never_served_from_a_stale_trace():
+  """Same shapes, new block sizes: the recorded launch has the new ones."""
+  row = ("fwd", 32, "float32", False)
+  before = compile_gate.trace_launches(32, "float32", False, "plain")[0]
+  new = block_sizes.BlockSizes(16, 16, 2, 1)
+  with block_sizes.override({row: new}):
+    after = compile_gate.trace_launches(32, "float32", False, "plain")[0]
+  assert dict(after.constexprs)["BLOCK_M"] == 16
+  assert (after.num_warps, after.num_stages) == (2, 1)
+  assert dict(before.constexprs)["BLOCK_M"] == block_sizes.TABLE[row].block_m
+
+
+def _launch(kernel="_attn_fwd", row=("fwd", 64, "bfloat16", True),
+            pointer_type="*bf16"):
+  spec = aot_compile.CompileSpec(
+      module="kernels.triton_attention", kernel=kernel,
+      signature=(("Q", pointer_type), ("q_len", "i32")), constexprs=(),
+      pointer_args=(0,), num_warps=4, num_stages=3)
+  return compile_gate.Launch(spec, row, ("plain",))
+
+
+def _ok(capability, **changes):
+  fields = dict(capability=capability, registers=128, spill_stores=0,
+                spill_loads=0, shared_bytes=1024, wgmma=8, tma=0, tcgen05=0)
+  fields.update(changes)
+  return aot_compile.CompileResult(**fields)
+
+
+def test_check_names_every_failure_rule():
+  rows = [("fwd", 64, "bfloat16", True), ("bwd_dq", 64, "bfloat16", True)]
+  launches = [_launch(), _launch()]
+  assert compile_gate.check(launches, {(0, 90): _ok(90)}, rows[:1]) == []
+  failures = compile_gate.check(launches, {
+      (0, 90): _ok(90, spill_stores=8, spill_loads=4, shared_bytes=300000,
+                   wgmma=0),
+      (1, 80): _ok(80, error="PTXASError: boom\nmore")}, rows)
+  text = "\n".join(failures)
+  assert "spills 8 B stored, 4 B loaded" in text
+  assert "shared memory 300000 B over the limit 232448 B" in text
+  assert "without wgmma" in text
+  assert "compile error: PTXASError: boom" in text
+  assert "table row ('bwd_dq', 64, 'bfloat16', True) was never compiled" in text
+
+
+def test_float32_kernels_are_not_required_to_use_wgmma():
+  launch = _launch(row=("fwd", 64, "float32", True), pointer_type="*fp32")
+  assert compile_gate.check([launch], {(0, 90): _ok(90, wgmma=0)},
+                            [("fwd", 64, "float32", True)]) == []
+
+
+def test_one_real_compile_for_sm90():
+  """A bfloat16 forward compiles for Hopper: tensor cores, no spill."""
+  launches = [launch for launch in compile_gate.collect_launches(
+      [("fwd", 32, "bfloat16", False)], ["plain"])
+                if launch.kernel == "_attn_fwd"]
+  ((_, result),) = compile_gate.compile_all(launches, [90], jobs=1).items()
+  assert result.error is None, result.error
+  assert result.ptx_target == "sm_90a"
+  assert 0 < result.registers <= aot_compile.MAX_REGISTERS
+  assert result.spill_bytes == 0
+  assert result.wgmma > 0
+  assert 0 < result.shared_bytes <= aot_compile.SHARED_MEMORY_LIMIT[90]
+
+
+@pytest.mark.parametrize("bad", ["90", 9.0, True, 5])
+def test_compute_capability_must_be_an_int(bad):
+  with pytest.raises(ValueError, match="compute capability"):
+    with kernels.cuda_compute_capability(bad):
+      pass
+
+
+def test_compute_capability_from_the_environment(monkeypatch):
+  monkeypatch.setenv(kernels.COMPUTE_CAPABILITY_ENV, "80")
+  assert triton_launch.compute_capability() == 80
+  with kernels.cuda_compute_capability(90):
+    assert triton_launch.compute_capability() == 90
+  monkeypatch.setenv(kernels.COMPUTE_CAPABILITY_ENV, "sm90")
+  with pytest.raises(ValueError, match=kernels.COMPUTE_CAPABILITY_ENV):
+    triton_launch.compute_capability()
+
+
+def test_recording_returns_zeros_and_runs_nothing():
+  q = jax.numpy.ones((1, 40, 2, 32), jax.numpy.float32)
+  with triton_launch.recording() as records:
+    out = compile_gate.triton_ops.attention_triton(
+        q, q, q, compile_gate.masking.Mask(), 0.5, interpret=False)
+  assert _names(records) == ["_attn_fwd"]
+  assert float(abs(out).max()) == 0.0
+
+
+def test_recording_works_where_triton_is_interpreted():
+  """pytest workers import triton for the interpreter; the gate traces anyway.
+
+  In a fresh process: triton holds one mode per process.
+  """
+  script = (
+      "from kernels import compile_gate, triton_launch\n"
+      "triton_launch.import_kernels('kernels.triton_attention', True)\n"
+      "r = compile_gate.trace_launches(32, 'bfloat16', False, 'segments')\n"
+      "print(r[0].name, compile_gate.compile_spec(r[0]).module)\n")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  run = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       text=True, cwd=root, timeout=300, check=False,
+                       env=dict(os.environ, PYTHONPATH=str(root),
+                                JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.split() == ["_attn_fwd", "kernels.triton_attention"]
