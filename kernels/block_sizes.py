@@ -1,17 +1,25 @@
 """Block sizes, warps and stages of the Triton attention kernels: one table.
 
-NOT MEASURED. No GPU was available when this table was written; the values are
-starting points taken from the defaults of Triton's fused-attention tutorial
-(python/tutorials/06-fused-attention.py) for Hopper: forward BLOCK_M=128,
-BLOCK_N=64 with 4 warps (8 at head_dim 128) and 3 stages; backward
-BLOCK_M1/BLOCK_N1=32/128 (dK/dV) and BLOCK_M2/BLOCK_N2=128/32 (dQ) with 4
-warps and 5 stages. float32 and head_dim 256 rows shrink the tiles so that
-shared memory stays within budget. Replace rows with the output of
-`python scripts/tune_attention.py` run on the target GPU.
+Provenance. Speed: NOT MEASURED; no GPU has been lent to this project, so no
+row is timed. Registers: every row is gated by `scripts/check_kernels.py`,
+which compiles each launch the library makes (plain, segment ids,
+grouped-query and decode calls) for sm_80 and sm_90 with triton 3.6.0 and its
+bundled ptxas 12.8 and requires zero spilled registers (BUILD_NOTES,
+"Compile gate", has the per-row figures; 2026-11-27, on a CPU). The 16-bit
+rows start from the defaults of Triton's fused-attention tutorial
+(python/tutorials/06-fused-attention.py: forward 128 x 64, 4 warps, 8 at
+head_dim 128, 3 stages; backward dK/dV 32 x 128 and dQ 128 x 32, 4 warps, 5
+stages) and move only where the gate found spills: forward head_dim 64 takes
+8 warps (4 spilled with segment ids), dK/dV takes 3 stages at head_dim 32 and
+64 x 64 tiles at head_dim 64 and 128. float32 rows run tf32x3 tensor-core
+dots and need small tiles (16 queries or keys) to stay in 255 registers.
+Replace rows with the output of `python scripts/tune_attention.py` run on the
+target GPU, then rerun the gate.
 
 Keys are `(kernel, head_dim, dtype name, causal)` where kernel is "fwd",
 "bwd_dkdv" or "bwd_dq"; the backward kernels have no head_dim 256 rows
-(unsupported). Under the interpreter every kernel uses `INTERPRET`.
+(unsupported). Under the interpreter every kernel uses `INTERPRET` unless an
+`override` names its row.
 """
 
 from __future__ import annotations
@@ -45,42 +53,42 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("fwd", 32, "bfloat16", True): BlockSizes(128, 64, 4, 3),
     ("fwd", 32, "float32", False): BlockSizes(64, 32, 4, 2),
     ("fwd", 32, "float32", True): BlockSizes(64, 32, 4, 2),
-    ("fwd", 64, "float16", False): BlockSizes(128, 64, 4, 3),
-    ("fwd", 64, "float16", True): BlockSizes(128, 64, 4, 3),
-    ("fwd", 64, "bfloat16", False): BlockSizes(128, 64, 4, 3),
-    ("fwd", 64, "bfloat16", True): BlockSizes(128, 64, 4, 3),
+    ("fwd", 64, "float16", False): BlockSizes(128, 64, 8, 3),
+    ("fwd", 64, "float16", True): BlockSizes(128, 64, 8, 3),
+    ("fwd", 64, "bfloat16", False): BlockSizes(128, 64, 8, 3),
+    ("fwd", 64, "bfloat16", True): BlockSizes(128, 64, 8, 3),
     ("fwd", 64, "float32", False): BlockSizes(64, 32, 4, 2),
     ("fwd", 64, "float32", True): BlockSizes(64, 32, 4, 2),
     ("fwd", 128, "float16", False): BlockSizes(128, 64, 8, 3),
     ("fwd", 128, "float16", True): BlockSizes(128, 64, 8, 3),
     ("fwd", 128, "bfloat16", False): BlockSizes(128, 64, 8, 3),
     ("fwd", 128, "bfloat16", True): BlockSizes(128, 64, 8, 3),
-    ("fwd", 128, "float32", False): BlockSizes(64, 32, 8, 2),
-    ("fwd", 128, "float32", True): BlockSizes(64, 32, 8, 2),
+    ("fwd", 128, "float32", False): BlockSizes(16, 32, 4, 1),
+    ("fwd", 128, "float32", True): BlockSizes(16, 32, 4, 1),
     ("fwd", 256, "float16", False): BlockSizes(64, 32, 8, 2),
     ("fwd", 256, "float16", True): BlockSizes(64, 32, 8, 2),
     ("fwd", 256, "bfloat16", False): BlockSizes(64, 32, 8, 2),
     ("fwd", 256, "bfloat16", True): BlockSizes(64, 32, 8, 2),
-    ("fwd", 256, "float32", False): BlockSizes(32, 32, 8, 1),
-    ("fwd", 256, "float32", True): BlockSizes(32, 32, 8, 1),
-    ("bwd_dkdv", 32, "float16", False): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 32, "float16", True): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 32, "bfloat16", False): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 32, "bfloat16", True): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 32, "float32", False): BlockSizes(32, 64, 4, 2),
-    ("bwd_dkdv", 32, "float32", True): BlockSizes(32, 64, 4, 2),
-    ("bwd_dkdv", 64, "float16", False): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 64, "float16", True): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(32, 128, 4, 5),
-    ("bwd_dkdv", 64, "float32", False): BlockSizes(32, 64, 4, 2),
-    ("bwd_dkdv", 64, "float32", True): BlockSizes(32, 64, 4, 2),
-    ("bwd_dkdv", 128, "float16", False): BlockSizes(32, 128, 8, 3),
-    ("bwd_dkdv", 128, "float16", True): BlockSizes(32, 128, 8, 3),
-    ("bwd_dkdv", 128, "bfloat16", False): BlockSizes(32, 128, 8, 3),
-    ("bwd_dkdv", 128, "bfloat16", True): BlockSizes(32, 128, 8, 3),
-    ("bwd_dkdv", 128, "float32", False): BlockSizes(16, 64, 8, 1),
-    ("bwd_dkdv", 128, "float32", True): BlockSizes(16, 64, 8, 1),
+    ("fwd", 256, "float32", False): BlockSizes(16, 16, 8, 1),
+    ("fwd", 256, "float32", True): BlockSizes(16, 16, 8, 1),
+    ("bwd_dkdv", 32, "float16", False): BlockSizes(32, 128, 4, 3),
+    ("bwd_dkdv", 32, "float16", True): BlockSizes(32, 128, 4, 3),
+    ("bwd_dkdv", 32, "bfloat16", False): BlockSizes(32, 128, 4, 3),
+    ("bwd_dkdv", 32, "bfloat16", True): BlockSizes(32, 128, 4, 3),
+    ("bwd_dkdv", 32, "float32", False): BlockSizes(16, 32, 4, 2),
+    ("bwd_dkdv", 32, "float32", True): BlockSizes(16, 32, 4, 2),
+    ("bwd_dkdv", 64, "float16", False): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "float16", True): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "float32", False): BlockSizes(16, 32, 4, 2),
+    ("bwd_dkdv", 64, "float32", True): BlockSizes(16, 32, 4, 2),
+    ("bwd_dkdv", 128, "float16", False): BlockSizes(64, 64, 8, 3),
+    ("bwd_dkdv", 128, "float16", True): BlockSizes(64, 64, 8, 3),
+    ("bwd_dkdv", 128, "bfloat16", False): BlockSizes(64, 64, 8, 3),
+    ("bwd_dkdv", 128, "bfloat16", True): BlockSizes(64, 64, 8, 3),
+    ("bwd_dkdv", 128, "float32", False): BlockSizes(16, 16, 4, 1),
+    ("bwd_dkdv", 128, "float32", True): BlockSizes(16, 16, 4, 1),
     ("bwd_dq", 32, "float16", False): BlockSizes(128, 32, 4, 5),
     ("bwd_dq", 32, "float16", True): BlockSizes(128, 32, 4, 5),
     ("bwd_dq", 32, "bfloat16", False): BlockSizes(128, 32, 4, 5),
@@ -91,16 +99,15 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("bwd_dq", 64, "float16", True): BlockSizes(128, 32, 4, 5),
     ("bwd_dq", 64, "bfloat16", False): BlockSizes(128, 32, 4, 5),
     ("bwd_dq", 64, "bfloat16", True): BlockSizes(128, 32, 4, 5),
-    ("bwd_dq", 64, "float32", False): BlockSizes(64, 32, 4, 2),
-    ("bwd_dq", 64, "float32", True): BlockSizes(64, 32, 4, 2),
+    ("bwd_dq", 64, "float32", False): BlockSizes(16, 32, 4, 2),
+    ("bwd_dq", 64, "float32", True): BlockSizes(16, 32, 4, 2),
     ("bwd_dq", 128, "float16", False): BlockSizes(128, 32, 8, 3),
     ("bwd_dq", 128, "float16", True): BlockSizes(128, 32, 8, 3),
     ("bwd_dq", 128, "bfloat16", False): BlockSizes(128, 32, 8, 3),
     ("bwd_dq", 128, "bfloat16", True): BlockSizes(128, 32, 8, 3),
-    ("bwd_dq", 128, "float32", False): BlockSizes(64, 16, 8, 1),
-    ("bwd_dq", 128, "float32", True): BlockSizes(64, 16, 8, 1),
+    ("bwd_dq", 128, "float32", False): BlockSizes(16, 16, 4, 1),
+    ("bwd_dq", 128, "float32", True): BlockSizes(16, 16, 4, 1),
 }
-
 
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 

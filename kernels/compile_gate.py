@@ -265,6 +265,42 @@ def format_table(launches: Sequence[Launch],
   return "\n".join(lines)
 
 
+def format_row_summary(
+    launches: Sequence[Launch],
+    results: dict[tuple[int, int], aot_compile.CompileResult]) -> str:
+  """A Markdown table per table row and arch: the worst launch of the row.
+
+  Registers, spill bytes and shared memory are the maxima over the row's
+  variants (plain, segments, grouped-query, decode).
+  """
+  worst: dict[tuple[RowKey, int], list[int]] = {}
+  for (i, capability), r in results.items():
+    row = launches[i].row
+    if row is None or r.error:
+      continue
+    cell = worst.setdefault((row, capability), [0, 0, 0])
+    cell[0] = max(cell[0], r.registers)
+    cell[1] = max(cell[1], r.spill_bytes)
+    cell[2] = max(cell[2], r.shared_bytes)
+  capabilities = sorted({c for _, c in worst})
+  head = " | ".join(f"{aot_compile.arch_name(c)} regs / spill B / shared KiB"
+                    for c in capabilities)
+  lines = [f"| kernel | head_dim | dtype | causal | tile, warps, stages | {head} |",
+           "|" + " --- |" * (5 + len(capabilities))]
+  for row in sorted({row for row, _ in worst}):
+    bs = block_sizes.TABLE.get(row)
+    tile = (f"{bs.block_m}x{bs.block_n}, {bs.num_warps}, {bs.num_stages}"
+            if bs else "-")
+    cells = []
+    for c in capabilities:
+      regs, spill, shared = worst.get((row, c), (None, None, None))
+      cells.append("-" if regs is None else
+                   f"{regs} / {spill} / {shared / 1024:.0f}")
+    lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {tile} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _sort_key(launch: Launch):
   row = launch.row or (launch.kernel, 0, "", False)
   return (row[0], row[1], row[2], row[3], launch.variants)

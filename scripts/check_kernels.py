@@ -111,10 +111,12 @@ def main(argv):
                                      on_device=_DEVICE.value,
                                      progress=progress)
   table = compile_gate.format_table(launches, results)
-  print(table)
+  summary = compile_gate.format_row_summary(launches, results)
+  print(table, summary, sep="\n\nPer table row (worst variant):\n")
   if _OUT.value:
     with open(_OUT.value, "w") as f:
-      f.write(f"<!-- {_versions(capabilities)} -->\n{table}\n")
+      f.write(f"<!-- {_versions(capabilities)} -->\n{table}\n\n"
+              f"Per table row (worst variant):\n\n{summary}\n")
   failures = compile_gate.check(launches, results, rows)
   elapsed = time.perf_counter() - start
   if failures:

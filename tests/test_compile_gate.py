@@ -189,3 +189,15 @@ def test_recording_works_where_triton_is_interpreted():
                                 JAX_PLATFORMS="cpu"))
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout.split() == ["_attn_fwd", "kernels.triton_attention"]
+
+
+def test_row_summary_takes_the_worst_variant():
+  row = ("fwd", 64, "bfloat16", True)
+  launches = [_launch(row=row), _launch(row=row), _launch(row=None)]
+  summary = compile_gate.format_row_summary(launches, {
+      (0, 90): _ok(90, registers=100, shared_bytes=2048),
+      (1, 90): _ok(90, registers=200, spill_stores=4, shared_bytes=1024),
+      (2, 90): _ok(90, registers=255, spill_stores=99)})
+  tile = block_sizes.TABLE[row]
+  assert (f"| fwd | 64 | bfloat16 | True | {tile.block_m}x{tile.block_n}, "
+          f"{tile.num_warps}, {tile.num_stages} | 200 / 4 / 2 |") in summary
