@@ -10,9 +10,10 @@ rows start from the defaults of Triton's fused-attention tutorial
 (python/tutorials/06-fused-attention.py: forward 128 x 64, 4 warps, 8 at
 head_dim 128, 3 stages; backward dK/dV 32 x 128 and dQ 128 x 32, 4 warps, 5
 stages) and move only where the gate found spills: forward head_dim 64 takes
-8 warps (4 spilled with segment ids), dK/dV takes 3 stages at head_dim 32 and
-64 x 64 tiles at head_dim 64 and 128. float32 rows run tf32x3 tensor-core
-dots and need small tiles (16 queries or keys) to stay in 255 registers.
+8 warps (4 spilled with segment ids), dK/dV takes 3 stages at head_dim 32,
+64 x 64 tiles at head_dim 64 causal (32 x 64 otherwise) and at 128 (8 warps).
+float32 rows run tf32x3 tensor-core dots and need small tiles (16 queries or
+keys from head_dim 64 up) to stay within 255 registers.
 Replace rows with the output of `python scripts/tune_attention.py` run on the
 target GPU, then rerun the gate.
 
@@ -77,9 +78,9 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("bwd_dkdv", 32, "bfloat16", True): BlockSizes(32, 128, 4, 3),
     ("bwd_dkdv", 32, "float32", False): BlockSizes(16, 32, 4, 2),
     ("bwd_dkdv", 32, "float32", True): BlockSizes(16, 32, 4, 2),
-    ("bwd_dkdv", 64, "float16", False): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "float16", False): BlockSizes(32, 64, 4, 3),
     ("bwd_dkdv", 64, "float16", True): BlockSizes(64, 64, 4, 3),
-    ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(32, 64, 4, 3),
     ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(64, 64, 4, 3),
     ("bwd_dkdv", 64, "float32", False): BlockSizes(16, 32, 4, 2),
     ("bwd_dkdv", 64, "float32", True): BlockSizes(16, 32, 4, 2),
