@@ -45,8 +45,89 @@ CHECKPOINT_DIR = "checkpoints"
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
+# Fields a relaunch may change on an existing workdir: how long to train and
+# how often to log, evaluate and save. Everything else shapes the parameters,
+# the optimizer state or the data stream the checkpoints belong to.
+RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.eval_every",
+                    "train.eval_batches", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.progress_bar",
+                    "train.sample_chars")
+
+
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is intact."""
+
+
+class WorkdirMismatchError(ValueError):
+  """A workdir holds a run this config cannot continue; nothing was written.
+
+  `fields` lists the dotted config paths (`model.model_dim`, ...) that differ
+  from the saved config (empty when there is no saved config to compare).
+  """
+
+  def __init__(self, message: str, fields: tuple[str, ...] = ()):
+    super().__init__(message)
+    self.fields = fields
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists and tuples are leaves."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+  return flat
+
+
+def _as_saved(config: ml_collections.ConfigDict) -> dict:
+  """The config as `config.json` stores it (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises unless `config` may train in `workdir`; writes nothing.
+
+  A fresh directory is fine. A run's directory must have been trained with
+  the same config up to `RESUMABLE_FIELDS`; checkpoints without a
+  `config.json` cannot be matched and are refused too.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+      raise WorkdirMismatchError(
+          f"workdir: {checkpoints} holds checkpoints but {path} is missing, "
+          f"so they cannot be matched to this config; use a new --workdir. "
+          f"The workdir was not modified.")
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  new = _as_saved(config)
+  flat_saved, flat_new = _flatten(saved), _flatten(new)
+  differ = sorted(k for k in set(flat_saved) | set(flat_new)
+                  if k not in RESUMABLE_FIELDS
+                  and flat_saved.get(k, "<absent>") != flat_new.get(
+                      k, "<absent>"))
+  if differ:
+    changes = "; ".join(f"{k}: saved {flat_saved.get(k, '<absent>')!r}, now "
+                        f"{flat_new.get(k, '<absent>')!r}" for k in differ)
+    raise WorkdirMismatchError(
+        f"workdir: {workdir} holds a run with another config ({changes}). A "
+        f"resume may change only {', '.join(RESUMABLE_FIELDS)}. Use a new "
+        f"--workdir, or relaunch with the saved values; the workdir was not "
+        f"modified.", tuple(differ))
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `config.json` atomically: a kill leaves the old or the new one."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  temporary = path + ".tmp"
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
 
 
 def make_optimizer(config: ml_collections.ConfigDict
@@ -254,14 +335,13 @@ def _peak_flops() -> float | None:
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains, evaluates and checkpoints; returns the final eval metrics."""
+  check_workdir(config, workdir)  # before anything touches the workdir
   trainer = Trainer(config, workdir)
   train = config.train
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  state = trainer.restore_or_init()
+  _write_config(config, workdir)
   writer = metric_writer.MetricWriter(workdir, train.steps,
                                       train.progress_bar)
-  state = trainer.restore_or_init()
   step = int(state.step)
   tokens_per_step = train.batch_size * trainer.task.seq_len
   peak = _peak_flops()

@@ -6,7 +6,10 @@ r"""Trains a backbone on a task; resumes from the workdir's latest checkpoint.
 
 Any config field can be overridden with --config.<field>=<value>; the
 resolved config, metrics.jsonl, TensorBoard events and orbax checkpoints go
-to --workdir. Relaunching with the same --workdir continues the run.
+to --workdir. Relaunching with the same --workdir continues the run; a
+relaunch whose config differs in anything but `train.RESUMABLE_FIELDS`
+(steps, logging, eval and checkpoint cadence) is refused before the workdir
+is touched.
 """
 
 import sys
@@ -40,6 +43,8 @@ def main(argv):
     metrics = train.train_and_evaluate(config, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     sys.exit(f"stopped: {e}")
+  except train.WorkdirMismatchError as e:
+    sys.exit(f"refused: {e}")
   print(train.summary(task, metrics))
 
 

@@ -89,7 +89,8 @@ exec(open({script!r}).read())
 """
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+def test_kill_refused_relaunch_and_resume_equal_an_uninterrupted_run(
+    tmp_path):
   overrides = ["--config.train.steps=40", "--config.train.batch_size=16",
                "--config.model.model_dim=16", "--config.train.log_every=5",
                "--config.train.checkpoint_every=10",
@@ -110,6 +111,15 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
   partial = killed / "checkpoints" / "30.orbax-checkpoint-tmp-1234"
   partial.mkdir()
   (partial / "garbage").write_text("not a checkpoint")
+
+  before = _snapshot(killed)
+  result = _run_script([script], config_flag, f"--workdir={killed}",
+                       *overrides, "--config.model.model_dim=32")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "refused: workdir:" in result.stderr
+  assert "model.model_dim: saved 16, now 32" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _snapshot(killed) == before
 
   result = _run_script([script], config_flag, f"--workdir={killed}",
                        *overrides)
@@ -233,3 +243,58 @@ def test_batches_are_a_pure_function_of_seed_and_step(tmp_path):
   other = jax.device_get(trainer.next_batch(8))
   chex.assert_trees_all_equal(first, again)
   assert not np.array_equal(first["inputs"], other["inputs"])
+
+
+def _snapshot(directory):
+  """Every file under `directory` with its bytes: equal iff nothing changed."""
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model.model_dim", 16), ("model.backbone", "gru"), ("seed", 1),
+    ("train.learning_rate", 0.5), ("task.params.distance", 5),
+])
+def test_relaunch_with_another_config_is_refused_and_changes_nothing(
+    field, value, tmp_path):
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  before = _snapshot(tmp_path)
+  changed = config.copy_and_resolve_references()
+  *sections, name = field.split(".")
+  node = changed
+  for section in sections:
+    node = node[section]
+  node[name] = value
+  with pytest.raises(train.WorkdirMismatchError,
+                     match=rf"{re.escape(field)}: saved .*, now "
+                     rf"{re.escape(repr(value))}.*may change only "
+                     r"train.steps") as error:
+    train.train_and_evaluate(changed, str(tmp_path))
+  assert error.value.fields == (field,)
+  assert _snapshot(tmp_path) == before
+  _, metrics, _ = train.evaluate_workdir(str(tmp_path))  # still consistent
+  np.testing.assert_allclose(metrics["loss"],
+                             _records(tmp_path, "eval")[-1]["loss"], rtol=1e-5)
+
+
+def test_relaunch_may_change_steps_and_cadence(tmp_path):
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  longer = config.copy_and_resolve_references()
+  longer.train.update(steps=20, log_every=5, eval_every=20,
+                      checkpoint_every=20, progress_bar=True)
+  train.train_and_evaluate(longer, str(tmp_path))
+  assert _final_params(tmp_path)[0] == 20
+  assert train.load_config(str(tmp_path)).train.steps == 20
+
+
+def test_checkpoints_without_a_saved_config_are_refused(tmp_path):
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  (tmp_path / "config.json").unlink()
+  before = _snapshot(tmp_path)
+  with pytest.raises(train.WorkdirMismatchError, match="config.json is "
+                     "missing"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert _snapshot(tmp_path) == before
