@@ -74,16 +74,15 @@ class RecurrentBackbone(nn.Module):
     stack = StackedRNN(cells, bidirectional=not cfg.causal,
                        dropout_rate=cfg.dropout_rate, name="rnn")
     carry = None
-    if decode:
-      initialized = self.has_variable("cache", "carry")
+    if decode:  # created as the initial carry if absent: zeros
       carry = self.variable(
           "cache", "carry", lambda: [
               c.initialize_carry(jax.random.key(0), x[:, 0].shape)
               for c in cells])
     carries, x = stack(
-        x, initial_carry=carry.value if decode and initialized else None,
+        x, initial_carry=None if carry is None else carry.value,
         seq_lengths=lengths, deterministic=deterministic, return_carry=True)
-    if decode and initialized:
+    if decode:
       carry.value = carries
     return BackboneOutput(features=x, logits=embedder.decode(x))
 
