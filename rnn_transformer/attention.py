@@ -88,6 +88,16 @@ class MultiHeadAttention(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
   precision: Any = None
 
+  def __post_init__(self):
+    validation.check_int("num_heads", self.num_heads)
+    validation.check_int("num_kv_heads", self.num_kv_heads, optional=True)
+    validation.check_int("out_features", self.out_features, optional=True)
+    validation.check_int("cache_len", self.cache_len, optional=True)
+    validation.check_rate("dropout_rate", self.dropout_rate)
+    validation.check_choice("attention_impl", self.attention_impl,
+                            (None,) + kernels.IMPLEMENTATIONS)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
                causal: bool = False, key_lengths: Array | None = None,
@@ -119,7 +129,15 @@ class MultiHeadAttention(nn.Module):
     validation.check_rank("inputs_kv", inputs_kv, 3,
                           "(batch, kv_len, features)")
     validation.check_floating("inputs_kv", inputs_kv)
+    validation.check_time("inputs_q", inputs_q)
+    validation.check_time("inputs_kv", inputs_kv)
     batch, q_len, features = inputs_q.shape
+    if inputs_kv.shape[0] != batch:
+      raise ValueError(f"inputs_kv: expected the batch of inputs_q ({batch}), "
+                       f"got shape {inputs_kv.shape}")
+    if key_lengths is not None:
+      validation.check_seq_lengths(key_lengths, batch, inputs_kv.shape[1],
+                                   name="key_lengths")
     model_config.check_heads(features, self.num_heads, self.num_kv_heads)
     num_kv_heads = self.num_kv_heads or self.num_heads
     head_dim = features // self.num_heads

@@ -67,7 +67,8 @@ class RecurrentBackbone(nn.Module):
     x = embedder.encode(inputs)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if lengths is not None:
-      validation.check_seq_lengths(lengths, x.shape[0], x.shape[1])
+      validation.check_seq_lengths(lengths, x.shape[0], x.shape[1],
+                                   name="lengths")
     cell = RECURRENT_CELLS[cfg.backbone]
     cells = [cell(cfg.model_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
              for _ in range(cfg.num_layers)]

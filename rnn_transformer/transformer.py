@@ -144,6 +144,7 @@ class _Transformer(nn.Module):
       raise ValueError(f"inputs: expected (batch, time) or (batch, time, "
                        f"features), got shape {np.shape(inputs)}")
     batch, time = np.shape(inputs)[:2]
+    validation.check_time("inputs", inputs)
     if time > cfg.max_len:
       raise ValueError(f"inputs: sequence length {time} exceeds the "
                        f"configured max_len {cfg.max_len}")
@@ -154,7 +155,7 @@ class _Transformer(nn.Module):
       raise ValueError("lengths: not supported with decode=True (the cache "
                        "holds one position per step for the whole batch)")
     if lengths is not None:
-      validation.check_seq_lengths(lengths, batch, time)
+      validation.check_seq_lengths(lengths, batch, time, name="lengths")
 
     embedder = Embedder(cfg, name="embedder")
     x = embedder.encode(inputs)

@@ -187,7 +187,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("model.backbone", "cnn", r"config.model: backbone: expected one of "
+    ("model.backbone", "cnn", r"config.model.backbone: expected one of "
      r"\('rnn', 'lstm', 'gru', 'transformer'\), got 'cnn'"),
     ("task.name", "sorting", r"config.task.name: expected one of \['adding', "
      r"'char_lm', 'copy', 'first_token', 'recall'\], got 'sorting'"),
