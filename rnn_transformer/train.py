@@ -195,6 +195,27 @@ def make_train_step(model: nn.Module, task: tasks.Task,
   return train_step
 
 
+def init_params_per_key(model: nn.Module, keys: Any, sample: jax.Array
+                        ) -> Any:
+  """Initial parameters for each key, stacked on a leading `(len(keys),)` axis.
+
+  One compiled, unbatched `model.init`, run once per key, rather than
+  `vmap(model.init)` inside a larger program: under vmap the orthogonal
+  recurrent initialiser becomes a batched LAPACK QR, which XLA:CPU runs on
+  its intra-op pool with `ParallelBatchMap` and which deadlocked that
+  2-thread pool (every thread parked in `BlockingCounter::Wait`). Unbatched,
+  each QR is one LAPACK call and the vmapped program holds none.
+
+  Args:
+    model: any Flax module.
+    keys: a sequence (or `(n,)` array) of PRNG keys.
+    sample: an input of the shape `model.init` needs.
+  """
+  init = jax.jit(lambda key: model.init(key, sample)["params"])
+  per_key = [init(key) for key in keys]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *per_key)
+
+
 def make_eval_step(model: nn.Module, task: tasks.Task):
   def eval_step(params, batch):
     _, metrics = _loss_and_metrics(model, task, params, batch,
