@@ -3,6 +3,13 @@
 Only process 0 writes (as clu's writers do), so a multi-host run leaves one
 record. Every record carries its step; the JSONL file is line-buffered, so a
 killed run keeps every line it logged.
+
+A run resumed from the checkpoint at step `s` repeats the steps after `s`
+that the killed run had logged. So that each step is recorded once, with the
+resumed run's value, the writer drops the JSONL records after `s` (rewriting
+the file atomically) and writes a TensorBoard `SessionLog.START` event at
+step `s + 1`, TensorBoard's restart marker: readers discard the earlier
+events from that step on.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ class MetricWriter:
     total_steps: for the progress bar.
     progress_bar: draw a progress bar when stdout is a terminal; otherwise
       each training record is printed as one line.
+    start_step: the step the run starts from (a resumed run's checkpoint
+      step); records of later steps left by an earlier run are dropped.
   """
 
   def __init__(self, workdir: str, total_steps: int,
-               progress_bar: bool = True):
+               progress_bar: bool = True, start_step: int = 0):
     self._active = jax.process_index() == 0
     self._total = total_steps
     self._bar = progress_bar and sys.stdout.isatty()
@@ -39,10 +48,15 @@ class MetricWriter:
     if not self._active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a",  # noqa: SIM115
-                       buffering=1, encoding="utf-8")
+    path = os.path.join(workdir, METRICS_FILE)
+    resumed = os.path.exists(path)
+    if resumed:
+      _drop_records_after(path, start_step)
+    self._jsonl = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
     from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
     self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+    if resumed:
+      self._restart_events(start_step + 1)
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     """Records `scalars` of `split` ("train" or "eval") at `step`."""
@@ -80,6 +94,12 @@ class MetricWriter:
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
                                            summary=summary))
 
+  def _restart_events(self, step: int) -> None:
+    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
+    self._events.add_event(event_pb2.Event(
+        wall_time=time.time(), step=step,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
   def close(self) -> None:
     if self._bar:
       print(flush=True)
@@ -87,6 +107,29 @@ class MetricWriter:
       self._jsonl.close()
       self._events.close()
       self._jsonl = self._events = None
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites the JSONL file at `path` without records after `step`.
+
+  A line cut short by a kill is dropped too. Written to a temporary file and
+  renamed, so a kill during the rewrite leaves the old file or the new one.
+  """
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  temporary = path + ".tmp"
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
 
 
 def _fmt(value: float) -> str:

@@ -361,9 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train = config.train
   state = trainer.restore_or_init()
   _write_config(config, workdir)
-  writer = metric_writer.MetricWriter(workdir, train.steps,
-                                      train.progress_bar)
   step = int(state.step)
+  writer = metric_writer.MetricWriter(workdir, train.steps,
+                                      train.progress_bar, start_step=step)
   tokens_per_step = train.batch_size * trainer.task.seq_len
   peak = _peak_flops()
   flops = None

@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from rnn_transformer import metric_writer
 from rnn_transformer import tasks
 from rnn_transformer import train
 from rnn_transformer import train_config
@@ -75,18 +76,29 @@ def test_short_run_learns_below_the_trivial_baseline(backbone, tmp_path):
   assert saved.model.backbone == backbone
 
 
-_KILL_AFTER_SAVE = """
+# Dies by SIGKILL right after logging the train record of `kill_step`, so the
+# steps after the last checkpoint are logged twice unless the resume drops
+# them.
+_KILL_AFTER_LOG = """
 import os, signal, sys
-from rnn_transformer import train
-original = train.Trainer.save
-def save_then_die(self, state):
-  original(self, state)
-  if int(state.step) == {kill_step}:
+from rnn_transformer import metric_writer
+original = metric_writer.MetricWriter.write
+def write_then_die(self, step, split, scalars):
+  original(self, step, split, scalars)
+  if step == {kill_step} and split == "train":
     os.kill(os.getpid(), signal.SIGKILL)
-train.Trainer.save = save_then_die
+metric_writer.MetricWriter.write = write_then_die
 sys.argv = ["train.py"] + sys.argv[1:]
 exec(open({script!r}).read())
 """
+
+
+def _tensorboard_scalars(workdir, tag):
+  from tensorboard.backend.event_processing import event_accumulator
+  accumulator = event_accumulator.EventAccumulator(
+      str(workdir / "tensorboard"), size_guidance={"scalars": 0})
+  accumulator.Reload()
+  return [(e.step, e.value) for e in accumulator.Scalars(tag)]
 
 
 def test_kill_refused_relaunch_and_resume_equal_an_uninterrupted_run(
@@ -102,7 +114,7 @@ def test_kill_refused_relaunch_and_resume_equal_an_uninterrupted_run(
   result = _run_script([script], config_flag, f"--workdir={whole}", *overrides)
   assert result.returncode == 0, result.stderr[-3000:]
 
-  driver = _KILL_AFTER_SAVE.format(kill_step=20, script=script)
+  driver = _KILL_AFTER_LOG.format(kill_step=25, script=script)
   result = _run_script(["-c", driver], config_flag, f"--workdir={killed}",
                        *overrides)
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
@@ -134,6 +146,16 @@ def test_kill_refused_relaunch_and_resume_equal_an_uninterrupted_run(
       killed, "eval")[-1]
   np.testing.assert_allclose(eval_killed["loss"], eval_whole["loss"],
                              rtol=1e-5)
+  # Steps 21..25 ran twice; each is recorded once, with the resumed value.
+  train_whole, train_killed = _records(whole, "train"), _records(
+      killed, "train")
+  assert [r["step"] for r in train_killed] == list(range(5, 41, 5))
+  np.testing.assert_allclose([r["loss"] for r in train_killed],
+                             [r["loss"] for r in train_whole], rtol=1e-5)
+  scalars = _tensorboard_scalars(killed, "train/loss")
+  assert [step for step, _ in scalars] == list(range(5, 41, 5))
+  np.testing.assert_allclose([v for _, v in scalars],
+                             [r["loss"] for r in train_whole], rtol=1e-5)
 
 
 def test_four_devices_give_the_losses_of_one(tmp_path):
@@ -298,3 +320,15 @@ def test_checkpoints_without_a_saved_config_are_refused(tmp_path):
                      "missing"):
     train.train_and_evaluate(config, str(tmp_path))
   assert _snapshot(tmp_path) == before
+
+
+def test_a_resumed_writer_drops_later_records_and_a_cut_line(tmp_path):
+  lines = [json.dumps({"step": s, "split": "train", "loss": s})
+           for s in (10, 20, 30)]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4')
+  writer = metric_writer.MetricWriter(str(tmp_path), 40, progress_bar=False,
+                                      start_step=20)
+  writer.write(30, "train", {"loss": 3.0})
+  writer.close()
+  assert [(r["step"], r["loss"]) for r in _records(tmp_path, "train")] == [
+      (10, 10.0), (20, 20.0), (30, 3.0)]
