@@ -368,8 +368,8 @@ class CharLM(Task):
     lookup = {c: i for i, c in enumerate(self.chars)}
     unknown = sorted(set(text) - set(lookup))
     if unknown:
-      raise ValueError(f"text: characters {unknown} are not in the vocabulary "
-                       f"of {self.path}")
+      raise ValueError(f"characters {unknown} are not in the vocabulary of "
+                       f"{self.path}")
     return np.asarray([lookup[c] for c in text], np.int32)
 
   def decode(self, codes) -> str:

@@ -446,6 +446,51 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def sample_workdir(workdir: str, prompt: str, num_chars: int, *,
+                   temperature: float = 0.8, top_k: int | None = None,
+                   seed: int = 0) -> str:
+  """Text a char-LM run's latest checkpoint writes after `prompt`.
+
+  Args:
+    workdir: a `char_lm` training run's directory.
+    prompt: at least one character, all from the training text's vocabulary.
+    num_chars: characters to generate; a Transformer's `max_len` bounds
+      `len(prompt) + num_chars`.
+    temperature, top_k, seed: as `generation.generate` takes them (its `rng`
+      is `seed`).
+
+  Returns:
+    The `num_chars` generated characters (without the prompt).
+  """
+  config = load_config(workdir)
+  if config.task.name != "char_lm":
+    raise ValueError(f"workdir: {workdir} is a {config.task.name!r} run; "
+                     f"sampling text needs a 'char_lm' run")
+  if not isinstance(prompt, str) or not prompt:
+    raise ValueError(f"prompt: expected at least one character, got "
+                     f"{prompt!r}")
+  trainer = Trainer(config, workdir)
+  try:
+    if trainer.checkpoints.latest_step() is None:
+      raise ValueError(f"workdir: no checkpoint under "
+                       f"{os.path.join(workdir, CHECKPOINT_DIR)}")
+    try:
+      tokens = trainer.task.encode(prompt)[None, :]
+    except ValueError as e:
+      raise ValueError(f"prompt: {e}") from e
+    limit = trainer.model.max_len
+    if limit is not None and tokens.shape[1] + num_chars > limit:
+      raise ValueError(
+          f"num_chars: the prompt ({tokens.shape[1]} characters) plus "
+          f"{num_chars} exceeds the model's max_len {limit}")
+    params = jax.device_get(trainer.restore_or_init().params)
+    out = generation.generate(trainer.model, params, tokens, num_chars,
+                              temperature=temperature, top_k=top_k, rng=seed)
+  finally:
+    trainer.checkpoints.close()
+  return trainer.task.decode(out[0, tokens.shape[1]:])
+
+
 def evaluate_workdir(workdir: str) -> tuple[tasks.Task, dict[str, float],
                                             str | None]:
   """Restores the latest checkpoint of a run; returns task, metrics, sample."""

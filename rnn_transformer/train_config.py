@@ -134,9 +134,9 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   if train.learning_rate <= 0:
     raise ValueError(f"config.train.learning_rate: expected > 0, got "
                      f"{train.learning_rate}")
-  if not 0 <= train.warmup_steps <= train.steps:
+  if not 0 <= train.warmup_steps < train.steps:  # optax decays over the rest
     raise ValueError(f"config.train.warmup_steps: expected a value in [0, "
-                     f"steps={train.steps}], got {train.warmup_steps}")
+                     f"steps={train.steps}), got {train.warmup_steps}")
   per_update = train.batch_size // train.grad_accum_steps
   if train.batch_size % train.grad_accum_steps or (
       per_update % jax.device_count()):

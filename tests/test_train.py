@@ -1,5 +1,6 @@
 """End-to-end training at tiny sizes: learning, resume, data parallelism, errors."""
 
+import importlib.util
 import json
 import os
 import re
@@ -17,7 +18,9 @@ import pytest
 from rnn_transformer import metric_writer
 from rnn_transformer import tasks
 from rnn_transformer import train
+from rnn_transformer import generation
 from rnn_transformer import train_config
+from rnn_transformer.backbones import build_backbone
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,13 @@ def tiny_config(backbone="lstm", task="first_token", steps=60, **task_params):
                       eval_batches=2, checkpoint_every=10, keep_checkpoints=2,
                       progress_bar=False)
   return config
+
+
+def load_config_file(path, argument):
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(argument)
 
 
 def _records(workdir, split):
@@ -255,6 +265,53 @@ def test_evaluate_script_reports_and_samples_a_char_lm(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "char_lm: bits_per_char" in result.stdout
   assert "sample: '" in result.stdout
+
+  result = _run_script([str(REPO / "scripts" / "sample.py")],
+                       f"--workdir={tmp_path / 'run'}", "--prompt=the c",
+                       "--num_chars=30", "--temperature=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  greedy = train.sample_workdir(str(tmp_path / "run"), "the c", 30,
+                                temperature=0.0)
+  assert result.stdout.rstrip("\n") == "the c" + greedy
+  result = _run_script([str(REPO / "scripts" / "sample.py")],
+                       f"--workdir={tmp_path / 'run'}", "--prompt=the Z",
+                       "--top_k=3")
+  assert result.returncode == 1
+  assert "error: prompt: characters ['Z'] are not in the vocabulary" in (
+      result.stderr)
+
+
+def test_sampling_a_workdir_equals_greedy_recompute(tmp_path):
+  text = tmp_path / "text.txt"
+  text.write_text("to be or not to be, that is the question. " * 20)
+  config = tiny_config("transformer", task="char_lm", steps=10,
+                       path=str(text), seq_len=16)
+  train.train_and_evaluate(config, str(tmp_path))
+  task, model_config = train_config.validate(config)
+  model = build_backbone(model_config)
+  _, params = _final_params(tmp_path)
+  prompt = task.encode("to be")[None, :]
+  oracle = jax.jit(generation.greedy_by_recompute, static_argnums=(0, 3))(
+      model, params, prompt, 12)
+  assert train.sample_workdir(str(tmp_path), "to be", 12,
+                              temperature=0.0) == task.decode(oracle[0, 5:])
+  sampled = train.sample_workdir(str(tmp_path), "to be", 12, temperature=1.0,
+                                 top_k=3, seed=1)
+  assert len(sampled) == 12 and set(sampled) <= set(task.chars)
+  with pytest.raises(ValueError, match=r"num_chars: the prompt \(5 "
+                     r"characters\) plus 60 exceeds the model's max_len 64"):
+    train.sample_workdir(str(tmp_path), "to be", 60)
+  with pytest.raises(ValueError, match=r"prompt: expected at least one"):
+    train.sample_workdir(str(tmp_path), "", 5)
+
+
+def test_the_char_lm_config_trains_on_the_shipped_docs():
+  config = load_config_file(REPO / "configs" / "char_lm.py", "lstm")
+  task, _ = train_config.validate(config)
+  shipped = (REPO / "README.md").read_text() + (
+      REPO / "BUILD_NOTES.md").read_text()
+  assert set(task.chars) == set(shipped)
+  assert task.baseline["bits_per_char"] > 4.0
 
 
 def test_batches_are_a_pure_function_of_seed_and_step(tmp_path):
