@@ -15,6 +15,7 @@ gradient all-reduce.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -26,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -279,7 +279,7 @@ class Trainer:
     restored = self.checkpoints.restore(
         step, args=ocp.args.StandardRestore(abstract))
     restored = jax.device_put(restored, self.replicated)
-    logging.info("resumed from checkpoint at step %d", step)
+    metric_writer.console(f"resumed from checkpoint at step {step}")
     return state.replace(params=restored["params"],
                          opt_state=restored["opt_state"],
                          step=restored["step"])
@@ -357,6 +357,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains, evaluates and checkpoints; returns the final eval metrics."""
   check_workdir(config, workdir)  # before anything touches the workdir
+  os.makedirs(workdir, exist_ok=True)
+  log_file = metric_writer.log_to_file(workdir)
+  try:
+    return _train(config, workdir)
+  finally:
+    logging.getLogger().removeHandler(log_file)
+    log_file.close()
+
+
+def _train(config: ml_collections.ConfigDict,
+           workdir: str) -> dict[str, float]:
   trainer = Trainer(config, workdir)
   train = config.train
   state = trainer.restore_or_init()
@@ -378,6 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state, metrics = trainer.train_step(
           state, batch, jax.random.fold_in(trainer.dropout_key, step))
       step += 1
+      writer.progress(step)
       history.append(metrics)
       log_now = step % train.log_every == 0 or step == train.steps
       save_now = step % train.checkpoint_every == 0 or step == train.steps

@@ -1,6 +1,7 @@
 """End-to-end training at tiny sizes: learning, resume, data parallelism, errors."""
 
 import importlib.util
+import io
 import json
 import os
 import re
@@ -146,7 +147,7 @@ def test_kill_refused_relaunch_and_resume_equal_an_uninterrupted_run(
   result = _run_script([script], config_flag, f"--workdir={killed}",
                        *overrides)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "resumed from checkpoint at step 20" in result.stderr
+  assert "resumed from checkpoint at step 20" in result.stdout
 
   step_whole, params_whole = _final_params(whole)
   step_killed, params_killed = _final_params(killed)
@@ -183,7 +184,7 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
         env_extra={"XLA_FLAGS":
                    f"--xla_force_host_platform_device_count={devices}"})
     assert result.returncode == 0, result.stderr[-3000:]
-    device_line = next(line for line in result.stderr.splitlines()
+    device_line = next(line for line in result.stdout.splitlines()
                        if "devices: [" in line)
     assert device_line.count("CpuDevice") == devices, device_line
     losses[devices] = [r["loss"] for r in _records(workdir, "train")]
@@ -389,3 +390,54 @@ def test_a_resumed_writer_drops_later_records_and_a_cut_line(tmp_path):
   writer.close()
   assert [(r["step"], r["loss"]) for r in _records(tmp_path, "train")] == [
       (10, 10.0), (20, 20.0), (30, 3.0)]
+
+
+_INFO_LINE = re.compile(r"^I\d{4} ", re.MULTILINE)
+
+
+@pytest.mark.parametrize("verbosity", [None, "0"])
+def test_the_console_shows_the_runs_lines_and_library_logs_go_to_a_file(
+    verbosity, tmp_path):
+  flags = [f"--config={REPO / 'configs' / 'adding.py'}:rnn",
+           f"--workdir={tmp_path}", "--config.train.steps=4",
+           "--config.train.warmup_steps=1", "--config.train.log_every=2",
+           "--config.model.model_dim=8", "--config.train.batch_size=8"]
+  if verbosity is not None:
+    flags.append(f"--verbosity={verbosity}")
+  result = _run_script([str(REPO / "scripts" / "train.py")], *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("devices: [")
+  assert [line.split(":")[0] for line in lines[1:]] == [
+      "train step 2/4", "train step 4/4", "eval step 4/4", "adding"]
+  log = (tmp_path / "train.log").read_text()
+  assert "orbax" in log.lower() and _INFO_LINE.search(log)
+  shown = _INFO_LINE.findall(result.stderr)
+  if verbosity is None:
+    assert not shown, result.stderr[-2000:]
+  else:
+    assert len(shown) > 10
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(tmp_path,
+                                                          monkeypatch):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stdout", terminal)
+  writer = metric_writer.MetricWriter(str(tmp_path), 8, progress_bar=True)
+  for step in range(1, 9):
+    writer.progress(step)
+    if step % 4 == 0:
+      writer.write(step, "train", {"loss": 1.0 / step, "grad_norm": 2.0})
+  writer.write(8, "eval", {"loss": 0.25})
+  writer.close()
+  screen = terminal.getvalue()
+  assert "8/8" in screen and "step/s" in screen and "<" in screen  # rate, ETA
+  assert "loss=0.125" in screen
+  assert "train step" not in screen  # the bar replaces the train lines
+  assert "eval step 8/8: loss=0.25" in screen
+  assert len(_records(tmp_path, "train")) == 2
