@@ -94,6 +94,8 @@ class MultiHeadAttention(nn.Module):
     validation.check_int("out_features", self.out_features, optional=True)
     validation.check_int("cache_len", self.cache_len, optional=True)
     validation.check_rate("dropout_rate", self.dropout_rate)
+    validation.check_float_dtype("dtype", self.dtype, optional=True)
+    validation.check_float_dtype("param_dtype", self.param_dtype)
     validation.check_choice("attention_impl", self.attention_impl,
                             (None,) + kernels.IMPLEMENTATIONS)
     super().__post_init__()

@@ -80,6 +80,10 @@ class RecurrentBackbone(nn.Module):
           "cache", "carry", lambda: [
               c.initialize_carry(jax.random.key(0), x[:, 0].shape)
               for c in cells])
+      cached_batch = jax.tree.leaves(carry.value)[0].shape[0]
+      if cached_batch != x.shape[0]:
+        raise ValueError(f"inputs: batch {x.shape[0]} differs from the "
+                         f"cache's batch {cached_batch}")
     carries, x = stack(
         x, initial_carry=None if carry is None else carry.value,
         seq_lengths=lengths, deterministic=deterministic, return_carry=True)

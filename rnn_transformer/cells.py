@@ -55,6 +55,8 @@ class FusedGateCell(nn.RNNCellBase):
 
   def __post_init__(self):
     validation.check_int("features", self.features)
+    validation.check_float_dtype("dtype", self.dtype, optional=True)
+    validation.check_float_dtype("param_dtype", self.param_dtype)
     super().__post_init__()
 
   def setup(self):

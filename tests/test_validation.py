@@ -73,6 +73,29 @@ def test_cells_refuse_non_positive_int_features(cell_type, features, error):
     cell_type(features)
 
 
+@pytest.mark.parametrize("module", [
+    lambda **kw: rt.LSTMCell(4, **kw),
+    lambda **kw: rt.MultiHeadAttention(num_heads=2, **kw)])
+def test_modules_refuse_unknown_dtype_names(module):
+  with pytest.raises(ValueError, match=r"param_dtype: expected one of "
+                     r"\('float32', 'bfloat16', 'float16'\), got 'bf16'"):
+    module(param_dtype="bf16")
+  with pytest.raises(ValueError, match=r"dtype: expected one of"):
+    module(dtype="half-ish")
+  module(dtype="bfloat16", param_dtype=jnp.float32)
+
+
+def test_a_recurrent_cache_of_another_batch_is_a_named_error():
+  model = rt.build_backbone(rt.ModelConfig(backbone="gru", vocab_size=5,
+                                           model_dim=4))
+  params = model.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))
+  cache = rt.init_cache(model, batch=2)
+  with pytest.raises(ValueError, match=r"inputs: batch 3 differs from the "
+                     r"cache's batch 2"):
+    model.apply({**params, "cache": cache}, jnp.zeros((3, 1), jnp.int32),
+                decode=True, mutable=["cache"])
+
+
 @pytest.mark.parametrize("cell,carry,message", [
     (rt.LSTMCell(4), jnp.zeros((2, 4)), r"carry: LSTMCell\(features=4\) "
      r"expects the pair \(c, h\) with shapes \(\(2, 4\), \(2, 4\)\)"),
