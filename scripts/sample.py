@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 
+from rnn_transformer import metric_writer
 from rnn_transformer import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a char_lm run.")
@@ -29,6 +30,8 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # orbax INFO: --verbosity=0
+    metric_writer.quiet_library_logs()
   try:
     text = train.sample_workdir(
         _WORKDIR.value, _PROMPT.value, _NUM_CHARS.value,
