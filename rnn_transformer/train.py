@@ -279,7 +279,6 @@ class Trainer:
     restored = self.checkpoints.restore(
         step, args=ocp.args.StandardRestore(abstract))
     restored = jax.device_put(restored, self.replicated)
-    metric_writer.console(f"resumed from checkpoint at step {step}")
     return state.replace(params=restored["params"],
                          opt_state=restored["opt_state"],
                          step=restored["step"])
@@ -373,6 +372,8 @@ def _train(config: ml_collections.ConfigDict,
   state = trainer.restore_or_init()
   _write_config(config, workdir)
   step = int(state.step)
+  if trainer.checkpoints.latest_step() is not None:
+    metric_writer.console(f"resumed from checkpoint at step {step}")
   writer = metric_writer.MetricWriter(workdir, train.steps,
                                       train.progress_bar, start_step=step)
   tokens_per_step = train.batch_size * trainer.task.seq_len
