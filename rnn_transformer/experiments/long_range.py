@@ -20,10 +20,12 @@ here might learn it with more steps or data.
 Speed: one compiled program per backbone. Every model here is causal, so
 the output at position `d` of a sequence of the longest length sees exactly
 a `FirstToken(distance=d)` input (`score_at`); all distances therefore share
-one sequence length, and a whole run (init, `lax.scan` over the steps,
-held-out evaluation) is `jax.vmap`-ed over every (seed, distance) pair.
-Compilation, which dominates on a CPU at these sizes, is paid four times,
-not once per cell. The update is the library's (`train.make_optimizer`,
+one sequence length, and a whole run (`lax.scan` over the steps, held-out
+evaluation) is `jax.vmap`-ed over every (seed, distance) pair. The initial
+parameters are made before, one unbatched init per seed
+(`train.init_params_per_key`): a vmapped init puts batched LAPACK QR in the
+program, which deadlocked XLA:CPU. Compilation, which dominates on a CPU at
+these sizes, is paid four times, not once per cell. The update is the library's (`train.make_optimizer`,
 `train.make_train_step`, `train.make_eval_step`); no checkpoints are
 written.
 """
