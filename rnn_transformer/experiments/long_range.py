@@ -25,9 +25,9 @@ evaluation) is `jax.vmap`-ed over every (seed, distance) pair. The initial
 parameters are made before, one unbatched init per seed
 (`train.init_params_per_key`): a vmapped init puts batched LAPACK QR in the
 program, which deadlocked XLA:CPU. Compilation, which dominates on a CPU at
-these sizes, is paid four times, not once per cell. The update is the library's (`train.make_optimizer`,
-`train.make_train_step`, `train.make_eval_step`); no checkpoints are
-written.
+these sizes, is paid four times, not once per cell. The update is the
+library's (`train.make_optimizer`, `train.make_train_step`,
+`train.make_eval_step`); no checkpoints are written.
 """
 
 from __future__ import annotations
