@@ -107,7 +107,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     raise ValueError(f"num_heads of q ({num_heads}) must be divisible by the "
                      f"num_kv_heads of k and v ({num_kv_heads})")
   if key_lengths is not None:
+    concrete = None if isinstance(key_lengths, jax.core.Tracer) else (
+        np.asarray(key_lengths))
     key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
+    if concrete is not None and concrete.size and (
+        concrete.min() < 0 or concrete.max() > kv_len):
+      raise ValueError(f"key_lengths must lie in [0, kv_len={kv_len}], got "
+                       f"min {concrete.min()} and max {concrete.max()}")
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
   if scale is None:
     scale = 1.0 / math.sqrt(head_dim)

@@ -23,6 +23,7 @@ from rnn_transformer.cells import GRUCell
 from rnn_transformer.cells import LSTMCell
 from rnn_transformer.cells import SimpleRNNCell
 from rnn_transformer.generation import generate
+from rnn_transformer.generation import init_cache
 from rnn_transformer.model_config import BackboneOutput
 from rnn_transformer.model_config import ModelConfig
 from rnn_transformer.positional import LearnedPositionEmbedding
@@ -61,6 +62,7 @@ __all__ = [
     "flip_sequences",
     "generate",
     "gradient_flow",
+    "init_cache",
     "initializers",
     "rotary_position_embedding",
     "sinusoidal_position_encoding",

@@ -7,10 +7,15 @@ query attention `key` and `value` have `num_kv_heads` heads.
 
 Decoding keeps keys and values in the `cache` collection:
 
-* `cached_key`, `cached_value`: `(batch, max_len, num_kv_heads, head_dim)`,
-  sized by the sequence length of the call that creates them;
+* `cached_key`, `cached_value`: `(batch, cache_len, num_kv_heads, head_dim)`;
 * `cache_index`: int32 scalar, the number of positions written so far (one
   index for the whole batch).
+
+The first decode call on a module without a cache creates it, `cache_len`
+long (the `cache_len` attribute; None: that call's `q_len`), and then
+processes its tokens through it like any later call, so its outputs are
+right and the cache holds its tokens. An all-zero cache is the empty cache
+(`rnn_transformer.init_cache` builds one of any length).
 
 A decode call with `q_len` new tokens writes their (rotated) keys and values at
 `[cache_index, cache_index + q_len)` and attends so that the query at absolute
@@ -63,6 +68,8 @@ class MultiHeadAttention(nn.Module):
     rotary: apply rotary position embeddings to q and k.
     rope_base: the rotary base.
     attention_impl: `kernels.attention(implementation=...)`; None: automatic.
+    cache_len: positions in the KV cache the first decode call creates
+      (None: that call's `q_len`).
     dtype: compute dtype; param_dtype: parameter dtype.
     kernel_init, bias_init, precision: of the projections.
   """
@@ -74,11 +81,24 @@ class MultiHeadAttention(nn.Module):
   rotary: bool = False
   rope_base: float = 10_000.0
   attention_impl: str | None = None
+  cache_len: int | None = None
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
   precision: Any = None
+
+  def __post_init__(self):
+    validation.check_int("num_heads", self.num_heads)
+    validation.check_int("num_kv_heads", self.num_kv_heads, optional=True)
+    validation.check_int("out_features", self.out_features, optional=True)
+    validation.check_int("cache_len", self.cache_len, optional=True)
+    validation.check_rate("dropout_rate", self.dropout_rate)
+    validation.check_float_dtype("dtype", self.dtype, optional=True)
+    validation.check_float_dtype("param_dtype", self.param_dtype)
+    validation.check_choice("attention_impl", self.attention_impl,
+                            (None,) + kernels.IMPLEMENTATIONS)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
@@ -96,8 +116,8 @@ class MultiHeadAttention(nn.Module):
       positions: `(batch or 1, q_len)` absolute positions for the rotary
         embedding (default: `arange(q_len)`, or the cache positions when
         decoding). Keys share the queries' positions in self-attention.
-      decode: self-attention through the KV cache (see the module doc); the
-        call that creates the cache only sizes it and attends causally.
+      decode: self-attention through the KV cache (see the module doc); a
+        call without a cache creates one and processes its tokens.
       deterministic: disables dropout.
 
     Returns:
@@ -111,7 +131,15 @@ class MultiHeadAttention(nn.Module):
     validation.check_rank("inputs_kv", inputs_kv, 3,
                           "(batch, kv_len, features)")
     validation.check_floating("inputs_kv", inputs_kv)
+    validation.check_time("inputs_q", inputs_q)
+    validation.check_time("inputs_kv", inputs_kv)
     batch, q_len, features = inputs_q.shape
+    if inputs_kv.shape[0] != batch:
+      raise ValueError(f"inputs_kv: expected the batch of inputs_q ({batch}), "
+                       f"got shape {inputs_kv.shape}")
+    if key_lengths is not None:
+      validation.check_seq_lengths(key_lengths, batch, inputs_kv.shape[1],
+                                   name="key_lengths")
     model_config.check_heads(features, self.num_heads, self.num_kv_heads)
     num_kv_heads = self.num_kv_heads or self.num_heads
     head_dim = features // self.num_heads
@@ -156,17 +184,16 @@ class MultiHeadAttention(nn.Module):
         precision=self.precision, name="out")(out)
     return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
 
-  def _cache(self, k: Array, v: Array) -> dict[str, Any] | None:
-    """The cache variables, or None on the call that creates them."""
-    initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape,
+  def _cache(self, k: Array, v: Array) -> dict[str, Any]:
+    """The cache variables, created empty (`cache_len` long) if absent."""
+    batch, q_len = k.shape[:2]
+    shape = (batch, self.cache_len or q_len) + k.shape[2:]
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape,
                                k.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape,
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
                                  v.dtype)
     index = self.variable("cache", "cache_index",
                           lambda: jnp.zeros((), jnp.int32))
-    if not initialized:
-      return None
     return dict(key=cached_key, value=cached_value, index=index)
 
   def _attend_through_cache(self, q: Array, k: Array, v: Array,
@@ -177,6 +204,11 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(
           f"inputs_q: batch {k.shape[0]} differs from the cache's batch "
           f"{cache['key'].value.shape[0]}")
+    if q_len > max_len:  # known from the shapes, even under jit
+      raise ValueError(
+          f"cache overflow: {q_len} new positions in inputs_q exceed the "
+          f"cache length {max_len}; create a longer cache "
+          f"(rnn_transformer.init_cache or the cache_len attribute)")
     index = cache["index"].value
     end = index + q_len
     if validation.is_concrete(index) and int(end) > max_len:

@@ -67,23 +67,27 @@ class RecurrentBackbone(nn.Module):
     x = embedder.encode(inputs)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if lengths is not None:
-      validation.check_seq_lengths(lengths, x.shape[0], x.shape[1])
+      validation.check_seq_lengths(lengths, x.shape[0], x.shape[1],
+                                   name="lengths")
     cell = RECURRENT_CELLS[cfg.backbone]
     cells = [cell(cfg.model_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
              for _ in range(cfg.num_layers)]
     stack = StackedRNN(cells, bidirectional=not cfg.causal,
                        dropout_rate=cfg.dropout_rate, name="rnn")
     carry = None
-    if decode:
-      initialized = self.has_variable("cache", "carry")
+    if decode:  # created as the initial carry if absent: zeros
       carry = self.variable(
           "cache", "carry", lambda: [
               c.initialize_carry(jax.random.key(0), x[:, 0].shape)
               for c in cells])
+      cached_batch = jax.tree.leaves(carry.value)[0].shape[0]
+      if cached_batch != x.shape[0]:
+        raise ValueError(f"inputs: batch {x.shape[0]} differs from the "
+                         f"cache's batch {cached_batch}")
     carries, x = stack(
-        x, initial_carry=carry.value if decode and initialized else None,
+        x, initial_carry=None if carry is None else carry.value,
         seq_lengths=lengths, deterministic=deterministic, return_carry=True)
-    if decode and initialized:
+    if decode:
       carry.value = carries
     return BackboneOutput(features=x, logits=embedder.decode(x))
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_transformer import initializers as rinit
 from rnn_transformer import validation
@@ -41,6 +42,7 @@ class FusedGateCell(nn.RNNCellBase):
     carry_init: initialiser of the carry.
   """
   num_gates: ClassVar[int]
+  carry_layout: ClassVar[str] = "h"
 
   features: int
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
@@ -50,6 +52,12 @@ class FusedGateCell(nn.RNNCellBase):
   param_dtype: Any = jnp.float32
   precision: Any = None
   carry_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  def __post_init__(self):
+    validation.check_int("features", self.features)
+    validation.check_float_dtype("dtype", self.dtype, optional=True)
+    validation.check_float_dtype("param_dtype", self.param_dtype)
+    super().__post_init__()
 
   def setup(self):
     fused = self.num_gates * self.features
@@ -85,7 +93,27 @@ class FusedGateCell(nn.RNNCellBase):
 
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
     """One time step: `inputs: (..., in)`; returns `(new_carry, output)`."""
+    self.check_carry(carry, inputs)
     return self.step(carry, self.project_inputs(inputs))
+
+  @nn.nowrap
+  def check_carry(self, carry: Carry, inputs: Array) -> None:
+    """Raises unless `carry` has the structure and shapes of this cell's
+    carry for `inputs: (..., in)`, e.g. `(c, h)` for an LSTM."""
+    validation.check_floating("inputs", inputs)
+    if np.ndim(inputs) < 1:
+      raise ValueError(f"inputs: expected shape (..., features), got "
+                       f"{np.shape(inputs)}")
+    expected = jax.eval_shape(
+        lambda: self.initialize_carry(jax.random.key(0), np.shape(inputs)))
+    want = jax.tree.map(lambda s: s.shape, expected)
+    got = jax.tree.map(np.shape, carry)
+    if (jax.tree.structure(carry) != jax.tree.structure(expected)
+        or jax.tree.leaves(got) != jax.tree.leaves(want)):
+      raise ValueError(
+          f"carry: {type(self).__name__}(features={self.features}) expects "
+          f"{self.carry_layout} with shapes {want} for inputs of shape "
+          f"{np.shape(inputs)}, got {got}")
 
   @nn.nowrap
   def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
@@ -129,6 +157,7 @@ class LSTMCell(FusedGateCell):
   Carry: `(c, h)`, each `(..., H)`, as in flax; output: `h`.
   """
   num_gates: ClassVar[int] = 4
+  carry_layout: ClassVar[str] = "the pair (c, h)"
   forget_bias: float = 1.0
   gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
   activation_fn: Callable[[Array], Array] = jnp.tanh

@@ -15,6 +15,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+import kernels
+from rnn_transformer import validation
+
 BACKBONES = ("rnn", "lstm", "gru", "transformer")
 POSITIONAL_ENCODINGS = ("none", "sinusoidal", "learned", "rope")
 NORMS = ("pre", "post")
@@ -24,21 +27,15 @@ ACTIVATIONS = ("gelu", "relu")
 def check_heads(features: int, num_heads: int,
                 num_kv_heads: int | None) -> None:
   """Raises unless `features` splits into `num_heads` heads in kv groups."""
-  if num_heads < 1:
-    raise ValueError(f"num_heads: expected a positive integer, got {num_heads}")
+  validation.check_int("num_heads", num_heads)
+  validation.check_int("num_kv_heads", num_kv_heads, optional=True)
   if features % num_heads:
     raise ValueError(
         f"model width {features} must be divisible by num_heads {num_heads}")
-  if num_kv_heads is not None and (num_kv_heads < 1 or
-                                   num_heads % num_kv_heads):
+  if num_kv_heads is not None and num_heads % num_kv_heads:
     raise ValueError(
         f"num_heads {num_heads} must be divisible by num_kv_heads "
         f"{num_kv_heads} (a positive divisor)")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,22 +98,29 @@ class ModelConfig:
   scan_layers: bool = False
 
   def __post_init__(self):
-    _check_choice("backbone", self.backbone, BACKBONES)
-    _check_choice("positional", self.positional, POSITIONAL_ENCODINGS)
-    _check_choice("norm", self.norm, NORMS)
-    _check_choice("activation", self.activation, ACTIVATIONS)
-    for name in ("num_layers", "model_dim", "max_len"):
-      if getattr(self, name) < 1:
-        raise ValueError(
-            f"{name}: expected a positive integer, got {getattr(self, name)}")
-    for name in ("vocab_size", "output_size", "mlp_dim"):
-      value = getattr(self, name)
-      if value is not None and value < 1:
-        raise ValueError(f"{name}: expected a positive integer or None, got "
-                         f"{value}")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(
-          f"dropout_rate: expected a value in [0, 1), got {self.dropout_rate}")
+    validation.check_choice("backbone", self.backbone, BACKBONES)
+    validation.check_choice("positional", self.positional,
+                            POSITIONAL_ENCODINGS)
+    validation.check_choice("norm", self.norm, NORMS)
+    validation.check_choice("activation", self.activation, ACTIVATIONS)
+    validation.check_choice("attention_impl", self.attention_impl,
+                            (None,) + kernels.IMPLEMENTATIONS)
+    for name in ("num_layers", "model_dim", "max_len", "num_heads"):
+      validation.check_int(name, getattr(self, name))
+    for name in ("vocab_size", "output_size", "mlp_dim", "num_kv_heads"):
+      validation.check_int(name, getattr(self, name), optional=True)
+    for name in ("causal", "tie_embeddings", "remat", "scan_layers"):
+      validation.check_bool(name, getattr(self, name))
+    validation.check_rate("dropout_rate", self.dropout_rate)
+    if not isinstance(self.rope_base, (int, float)) or isinstance(
+        self.rope_base, bool) or not self.rope_base > 0:
+      raise ValueError(f"rope_base: expected a positive number, got "
+                       f"{self.rope_base!r}")
+    # Names ("bfloat16") become dtypes, so equal configs compare equal.
+    object.__setattr__(self, "dtype", validation.check_float_dtype(
+        "dtype", self.dtype, optional=True))
+    object.__setattr__(self, "param_dtype", validation.check_float_dtype(
+        "param_dtype", self.param_dtype))
     if self.tie_embeddings and (self.vocab_size is None or self.output_size
                                 not in (None, self.vocab_size)):
       raise ValueError(

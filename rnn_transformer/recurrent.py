@@ -153,6 +153,7 @@ class RNN(nn.Module):
 
     validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
     validation.check_floating("inputs", inputs)
+    validation.check_time("inputs", inputs)
     batch, time = inputs.shape[:2]
     if seq_lengths is not None:
       validation.check_seq_lengths(seq_lengths, batch, time)
@@ -249,6 +250,13 @@ class Bidirectional(nn.Module):
                reset: Array | None = None,
                return_carry: bool | None = None) -> Any:
     return_carry = self.return_carry if return_carry is None else return_carry
+    if initial_carry is not None and (
+        not isinstance(initial_carry, (tuple, list)) or len(initial_carry) != 2):
+      raise ValueError(
+          "initial_carry: Bidirectional expects the pair (forward_carry, "
+          "backward_carry), one carry of each direction's cell (e.g. "
+          "((c, h), (c, h)) for LSTM cells), as it returns with "
+          f"return_carry=True; got {jax.tree.map(jnp.shape, initial_carry)}")
     forward_carry, backward_carry = (None, None) if initial_carry is None else (
         initial_carry)
     carry_fwd, out_fwd = self.forward_rnn(
@@ -283,9 +291,8 @@ class StackedRNN(nn.Module):
   def setup(self):
     if not self.cells:
       raise ValueError("cells: expected at least one cell, got none")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(
-          f"dropout_rate: expected a value in [0, 1), got {self.dropout_rate}")
+    validation.check_rate("dropout_rate", self.dropout_rate)
+    validation.check_int("unroll", self.unroll)
     rnn = functools.partial(RNN, unroll=self.unroll,
                             hoist_input_projection=self.hoist_input_projection)
     # Clones detach each cell from this module, so its parameters live under

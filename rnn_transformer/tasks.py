@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import os
 import pathlib
 
 import jax
@@ -273,10 +274,37 @@ class FirstToken(Task):
             "accuracy": 1.0 / self.num_classes}
 
 
+def read_text(path: str) -> str:
+  """The UTF-8 text of `path`, or of several files joined by `os.pathsep`
+  (`README.md:BUILD_NOTES.md`), concatenated in order.
+
+  Raises ValueError naming `path` when a file is missing, unreadable or the
+  text is empty.
+  """
+  if not isinstance(path, str) or not path:
+    raise ValueError(f"path: expected a text file's path, got {path!r}")
+  parts = []
+  for name in path.split(os.pathsep):
+    file = pathlib.Path(name)
+    if not file.is_file():
+      raise ValueError(f"path: no file at {str(file)!r}; point it at a text "
+                       f"file (UTF-8)")
+    try:
+      parts.append(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+      raise ValueError(f"path: cannot read {str(file)!r} as UTF-8 text: "
+                       f"{e}") from e
+  text = "".join(parts)
+  if not text:
+    raise ValueError(f"path: {path!r} is empty; a character model needs text")
+  return text
+
+
 class CharLM(Task):
   """Character-level language modelling on a text file.
 
-  The file's distinct characters are the vocabulary; the first
+  `path` is one file or several joined by `os.pathsep` (see `read_text`).
+  The text's distinct characters are the vocabulary; the first
   `1 - validation_fraction` of the text trains, the rest validates. A batch is
   random windows of `seq_len + 1` characters: inputs the first `seq_len`,
   targets the next character at every step. Metric: bits per character; the
@@ -288,7 +316,7 @@ class CharLM(Task):
 
   def __init__(self, path: str, seq_len: int = 128,
                validation_fraction: float = 0.1):
-    text = pathlib.Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     if not 0.0 < validation_fraction < 1.0:
       raise ValueError(f"validation_fraction: expected a value in (0, 1), got "
                        f"{validation_fraction}")
@@ -340,8 +368,8 @@ class CharLM(Task):
     lookup = {c: i for i, c in enumerate(self.chars)}
     unknown = sorted(set(text) - set(lookup))
     if unknown:
-      raise ValueError(f"text: characters {unknown} are not in the vocabulary "
-                       f"of {self.path}")
+      raise ValueError(f"characters {unknown} are not in the vocabulary of "
+                       f"{self.path}")
     return np.asarray([lookup[c] for c in text], np.int32)
 
   def decode(self, codes) -> str:

@@ -15,6 +15,7 @@ gradient all-reduce.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -26,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -45,8 +45,89 @@ CHECKPOINT_DIR = "checkpoints"
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
+# Fields a relaunch may change on an existing workdir: how long to train and
+# how often to log, evaluate and save. Everything else shapes the parameters,
+# the optimizer state or the data stream the checkpoints belong to.
+RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.eval_every",
+                    "train.eval_batches", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.progress_bar",
+                    "train.sample_chars")
+
+
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the last good checkpoint is intact."""
+
+
+class WorkdirMismatchError(ValueError):
+  """A workdir holds a run this config cannot continue; nothing was written.
+
+  `fields` lists the dotted config paths (`model.model_dim`, ...) that differ
+  from the saved config (empty when there is no saved config to compare).
+  """
+
+  def __init__(self, message: str, fields: tuple[str, ...] = ()):
+    super().__init__(message)
+    self.fields = fields
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists and tuples are leaves."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+  return flat
+
+
+def _as_saved(config: ml_collections.ConfigDict) -> dict:
+  """The config as `config.json` stores it (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises unless `config` may train in `workdir`; writes nothing.
+
+  A fresh directory is fine. A run's directory must have been trained with
+  the same config up to `RESUMABLE_FIELDS`; checkpoints without a
+  `config.json` cannot be matched and are refused too.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+      raise WorkdirMismatchError(
+          f"workdir: {checkpoints} holds checkpoints but {path} is missing, "
+          f"so they cannot be matched to this config; use a new --workdir. "
+          f"The workdir was not modified.")
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  new = _as_saved(config)
+  flat_saved, flat_new = _flatten(saved), _flatten(new)
+  differ = sorted(k for k in set(flat_saved) | set(flat_new)
+                  if k not in RESUMABLE_FIELDS
+                  and flat_saved.get(k, "<absent>") != flat_new.get(
+                      k, "<absent>"))
+  if differ:
+    changes = "; ".join(f"{k}: saved {flat_saved.get(k, '<absent>')!r}, now "
+                        f"{flat_new.get(k, '<absent>')!r}" for k in differ)
+    raise WorkdirMismatchError(
+        f"workdir: {workdir} holds a run with another config ({changes}). A "
+        f"resume may change only {', '.join(RESUMABLE_FIELDS)}. Use a new "
+        f"--workdir, or relaunch with the saved values; the workdir was not "
+        f"modified.", tuple(differ))
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `config.json` atomically: a kill leaves the old or the new one."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  temporary = path + ".tmp"
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
 
 
 def make_optimizer(config: ml_collections.ConfigDict
@@ -114,6 +195,27 @@ def make_train_step(model: nn.Module, task: tasks.Task,
   return train_step
 
 
+def init_params_per_key(model: nn.Module, keys: Any, sample: jax.Array
+                        ) -> Any:
+  """Initial parameters for each key, stacked on a leading `(len(keys),)` axis.
+
+  One compiled, unbatched `model.init`, run once per key, rather than
+  `vmap(model.init)` inside a larger program: under vmap the orthogonal
+  recurrent initialiser becomes a batched LAPACK QR, which XLA:CPU runs on
+  its intra-op pool with `ParallelBatchMap` and which deadlocked that
+  2-thread pool (every thread parked in `BlockingCounter::Wait`). Unbatched,
+  each QR is one LAPACK call and the vmapped program holds none.
+
+  Args:
+    model: any Flax module.
+    keys: a sequence (or `(n,)` array) of PRNG keys.
+    sample: an input of the shape `model.init` needs.
+  """
+  init = jax.jit(lambda key: model.init(key, sample)["params"])
+  per_key = [init(key) for key in keys]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *per_key)
+
+
 def make_eval_step(model: nn.Module, task: tasks.Task):
   def eval_step(params, batch):
     _, metrics = _loss_and_metrics(model, task, params, batch,
@@ -177,7 +279,6 @@ class Trainer:
     restored = self.checkpoints.restore(
         step, args=ocp.args.StandardRestore(abstract))
     restored = jax.device_put(restored, self.replicated)
-    logging.info("resumed from checkpoint at step %d", step)
     return state.replace(params=restored["params"],
                          opt_state=restored["opt_state"],
                          step=restored["step"])
@@ -254,15 +355,27 @@ def _peak_flops() -> float | None:
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains, evaluates and checkpoints; returns the final eval metrics."""
+  check_workdir(config, workdir)  # before anything touches the workdir
+  os.makedirs(workdir, exist_ok=True)
+  log_file = metric_writer.log_to_file(workdir)
+  try:
+    return _train(config, workdir)
+  finally:
+    logging.getLogger().removeHandler(log_file)
+    log_file.close()
+
+
+def _train(config: ml_collections.ConfigDict,
+           workdir: str) -> dict[str, float]:
   trainer = Trainer(config, workdir)
   train = config.train
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  writer = metric_writer.MetricWriter(workdir, train.steps,
-                                      train.progress_bar)
   state = trainer.restore_or_init()
+  _write_config(config, workdir)
   step = int(state.step)
+  if trainer.checkpoints.latest_step() is not None:
+    metric_writer.console(f"resumed from checkpoint at step {step}")
+  writer = metric_writer.MetricWriter(workdir, train.steps,
+                                      train.progress_bar, start_step=step)
   tokens_per_step = train.batch_size * trainer.task.seq_len
   peak = _peak_flops()
   flops = None
@@ -277,6 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state, metrics = trainer.train_step(
           state, batch, jax.random.fold_in(trainer.dropout_key, step))
       step += 1
+      writer.progress(step)
       history.append(metrics)
       log_now = step % train.log_every == 0 or step == train.steps
       save_now = step % train.checkpoint_every == 0 or step == train.steps
@@ -343,6 +457,51 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                      f"training run's directory?")
   with open(path, encoding="utf-8") as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def sample_workdir(workdir: str, prompt: str, num_chars: int, *,
+                   temperature: float = 0.8, top_k: int | None = None,
+                   seed: int = 0) -> str:
+  """Text a char-LM run's latest checkpoint writes after `prompt`.
+
+  Args:
+    workdir: a `char_lm` training run's directory.
+    prompt: at least one character, all from the training text's vocabulary.
+    num_chars: characters to generate; a Transformer's `max_len` bounds
+      `len(prompt) + num_chars`.
+    temperature, top_k, seed: as `generation.generate` takes them (its `rng`
+      is `seed`).
+
+  Returns:
+    The `num_chars` generated characters (without the prompt).
+  """
+  config = load_config(workdir)
+  if config.task.name != "char_lm":
+    raise ValueError(f"workdir: {workdir} is a {config.task.name!r} run; "
+                     f"sampling text needs a 'char_lm' run")
+  if not isinstance(prompt, str) or not prompt:
+    raise ValueError(f"prompt: expected at least one character, got "
+                     f"{prompt!r}")
+  trainer = Trainer(config, workdir)
+  try:
+    if trainer.checkpoints.latest_step() is None:
+      raise ValueError(f"workdir: no checkpoint under "
+                       f"{os.path.join(workdir, CHECKPOINT_DIR)}")
+    try:
+      tokens = trainer.task.encode(prompt)[None, :]
+    except ValueError as e:
+      raise ValueError(f"prompt: {e}") from e
+    limit = trainer.model.max_len
+    if limit is not None and tokens.shape[1] + num_chars > limit:
+      raise ValueError(
+          f"num_chars: the prompt ({tokens.shape[1]} characters) plus "
+          f"{num_chars} exceeds the model's max_len {limit}")
+    params = jax.device_get(trainer.restore_or_init().params)
+    out = generation.generate(trainer.model, params, tokens, num_chars,
+                              temperature=temperature, top_k=top_k, rng=seed)
+  finally:
+    trainer.checkpoints.close()
+  return trainer.task.decode(out[0, tokens.shape[1]:])
 
 
 def evaluate_workdir(workdir: str) -> tuple[tasks.Task, dict[str, float],

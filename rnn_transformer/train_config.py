@@ -84,6 +84,19 @@ def model_config_for(config: ml_collections.ConfigDict,
       causal=True)
 
 
+def _named(section: str, error: Exception) -> ValueError:
+  """`error` re-raised with its field's full path, `config.model.dtype: ...`.
+
+  Library errors start with the argument's name (`dtype: expected ...`);
+  others get the section as a prefix.
+  """
+  message = str(error)
+  head = message.split(":", 1)[0]
+  if head.isidentifier():
+    return ValueError(f"{section}.{message}")
+  return ValueError(f"{section}: {message}")
+
+
 def _positive(config, path: str) -> None:
   section, name = path.split(".")
   value = config[section][name]
@@ -106,6 +119,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
     task = tasks.make_task(config.task.name, **config.task.params.to_dict())
   except TypeError as e:  # an argument the task does not take
     raise ValueError(f"config.task.params: {e}") from e
+  except ValueError as e:
+    raise _named("config.task.params", e) from e
   for path in ("train.steps", "train.batch_size", "train.grad_accum_steps",
                "train.log_every", "train.eval_every", "train.eval_batches",
                "train.checkpoint_every", "train.keep_checkpoints"):
@@ -119,9 +134,9 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   if train.learning_rate <= 0:
     raise ValueError(f"config.train.learning_rate: expected > 0, got "
                      f"{train.learning_rate}")
-  if not 0 <= train.warmup_steps <= train.steps:
+  if not 0 <= train.warmup_steps < train.steps:  # optax decays over the rest
     raise ValueError(f"config.train.warmup_steps: expected a value in [0, "
-                     f"steps={train.steps}], got {train.warmup_steps}")
+                     f"steps={train.steps}), got {train.warmup_steps}")
   per_update = train.batch_size // train.grad_accum_steps
   if train.batch_size % train.grad_accum_steps or (
       per_update % jax.device_count()):
@@ -131,8 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
         f"{train.batch_size}")
   try:
     model = model_config_for(config, task)
-  except ValueError as e:
-    raise ValueError(f"config.model: {e}") from e
+  except (TypeError, ValueError) as e:
+    raise _named("config.model", e) from e
   if model.backbone == "transformer" and task.seq_len > model.max_len:
     raise ValueError(f"config.model.max_len: expected at least the task's "
                      f"sequence length {task.seq_len}, got {model.max_len}")

@@ -74,7 +74,7 @@ class TransformerBlock(nn.Module):
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         dropout_rate=cfg.dropout_rate, rotary=cfg.positional == "rope",
         rope_base=cfg.rope_base, attention_impl=cfg.attention_impl,
-        dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention")
+        cache_len=cfg.max_len, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention")
     feed_forward = FeedForward(cfg, name="mlp")
     norm = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     norm_attention = nn.LayerNorm(name="norm_attention", **norm)
@@ -112,11 +112,8 @@ class _Transformer(nn.Module):
     positions = jnp.arange(time)[None, :]
     if not decode:
       return positions
-    initialized = self.has_variable("cache", "position_index")
     index = self.variable("cache", "position_index",
                           lambda: jnp.zeros((), jnp.int32))
-    if not initialized:
-      return positions
     positions = positions + index.value
     index.value = index.value + time
     return positions
@@ -133,8 +130,10 @@ class _Transformer(nn.Module):
       lengths: `(batch,)` valid lengths; later positions are padding, never
         attended to (their own outputs are unspecified).
       decode: run through the KV cache, `time` new tokens after those already
-        cached (language model only). The first decode call on a model
-        without a `cache` collection creates it, sized `(batch, time)`.
+        cached (language model only). A call without a `cache` collection
+        creates an empty one of `config.max_len` positions and processes
+        its tokens through it (`rnn_transformer.init_cache` makes shorter
+        ones); `cache` must be mutable.
       deterministic: disables dropout (needs a 'dropout' rng when False).
 
     Returns:
@@ -145,6 +144,7 @@ class _Transformer(nn.Module):
       raise ValueError(f"inputs: expected (batch, time) or (batch, time, "
                        f"features), got shape {np.shape(inputs)}")
     batch, time = np.shape(inputs)[:2]
+    validation.check_time("inputs", inputs)
     if time > cfg.max_len:
       raise ValueError(f"inputs: sequence length {time} exceeds the "
                        f"configured max_len {cfg.max_len}")
@@ -155,7 +155,7 @@ class _Transformer(nn.Module):
       raise ValueError("lengths: not supported with decode=True (the cache "
                        "holds one position per step for the whole batch)")
     if lengths is not None:
-      validation.check_seq_lengths(lengths, batch, time)
+      validation.check_seq_lengths(lengths, batch, time, name="lengths")
 
     embedder = Embedder(cfg, name="embedder")
     x = embedder.encode(inputs)

@@ -5,6 +5,7 @@ sees `ValueError: inputs: expected rank 3 (batch, time, features), got shape
 (4, 7)` rather than an XLA shape error from deep inside a scan.
 """
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,74 @@ class DTypeError(TypeError, ValueError):
   library's input errors as `ValueError` catch this one too (as numpy's
   `AxisError` is both a `ValueError` and an `IndexError`).
   """
+
+
+# Dtype names a model's `dtype` / `param_dtype` may take.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1,
+              optional: bool = False) -> int | None:
+  """`value` as an int >= `minimum` (None passes when `optional`).
+
+  Python and numpy integers pass; bools, floats and strings (`4.0`, `"4"`)
+  raise TypeError, so a mistyped size never reaches a shape.
+  """
+  if value is None and optional:
+    return None
+  if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    expected = "an int or None" if optional else "an int"
+    raise TypeError(f"{name}: expected {expected}, got "
+                    f"{type(value).__name__} {value!r}")
+  if value < minimum:
+    what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    raise ValueError(f"{name}: expected {what}, got {value}")
+  return int(value)
+
+
+def check_rate(name: str, value: Any) -> float:
+  """`value`, a real number in [0, 1) (a dropout rate)."""
+  if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    raise TypeError(f"{name}: expected a float in [0, 1), got "
+                    f"{type(value).__name__} {value!r}")
+  if not 0.0 <= value < 1.0:
+    raise ValueError(f"{name}: expected a value in [0, 1), got {value}")
+  return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name}: expected True or False, got "
+                    f"{type(value).__name__} {value!r}")
+  return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+  if value not in tuple(choices):
+    raise ValueError(f"{name}: expected one of {tuple(choices)}, got "
+                     f"{value!r}")
+
+
+def check_float_dtype(name: str, value: Any, optional: bool = False
+                      ) -> np.dtype | None:
+  """A dtype among `FLOAT_DTYPES`, from its name or a numpy/jax dtype."""
+  if value is None and optional:
+    return None
+  try:
+    dtype = np.dtype(value)
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.name not in FLOAT_DTYPES:
+    allowed = FLOAT_DTYPES + (("None",) if optional else ())
+    raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+  return dtype
+
+
+def check_time(name: str, x: Any) -> None:
+  """Raises on an empty time axis (axis 1), which no model can run over."""
+  if np.shape(x)[1] == 0:
+    raise ValueError(f"{name}: expected at least one time step, got shape "
+                     f"{np.shape(x)}")
 
 
 def check_rank(name: str, x: Any, rank: int, layout: str) -> None:
@@ -43,24 +112,26 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_seq_lengths(seq_lengths: Any, batch: int, time: int) -> None:
+def check_seq_lengths(seq_lengths: Any, batch: int, time: int,
+                      name: str = "seq_lengths") -> None:
   """Validates `seq_lengths: (batch,)` integers in [0, time].
 
-  The range is checked only when the values are concrete; under `jit` they
-  are tracers and an out-of-range length behaves like its clipped value.
+  `name` is the caller's public argument (`lengths` for the backbones). The
+  range is checked only when the values are concrete; under `jit` they are
+  tracers and an out-of-range length behaves like its clipped value.
   """
   if np.shape(seq_lengths) != (batch,):
     raise ValueError(
-        f"seq_lengths: expected shape (batch,) = ({batch},), "
+        f"{name}: expected shape (batch,) = ({batch},), "
         f"got {np.shape(seq_lengths)}")
   dtype = jnp.result_type(seq_lengths)
   if not jnp.issubdtype(dtype, jnp.integer):
-    raise DTypeError(f"seq_lengths: expected an integer dtype, got {dtype}")
+    raise DTypeError(f"{name}: expected an integer dtype, got {dtype}")
   if is_concrete(seq_lengths):
     values = np.asarray(seq_lengths)
     if values.size and (values.min() < 0 or values.max() > time):
       raise ValueError(
-          f"seq_lengths: expected values in [0, {time}] (the time axis), "
+          f"{name}: expected values in [0, {time}] (the time axis), "
           f"got min {values.min()} and max {values.max()}")
 
 

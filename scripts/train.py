@@ -6,7 +6,11 @@ r"""Trains a backbone on a task; resumes from the workdir's latest checkpoint.
 
 Any config field can be overridden with --config.<field>=<value>; the
 resolved config, metrics.jsonl, TensorBoard events and orbax checkpoints go
-to --workdir. Relaunching with the same --workdir continues the run.
+to --workdir, library INFO logs (orbax, jax) to <workdir>/train.log
+(`--verbosity=0` shows them on the console too). Relaunching with the same
+--workdir continues the run; a relaunch whose config differs in anything but
+`train.RESUMABLE_FIELDS` (steps, logging, eval and checkpoint cadence) is
+refused before the workdir is touched.
 """
 
 import sys
@@ -14,9 +18,9 @@ import sys
 import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from rnn_transformer import metric_writer
 from rnn_transformer import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,14 +37,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MULTIHOST.value:
     jax.distributed.initialize()
+  if not flags.FLAGS["verbosity"].present:  # library INFO: <workdir>/train.log
+    metric_writer.quiet_library_logs()
   config = _CONFIG.value
   task, _ = train.train_config.validate(config)  # fail before compiling
-  logging.info("devices: %s", jax.devices())
+  metric_writer.console(f"devices: {jax.devices()}")
   try:
     metrics = train.train_and_evaluate(config, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     sys.exit(f"stopped: {e}")
-  print(train.summary(task, metrics))
+  except train.WorkdirMismatchError as e:
+    sys.exit(f"refused: {e}")
+  metric_writer.console(train.summary(task, metrics))
 
 
 if __name__ == "__main__":

@@ -52,13 +52,57 @@ def test_prefill_then_steps_equal_the_full_forward(implementation, positional,
 
 
 @pytest.mark.parametrize("backbone", ["lstm", "gru"])
-def test_recurrent_carry_cache_equals_the_full_forward(backbone):
+@pytest.mark.parametrize("cache_len", [9, None])
+def test_recurrent_carry_cache_equals_the_full_forward(backbone, cache_len):
   model = rt.build_backbone(tiny_config(backbone=backbone))
   x = tokens((2, 9))
   params = init_params(model, x)
   expected = jax.jit(model.apply)({"params": params}, x).logits
-  chex.assert_trees_all_close(cached_logits(model, params, x, 4, 9), expected,
-                              **tolerances.output_tol(jnp.float32))
+  chex.assert_trees_all_close(cached_logits(model, params, x, 4, cache_len),
+                              expected, **tolerances.output_tol(jnp.float32))
+
+
+@pytest.mark.parametrize("implementation,positional,scan_layers", [
+    ("xla", "rope", False), ("reference", "learned", True),
+    ("blockwise", "sinusoidal", False)])
+def test_first_decode_call_without_a_cache_processes_its_tokens(
+    implementation, positional, scan_layers):
+  """The natural first try, a prompt then one token at a time, is right."""
+  config = tiny_config(positional=positional, num_kv_heads=2,
+                       attention_impl=implementation, scan_layers=scan_layers)
+  model = rt.TransformerLM(config)
+  x = tokens((2, 7))
+  params = init_params(model, x)
+  expected = jax.jit(model.apply)({"params": params}, x).logits
+  chex.assert_trees_all_close(cached_logits(model, params, x, 4, None),
+                              expected, **tolerances.output_tol(jnp.float32))
+
+
+def test_a_cache_created_by_init_equals_an_empty_one():
+  model = rt.TransformerLM(tiny_config())
+  x = tokens((2, 3))
+  _, variables = model.init_with_output(jax.random.key(0), x, decode=True)
+  assert int(variables["cache"]["blocks_0"]["attention"]["cache_index"]) == 3
+  empty = rt.init_cache(model, 2)
+  chex.assert_trees_all_equal_shapes_and_dtypes(empty, variables["cache"])
+  assert all(not np.asarray(leaf).any() for leaf in jax.tree.leaves(empty))
+
+
+def test_cache_overflow_is_a_named_error_eagerly_and_under_jit():
+  model = rt.TransformerLM(tiny_config())
+  params = init_params(model, tokens((1, 3)))
+  cache = rt.init_cache(model, 1, cache_len=4)
+  chex.assert_shape(cache["blocks_0"]["attention"]["cached_key"], (1, 4, 4, 4))
+  decode = functools.partial(model.apply, decode=True, mutable=["cache"])
+  with pytest.raises(ValueError, match=r"cache overflow: 5 new positions in "
+                     r"inputs_q exceed the cache length 4"):
+    jax.jit(decode)({"params": params, "cache": cache}, tokens((1, 5)))
+  _, filled = decode({"params": params, "cache": cache}, tokens((1, 3)))
+  with pytest.raises(ValueError, match=r"cache overflow: writing 2 positions "
+                     r"at cache index 3 needs 5 > the cache length"):
+    decode({"params": params, **filled}, tokens((1, 2)))
+  with pytest.raises(ValueError, match=r"cache_len: expected an int \[1, 16\]"):
+    rt.init_cache(model, 1, cache_len=17)
 
 
 @pytest.mark.parametrize("backbone", ["transformer", "lstm"])
@@ -84,6 +128,17 @@ def test_top_k_sampling_stays_in_the_top_k():
   assert (top2 == out[:, 2:, None]).any(-1).all()
 
 
+def test_generation_takes_numpy_ints_and_an_int_seed():
+  model = rt.TransformerLM(tiny_config())
+  prompt = tokens((2, 2))
+  params = init_params(model, prompt)
+  by_key = rt.generate(model, params, prompt, 4, temperature=1.0, top_k=3,
+                       rng=jax.random.key(7))
+  by_seed = rt.generate(model, params, np.asarray(prompt), np.int64(4),
+                        temperature=1.0, top_k=np.int32(3), rng=np.int64(7))
+  np.testing.assert_array_equal(by_seed, by_key)
+
+
 def test_generation_rejects_bad_input():
   model = rt.TransformerLM(tiny_config(max_len=8))
   prompt = tokens((1, 3))
@@ -93,8 +148,16 @@ def test_generation_rejects_bad_input():
     rt.generate(model, params, prompt, 6)
   with pytest.raises(ValueError, match=rf"vocab_size={VOCAB}\)"):
     rt.generate(model, params, prompt.at[0, 0].set(VOCAB), 2)
-  with pytest.raises(ValueError, match="rng: a PRNG key is required"):
+  with pytest.raises(ValueError, match="rng: a PRNG key or an int seed is "
+                     "required"):
     rt.generate(model, params, prompt, 2, temperature=1.0)
+  with pytest.raises(TypeError, match=r"top_k: expected an int, got float"):
+    rt.generate(model, params, prompt, 2, temperature=1.0, top_k=2.5, rng=0)
+  with pytest.raises(TypeError, match=r"max_new_tokens: expected an int, got "
+                     r"str"):
+    rt.generate(model, params, prompt, "2")
+  with pytest.raises(TypeError, match=r"rng: expected a PRNG key"):
+    rt.generate(model, params, prompt, 2, temperature=1.0, rng="seed")
   encoder = rt.TransformerEncoder(tiny_config(causal=False))
   with pytest.raises(ValueError, match="expected a causal backbone"):
     rt.generate(encoder, params, prompt, 2)

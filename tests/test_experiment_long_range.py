@@ -2,7 +2,10 @@
 
 import csv
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +14,12 @@ import pytest
 
 from experiment_helpers import run_tiny
 from rnn_transformer import tasks
+from rnn_transformer import train
 from rnn_transformer import train_config
 from rnn_transformer.backbones import build_backbone
 from rnn_transformer.experiments import long_range
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("backbone", ["rnn", "transformer"])
@@ -126,3 +132,61 @@ def test_bad_configs_raise_before_training(field, value, match, tmp_path):
   config[field] = value
   with pytest.raises(ValueError, match=match):
     long_range.run(config, str(tmp_path))
+
+
+def _tiny(backbone_steps=5):
+  config = long_range.get_config("tiny")
+  config.update(seeds=2, distances=(4, 8), eval_examples=32)
+  config.train.update(steps=backbone_steps, warmup_steps=1)
+  return config
+
+
+@pytest.mark.parametrize("backbone", ["rnn", "lstm", "gru"])
+def test_the_vmapped_program_holds_no_lapack_call(backbone):
+  """Batched LAPACK QR (the orthogonal initialiser under vmap) deadlocked
+  XLA:CPU's intra-op pool; the parameters are now made outside."""
+  compiled, args, shape = long_range.compile_runs(_tiny(), backbone)
+  assert shape == (2, 2)
+  assert "custom_call_target=\"lapack" not in compiled.as_text()
+
+
+def test_parameters_per_key_equal_separate_inits():
+  config = _tiny()
+  cell = long_range._backbone_config(config, "lstm")
+  task, model_config = train_config.validate(cell)
+  model = build_backbone(model_config)
+  sample = jnp.zeros((1, task.seq_len), jnp.int32)
+  keys = [jax.random.key(3), jax.random.key(4)]
+  stacked = train.init_params_per_key(model, keys, sample)
+  for i, key in enumerate(keys):
+    one = jax.jit(model.init)(key, sample)["params"]
+    jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a[i], b),
+                 stacked, one)
+
+
+_ENSEMBLE = """
+import sys
+from rnn_transformer.experiments import long_range
+config = long_range.get_config("tiny")
+config.update(seeds=3, distances=(4, 8), eval_examples=32)
+config.train.update(steps=5, warmup_steps=1)
+for backbone in ("lstm", "gru", "rnn"):
+  metrics = long_range.train_backbone(config, backbone)
+  assert metrics["accuracy"].shape == (3, 2), metrics
+print("done")
+"""
+
+
+def test_ensembles_over_seeds_finish_in_a_subprocess():
+  """Would have hung: vmapped inits of orthogonal recurrent kernels parked
+  every XLA:CPU thread. Bounded by a timeout, in its own process."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+  try:
+    result = subprocess.run([sys.executable, "-c", _ENSEMBLE],
+                            capture_output=True, text=True, timeout=300,
+                            env=env, cwd=REPO, check=False)
+  except subprocess.TimeoutExpired:
+    pytest.fail("vmapped ensemble training did not finish in 300 s (hang)")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("done")

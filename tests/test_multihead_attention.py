@@ -82,14 +82,15 @@ def test_grouped_query_equals_multi_head_with_repeated_kv_heads():
 
 
 def test_decode_with_chunked_prefill_equals_causal_attention():
-  """Chunks of 3, 1 and 3 tokens after an empty cache, with RoPE and GQA."""
+  """Chunks of 3, 1 and 3 tokens, the first creating the cache; RoPE, GQA."""
   x = _inputs()
-  layer = rt.MultiHeadAttention(num_heads=HEADS, num_kv_heads=2, rotary=True)
+  layer = rt.MultiHeadAttention(num_heads=HEADS, num_kv_heads=2, rotary=True,
+                                cache_len=9)
   params = init_params(layer, x)
   expected = layer.apply({"params": params}, x, causal=True)
   decode = jax.jit(lambda v, x: layer.apply(v, x, causal=True, decode=True,
                                             mutable=["cache"]))
-  _, variables = decode({"params": params}, jnp.zeros((BATCH, 9, FEATURES)))
+  variables = {}
   outputs = []
   for start, end in [(0, 3), (3, 4), (4, 7)]:
     out, variables = decode({"params": params, **variables}, x[:, start:end])
@@ -101,11 +102,9 @@ def test_decode_with_chunked_prefill_equals_causal_attention():
 
 def test_cache_overflow_raises_with_the_limit():
   x = _inputs()
-  layer = rt.MultiHeadAttention(num_heads=HEADS)
+  layer = rt.MultiHeadAttention(num_heads=HEADS, cache_len=4)
   params = init_params(layer, x)
-  _, variables = layer.apply({"params": params}, x[:, :4], causal=True,
-                             decode=True, mutable=["cache"])
-  _, variables = layer.apply({"params": params, **variables}, x[:, :3],
+  _, variables = layer.apply({"params": params}, x[:, :3],
                              causal=True, decode=True, mutable=["cache"])
   with pytest.raises(ValueError, match=r"cache overflow.*5 > .*max_len 4"):
     layer.apply({"params": params, **variables}, x[:, :2], causal=True,
@@ -114,13 +113,11 @@ def test_cache_overflow_raises_with_the_limit():
 
 def test_cache_overflow_under_jit_poisons_the_output():
   x = _inputs()
-  layer = rt.MultiHeadAttention(num_heads=HEADS)
+  layer = rt.MultiHeadAttention(num_heads=HEADS, cache_len=2)
   params = init_params(layer, x)
-  _, variables = layer.apply({"params": params}, x[:, :2], causal=True,
-                             decode=True, mutable=["cache"])
   step = jax.jit(lambda v, x: layer.apply(v, x, causal=True, decode=True,
                                           mutable=["cache"]))
-  out, variables = step({"params": params, **variables}, x[:, :1])
+  out, variables = step({"params": params}, x[:, :1])
   out, variables = step({"params": params, **variables}, x[:, 1:2])
   assert np.isfinite(out).all()
   out, _ = step({"params": params, **variables}, x[:, 2:3])

@@ -1,5 +1,7 @@
 """End-to-end training at tiny sizes: learning, resume, data parallelism, errors."""
 
+import importlib.util
+import io
 import json
 import os
 import re
@@ -14,9 +16,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from rnn_transformer import metric_writer
 from rnn_transformer import tasks
 from rnn_transformer import train
+from rnn_transformer import generation
 from rnn_transformer import train_config
+from rnn_transformer.backbones import build_backbone
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,6 +38,13 @@ def tiny_config(backbone="lstm", task="first_token", steps=60, **task_params):
                       eval_batches=2, checkpoint_every=10, keep_checkpoints=2,
                       progress_bar=False)
   return config
+
+
+def load_config_file(path, argument):
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(argument)
 
 
 def _records(workdir, split):
@@ -75,21 +87,33 @@ def test_short_run_learns_below_the_trivial_baseline(backbone, tmp_path):
   assert saved.model.backbone == backbone
 
 
-_KILL_AFTER_SAVE = """
+# Dies by SIGKILL right after logging the train record of `kill_step`, so the
+# steps after the last checkpoint are logged twice unless the resume drops
+# them.
+_KILL_AFTER_LOG = """
 import os, signal, sys
-from rnn_transformer import train
-original = train.Trainer.save
-def save_then_die(self, state):
-  original(self, state)
-  if int(state.step) == {kill_step}:
+from rnn_transformer import metric_writer
+original = metric_writer.MetricWriter.write
+def write_then_die(self, step, split, scalars):
+  original(self, step, split, scalars)
+  if step == {kill_step} and split == "train":
     os.kill(os.getpid(), signal.SIGKILL)
-train.Trainer.save = save_then_die
+metric_writer.MetricWriter.write = write_then_die
 sys.argv = ["train.py"] + sys.argv[1:]
 exec(open({script!r}).read())
 """
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+def _tensorboard_scalars(workdir, tag):
+  from tensorboard.backend.event_processing import event_accumulator
+  accumulator = event_accumulator.EventAccumulator(
+      str(workdir / "tensorboard"), size_guidance={"scalars": 0})
+  accumulator.Reload()
+  return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+def test_kill_refused_relaunch_and_resume_equal_an_uninterrupted_run(
+    tmp_path):
   overrides = ["--config.train.steps=40", "--config.train.batch_size=16",
                "--config.model.model_dim=16", "--config.train.log_every=5",
                "--config.train.checkpoint_every=10",
@@ -101,7 +125,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
   result = _run_script([script], config_flag, f"--workdir={whole}", *overrides)
   assert result.returncode == 0, result.stderr[-3000:]
 
-  driver = _KILL_AFTER_SAVE.format(kill_step=20, script=script)
+  driver = _KILL_AFTER_LOG.format(kill_step=25, script=script)
   result = _run_script(["-c", driver], config_flag, f"--workdir={killed}",
                        *overrides)
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
@@ -111,10 +135,19 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
   partial.mkdir()
   (partial / "garbage").write_text("not a checkpoint")
 
+  before = _snapshot(killed)
+  result = _run_script([script], config_flag, f"--workdir={killed}",
+                       *overrides, "--config.model.model_dim=32")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "refused: workdir:" in result.stderr
+  assert "model.model_dim: saved 16, now 32" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _snapshot(killed) == before
+
   result = _run_script([script], config_flag, f"--workdir={killed}",
                        *overrides)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "resumed from checkpoint at step 20" in result.stderr
+  assert "resumed from checkpoint at step 20" in result.stdout
 
   step_whole, params_whole = _final_params(whole)
   step_killed, params_killed = _final_params(killed)
@@ -124,6 +157,16 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
       killed, "eval")[-1]
   np.testing.assert_allclose(eval_killed["loss"], eval_whole["loss"],
                              rtol=1e-5)
+  # Steps 21..25 ran twice; each is recorded once, with the resumed value.
+  train_whole, train_killed = _records(whole, "train"), _records(
+      killed, "train")
+  assert [r["step"] for r in train_killed] == list(range(5, 41, 5))
+  np.testing.assert_allclose([r["loss"] for r in train_killed],
+                             [r["loss"] for r in train_whole], rtol=1e-5)
+  scalars = _tensorboard_scalars(killed, "train/loss")
+  assert [step for step, _ in scalars] == list(range(5, 41, 5))
+  np.testing.assert_allclose([v for _, v in scalars],
+                             [r["loss"] for r in train_whole], rtol=1e-5)
 
 
 def test_four_devices_give_the_losses_of_one(tmp_path):
@@ -141,7 +184,7 @@ def test_four_devices_give_the_losses_of_one(tmp_path):
         env_extra={"XLA_FLAGS":
                    f"--xla_force_host_platform_device_count={devices}"})
     assert result.returncode == 0, result.stderr[-3000:]
-    device_line = next(line for line in result.stderr.splitlines()
+    device_line = next(line for line in result.stdout.splitlines()
                        if "devices: [" in line)
     assert device_line.count("CpuDevice") == devices, device_line
     losses[devices] = [r["loss"] for r in _records(workdir, "train")]
@@ -177,7 +220,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("model.backbone", "cnn", r"config.model: backbone: expected one of "
+    ("model.backbone", "cnn", r"config.model.backbone: expected one of "
      r"\('rnn', 'lstm', 'gru', 'transformer'\), got 'cnn'"),
     ("task.name", "sorting", r"config.task.name: expected one of \['adding', "
      r"'char_lm', 'copy', 'first_token', 'recall'\], got 'sorting'"),
@@ -224,6 +267,53 @@ def test_evaluate_script_reports_and_samples_a_char_lm(tmp_path):
   assert "char_lm: bits_per_char" in result.stdout
   assert "sample: '" in result.stdout
 
+  result = _run_script([str(REPO / "scripts" / "sample.py")],
+                       f"--workdir={tmp_path / 'run'}", "--prompt=the c",
+                       "--num_chars=30", "--temperature=0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  greedy = train.sample_workdir(str(tmp_path / "run"), "the c", 30,
+                                temperature=0.0)
+  assert result.stdout.rstrip("\n") == "the c" + greedy
+  result = _run_script([str(REPO / "scripts" / "sample.py")],
+                       f"--workdir={tmp_path / 'run'}", "--prompt=the Z",
+                       "--top_k=3")
+  assert result.returncode == 1
+  assert "error: prompt: characters ['Z'] are not in the vocabulary" in (
+      result.stderr)
+
+
+def test_sampling_a_workdir_equals_greedy_recompute(tmp_path):
+  text = tmp_path / "text.txt"
+  text.write_text("to be or not to be, that is the question. " * 20)
+  config = tiny_config("transformer", task="char_lm", steps=10,
+                       path=str(text), seq_len=16)
+  train.train_and_evaluate(config, str(tmp_path))
+  task, model_config = train_config.validate(config)
+  model = build_backbone(model_config)
+  _, params = _final_params(tmp_path)
+  prompt = task.encode("to be")[None, :]
+  oracle = jax.jit(generation.greedy_by_recompute, static_argnums=(0, 3))(
+      model, params, prompt, 12)
+  assert train.sample_workdir(str(tmp_path), "to be", 12,
+                              temperature=0.0) == task.decode(oracle[0, 5:])
+  sampled = train.sample_workdir(str(tmp_path), "to be", 12, temperature=1.0,
+                                 top_k=3, seed=1)
+  assert len(sampled) == 12 and set(sampled) <= set(task.chars)
+  with pytest.raises(ValueError, match=r"num_chars: the prompt \(5 "
+                     r"characters\) plus 60 exceeds the model's max_len 64"):
+    train.sample_workdir(str(tmp_path), "to be", 60)
+  with pytest.raises(ValueError, match=r"prompt: expected at least one"):
+    train.sample_workdir(str(tmp_path), "", 5)
+
+
+def test_the_char_lm_config_trains_on_the_shipped_docs():
+  config = load_config_file(REPO / "configs" / "char_lm.py", "lstm")
+  task, _ = train_config.validate(config)
+  shipped = (REPO / "README.md").read_text() + (
+      REPO / "BUILD_NOTES.md").read_text()
+  assert set(task.chars) == set(shipped)
+  assert task.baseline["bits_per_char"] > 4.0
+
 
 def test_batches_are_a_pure_function_of_seed_and_step(tmp_path):
   config = tiny_config("lstm")
@@ -233,3 +323,121 @@ def test_batches_are_a_pure_function_of_seed_and_step(tmp_path):
   other = jax.device_get(trainer.next_batch(8))
   chex.assert_trees_all_equal(first, again)
   assert not np.array_equal(first["inputs"], other["inputs"])
+
+
+def _snapshot(directory):
+  """Every file under `directory` with its bytes: equal iff nothing changed."""
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model.model_dim", 16), ("model.backbone", "gru"), ("seed", 1),
+    ("train.learning_rate", 0.5), ("task.params.distance", 5),
+])
+def test_relaunch_with_another_config_is_refused_and_changes_nothing(
+    field, value, tmp_path):
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  before = _snapshot(tmp_path)
+  changed = config.copy_and_resolve_references()
+  *sections, name = field.split(".")
+  node = changed
+  for section in sections:
+    node = node[section]
+  node[name] = value
+  with pytest.raises(train.WorkdirMismatchError,
+                     match=rf"{re.escape(field)}: saved .*, now "
+                     rf"{re.escape(repr(value))}.*may change only "
+                     r"train.steps") as error:
+    train.train_and_evaluate(changed, str(tmp_path))
+  assert error.value.fields == (field,)
+  assert _snapshot(tmp_path) == before
+  _, metrics, _ = train.evaluate_workdir(str(tmp_path))  # still consistent
+  np.testing.assert_allclose(metrics["loss"],
+                             _records(tmp_path, "eval")[-1]["loss"], rtol=1e-5)
+
+
+def test_relaunch_may_change_steps_and_cadence(tmp_path):
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  longer = config.copy_and_resolve_references()
+  longer.train.update(steps=20, log_every=5, eval_every=20,
+                      checkpoint_every=20, progress_bar=True)
+  train.train_and_evaluate(longer, str(tmp_path))
+  assert _final_params(tmp_path)[0] == 20
+  assert train.load_config(str(tmp_path)).train.steps == 20
+
+
+def test_checkpoints_without_a_saved_config_are_refused(tmp_path):
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(tmp_path))
+  (tmp_path / "config.json").unlink()
+  before = _snapshot(tmp_path)
+  with pytest.raises(train.WorkdirMismatchError, match="config.json is "
+                     "missing"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert _snapshot(tmp_path) == before
+
+
+def test_a_resumed_writer_drops_later_records_and_a_cut_line(tmp_path):
+  lines = [json.dumps({"step": s, "split": "train", "loss": s})
+           for s in (10, 20, 30)]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4')
+  writer = metric_writer.MetricWriter(str(tmp_path), 40, progress_bar=False,
+                                      start_step=20)
+  writer.write(30, "train", {"loss": 3.0})
+  writer.close()
+  assert [(r["step"], r["loss"]) for r in _records(tmp_path, "train")] == [
+      (10, 10.0), (20, 20.0), (30, 3.0)]
+
+
+_INFO_LINE = re.compile(r"^I\d{4} ", re.MULTILINE)
+
+
+@pytest.mark.parametrize("verbosity", [None, "0"])
+def test_the_console_shows_the_runs_lines_and_library_logs_go_to_a_file(
+    verbosity, tmp_path):
+  flags = [f"--config={REPO / 'configs' / 'adding.py'}:rnn",
+           f"--workdir={tmp_path}", "--config.train.steps=4",
+           "--config.train.warmup_steps=1", "--config.train.log_every=2",
+           "--config.model.model_dim=8", "--config.train.batch_size=8"]
+  if verbosity is not None:
+    flags.append(f"--verbosity={verbosity}")
+  result = _run_script([str(REPO / "scripts" / "train.py")], *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("devices: [")
+  assert [line.split(":")[0] for line in lines[1:]] == [
+      "train step 2/4", "train step 4/4", "eval step 4/4", "adding"]
+  log = (tmp_path / "train.log").read_text()
+  assert "orbax" in log.lower() and _INFO_LINE.search(log)
+  shown = _INFO_LINE.findall(result.stderr)
+  if verbosity is None:
+    assert not shown, result.stderr[-2000:]
+  else:
+    assert len(shown) > 10
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_a_terminal_gets_a_progress_bar_with_rate_and_eta(tmp_path,
+                                                          monkeypatch):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stdout", terminal)
+  writer = metric_writer.MetricWriter(str(tmp_path), 8, progress_bar=True)
+  for step in range(1, 9):
+    writer.progress(step)
+    if step % 4 == 0:
+      writer.write(step, "train", {"loss": 1.0 / step, "grad_norm": 2.0})
+  writer.write(8, "eval", {"loss": 0.25})
+  writer.close()
+  screen = terminal.getvalue()
+  assert "8/8" in screen and "step/s" in screen and "<" in screen  # rate, ETA
+  assert "loss=0.125" in screen
+  assert "train step" not in screen  # the bar replaces the train lines
+  assert "eval step 8/8: loss=0.25" in screen
+  assert len(_records(tmp_path, "train")) == 2

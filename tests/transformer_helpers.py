@@ -61,19 +61,23 @@ def init_params(model, inputs, seed: int = 0, **kwargs):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def cached_logits(model, params, inputs, prompt_len: int, cache_len: int):
-  """Logits of a prompt prefill then one decode call per remaining token."""
+def cached_logits(model, params, inputs, prompt_len: int,
+                  cache_len: int | None):
+  """Logits of a prompt prefill then one decode call per remaining token.
+
+  `cache_len=None` makes the first call without a cache (it creates one);
+  otherwise the cache is `rt.init_cache(model, batch, cache_len)`.
+  """
   batch, time = inputs.shape
   decode = jax.jit(functools.partial(model.apply, decode=True,
                                      mutable=["cache"]))
-  _, variables = decode({"params": params},
-                        jnp.zeros((batch, cache_len), jnp.int32))
-  cache = variables["cache"]
+  variables = {"params": params}
+  if cache_len is not None:
+    variables["cache"] = rt.init_cache(model, batch, cache_len)
   pieces = []
   chunks = [(0, prompt_len)] + [(t, t + 1) for t in range(prompt_len, time)]
   for start, end in chunks:
-    out, variables = decode({"params": params, "cache": cache},
-                            inputs[:, start:end])
-    cache = variables["cache"]
+    out, mutated = decode(variables, inputs[:, start:end])
+    variables = {"params": params, "cache": mutated["cache"]}
     pieces.append(out.logits)
   return jnp.concatenate(pieces, axis=1)

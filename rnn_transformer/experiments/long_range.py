@@ -20,18 +20,21 @@ here might learn it with more steps or data.
 Speed: one compiled program per backbone. Every model here is causal, so
 the output at position `d` of a sequence of the longest length sees exactly
 a `FirstToken(distance=d)` input (`score_at`); all distances therefore share
-one sequence length, and a whole run (init, `lax.scan` over the steps,
-held-out evaluation) is `jax.vmap`-ed over every (seed, distance) pair.
-Compilation, which dominates on a CPU at these sizes, is paid four times,
-not once per cell. The update is the library's (`train.make_optimizer`,
-`train.make_train_step`, `train.make_eval_step`); no checkpoints are
-written.
+one sequence length, and a whole run (`lax.scan` over the steps, held-out
+evaluation) is `jax.vmap`-ed over every (seed, distance) pair. The initial
+parameters are made before, one unbatched init per seed
+(`train.init_params_per_key`): a vmapped init puts batched LAPACK QR in the
+program, which deadlocked XLA:CPU. Compilation, which dominates on a CPU at
+these sizes, is paid four times, not once per cell. The update is the
+library's (`train.make_optimizer`, `train.make_train_step`,
+`train.make_eval_step`); no checkpoints are written.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -175,20 +178,13 @@ def score_at(batch: tasks.Batch, distance: jax.Array) -> tasks.Batch:
           "weights": jnp.broadcast_to(at, inputs.shape).astype(jnp.float32)}
 
 
-def train_backbone(config: ml_collections.ConfigDict,
-                   backbone: str) -> dict[str, np.ndarray]:
-  """Trains `backbone` for every seed and distance; held-out metrics.
+def compile_runs(config: ml_collections.ConfigDict, backbone: str
+                 ) -> tuple[Any, tuple[Any, ...], tuple[int, int]]:
+  """The compiled program of `train_backbone`, its arguments and the
+  `(seeds, distances)` shape of its flat outputs.
 
-  One program, compiled once: a run (`lax.scan` over the steps, then an
-  evaluation) is `jax.vmap`-ed over all (seed, distance) pairs. Seed `s`
-  fixes the initial parameters and the data stream, shared by all
-  distances, so distances differ only in the position that is scored.
-
-  Returns:
-    A dict of `(seeds, distances)` arrays: `accuracy` and `loss` on
-    `config.eval_examples` (rounded up to whole batches) fresh sequences per
-    run, and `train_loss`, the mean training loss over the last tenth of the
-    steps.
+  The program is `vmap(run)` over (initial params, seed key, distance)
+  triples; the parameters come from `train.init_params_per_key`, outside it.
   """
   cell = _backbone_config(config, backbone)
   task, model_config = train_config.validate(cell)
@@ -202,11 +198,10 @@ def train_backbone(config: ml_collections.ConfigDict,
   eval_chunks = max(1, -(-config.eval_examples // batch_size))
   sample = jnp.zeros((1, task.seq_len), jnp.int32)
 
-  def run_one(key, distance):
-    init_key, data_key, dropout_key, eval_key = jax.random.split(key, 4)
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=model.init(init_key, sample)["params"],
-        tx=tx)
+  def run_one(params, key, distance):
+    _, data_key, dropout_key, eval_key = jax.random.split(key, 4)
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                          tx=tx)
 
     def body(state, step):
       batch = score_at(task.batch(jax.random.fold_in(data_key, step),
@@ -233,26 +228,42 @@ def train_backbone(config: ml_collections.ConfigDict,
   # than nested vmaps.
   seeds, distances = np.meshgrid(np.arange(config.seeds),
                                  np.asarray(config.distances), indexing="ij")
-  keys = jnp.stack([jax.random.key(int(seed)) for seed in seeds.ravel()])
-  distances = jnp.asarray(distances.ravel(), jnp.int32)
-  compiled = jax.jit(jax.vmap(run_one)).lower(keys, distances).compile(
+  seed_keys = [jax.random.key(seed) for seed in range(config.seeds)]
+  # Parameters outside the vmapped program: see `train.init_params_per_key`.
+  params = train.init_params_per_key(
+      model, [jax.random.split(key, 4)[0] for key in seed_keys], sample)
+  args = (jax.tree.map(lambda x: x[seeds.ravel()], params),
+          jnp.stack([seed_keys[seed] for seed in seeds.ravel()]),
+          jnp.asarray(distances.ravel(), jnp.int32))
+  compiled = jax.jit(jax.vmap(run_one)).lower(*args).compile(
       compiler_options=_compiler_options(config.fast_compile))
-  metrics = jax.device_get(compiled(keys, distances))
-  return {k: np.asarray(v).reshape(seeds.shape) for k, v in metrics.items()}
+  return compiled, args, seeds.shape
 
 
-def _compiler_options(fast_compile: bool) -> dict[str, int | bool]:
-  if jax.default_backend() != "cpu":
+def train_backbone(config: ml_collections.ConfigDict,
+                   backbone: str) -> dict[str, np.ndarray]:
+  """Trains `backbone` for every seed and distance; held-out metrics.
+
+  One program, compiled once: a run (`lax.scan` over the steps, then an
+  evaluation) is `jax.vmap`-ed over all (seed, distance) pairs. Seed `s`
+  fixes the initial parameters and the data stream, shared by all
+  distances, so distances differ only in the position that is scored.
+
+  Returns:
+    A dict of `(seeds, distances)` arrays: `accuracy` and `loss` on
+    `config.eval_examples` (rounded up to whole batches) fresh sequences per
+    run, and `train_loss`, the mean training loss over the last tenth of the
+    steps.
+  """
+  compiled, args, shape = compile_runs(config, backbone)
+  metrics = jax.device_get(compiled(*args))
+  return {k: np.asarray(v).reshape(shape) for k, v in metrics.items()}
+
+
+def _compiler_options(fast_compile: bool) -> dict[str, int]:
+  if jax.default_backend() != "cpu" or not fast_compile:
     return {}
-  # One default run in about five stalled with every XLA:CPU thread parked
-  # while the vmapped program ran (idle for 13 min, at 3% CPU). Eigen's
-  # intra-op thread pool wedging on vmapped graphs is a reported XLA:CPU
-  # hang; this program is a long scan of small matmuls, so it gives up
-  # little without that pool.
-  options: dict[str, int | bool] = {"xla_cpu_multi_thread_eigen": False}
-  if fast_compile:
-    options["xla_backend_optimization_level"] = 0
-  return options
+  return {"xla_backend_optimization_level": 0}
 
 
 def chance_accuracy(config: ml_collections.ConfigDict) -> float:
