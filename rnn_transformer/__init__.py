@@ -9,7 +9,8 @@ Transformers: `MultiHeadAttention` on the kernels of `kernels.attention`
 (grouped-query, masks, KV-cache decoding), positional encodings
 (sinusoidal, learned, rotary), `TransformerBlock`, `TransformerEncoder` and
 `TransformerLM`. `build_backbone(ModelConfig(backbone=...))` builds any of
-"rnn", "lstm", "gru" or "transformer" behind one interface, and `generate`
+"rnn", "lstm", "gru", "mingru", "minlstm", "lru" or "transformer" behind one
+interface, and `generate`
 samples from any causal one through its decode cache.
 
 Recurrences linear in the hidden state (`MinGRU`, `MinLSTM`, `LRU`) are cells
