@@ -251,6 +251,7 @@ def linear_scan(a: Array, b: Array, *, initial_carry: Array | None = None,
   Returns:
     `(final_carry (batch, features), h (batch, time, features))`.
   """
+  a, b = jnp.asarray(a), jnp.asarray(b)
   _check_args(a, b, initial_carry, seq_lengths, reset, method, chunk_size,
               ("a", "b", "initial_carry"), allow_complex=True)
   return _scan(_LINEAR, a, b, initial_carry, seq_lengths, reset, reverse,
@@ -283,6 +284,7 @@ def log_linear_scan(log_a: Array, log_b: Array, *,
   Returns:
     `(log final_carry, log h)`; padded steps hold -inf (h = 0).
   """
+  log_a, log_b = jnp.asarray(log_a), jnp.asarray(log_b)
   _check_args(log_a, log_b, log_initial_carry, seq_lengths, reset, method,
               chunk_size, ("log_a", "log_b", "log_initial_carry"),
               allow_complex=False)

@@ -79,7 +79,8 @@ def _cast(x, dtype):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64])
-@pytest.mark.parametrize("with_carry", [False, True])
+@pytest.mark.parametrize("with_carry", [
+    pytest.param(False, marks=pytest.mark.slow), True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("mask", FAST_MASKS)
 def test_sequential_equals_the_step_by_step_oracle(mask, reverse, with_carry,
