@@ -21,6 +21,13 @@ FAST_MASKS = [m if m in ("none", "lengths+reset") else
               pytest.param(m, marks=pytest.mark.slow) for m in MASKS]
 
 
+# Jitted: one compilation per configuration instead of one per primitive in
+# eager mode. Errors are tested unjitted (TestBadInput).
+_STATIC = ("reverse", "method", "chunk_size")
+scan = jax.jit(lr.linear_scan, static_argnames=_STATIC)
+log_scan = jax.jit(lr.log_linear_scan, static_argnames=_STATIC)
+
+
 def _reset():
   reset = np.zeros((BATCH, TIME), bool)
   for row, steps in RESETS.items():
@@ -88,7 +95,7 @@ def test_sequential_equals_the_step_by_step_oracle(mask, reverse, with_carry,
   a, b, h0 = _coefficients(dtype)
   lengths, reset = _masks(mask)
   h0 = h0 if with_carry else None
-  final, h = lr.linear_scan(
+  final, h = scan(
       a, b, initial_carry=h0, reverse=reverse, method="sequential",
       seq_lengths=None if lengths is None else jnp.asarray(lengths),
       reset=None if reset is None else jnp.asarray(reset))
@@ -98,9 +105,9 @@ def test_sequential_equals_the_step_by_step_oracle(mask, reverse, with_carry,
       atol=1e-5, rtol=1e-5)
 
 
-def _loss(scan, a, b, h0, weights, lengths, reset, reverse, **kwargs):
-  final, h = scan(a, b, initial_carry=h0, seq_lengths=lengths, reset=reset,
-                  reverse=reverse, **kwargs)
+def _loss(scan_fn, a, b, h0, weights, lengths, reset, reverse, **kwargs):
+  final, h = scan_fn(a, b, initial_carry=h0, seq_lengths=lengths, reset=reset,
+                     reverse=reverse, **kwargs)
   # Real-valued of complex outputs too: the gradient is then well defined.
   return (jnp.sum(jnp.real(h * weights)) + jnp.sum(jnp.cos(jnp.real(final)))
           + jnp.sum(jnp.sin(jnp.imag(final))))
@@ -126,16 +133,16 @@ def test_parallel_methods_equal_sequential_outputs_and_gradients(
   kwargs = {} if chunk_size is None else dict(chunk_size=chunk_size)
 
   def run(method, **kw):
-    return lr.linear_scan(a, b, initial_carry=h0, seq_lengths=lengths,
-                          reset=reset, reverse=reverse, method=method, **kw)
+    return scan(a, b, initial_carry=h0, seq_lengths=lengths, reset=reset,
+                reverse=reverse, method=method, **kw)
 
   chex.assert_trees_all_close(run(method, **kwargs), run("sequential"),
                               **tolerances.output_tol(jnp.float32))
 
   def grads(method, **kw):
-    return jax.grad(_loss, argnums=(1, 2, 3))(
+    return jax.jit(lambda a, b, h0: jax.grad(_loss, argnums=(1, 2, 3))(
         lr.linear_scan, a, b, h0, weights, lengths, reset, reverse,
-        method=method, **kw)
+        method=method, **kw))(a, b, h0)
 
   expected = grads("sequential")
   chex.assert_trees_all_close(grads(method, **kwargs), expected,
@@ -148,10 +155,10 @@ def test_parallel_methods_equal_sequential_outputs_and_gradients(
 @pytest.mark.parametrize("method", ["associative", "chunked"])
 def test_bfloat16_methods_agree_with_float32(method):
   a, b, h0 = _coefficients(jnp.float32, key=3)
-  ref = lr.linear_scan(a, b, initial_carry=h0, method="sequential")
-  low = lr.linear_scan(*(x.astype(jnp.bfloat16) for x in (a, b)),
-                       initial_carry=h0.astype(jnp.bfloat16), method=method,
-                       chunk_size=4)
+  ref = scan(a, b, initial_carry=h0, method="sequential")
+  low = scan(*(x.astype(jnp.bfloat16) for x in (a, b)),
+             initial_carry=h0.astype(jnp.bfloat16), method=method,
+             chunk_size=4)
   chex.assert_trees_all_equal_dtypes(low, jax.tree.map(
       lambda x: x.astype(jnp.bfloat16), ref))
   chex.assert_trees_all_close(jax.tree.map(lambda x: x.astype(jnp.float32),
@@ -163,20 +170,20 @@ def test_reset_equals_running_packed_segments_separately():
   reset = np.zeros((1, TIME), bool)
   reset[0, [0, 4, 9]] = True
   for method in lr.METHODS:
-    _, packed = lr.linear_scan(a[:1], b[:1], reset=jnp.asarray(reset),
-                               method=method, chunk_size=3)
+    _, packed = scan(a[:1], b[:1], reset=jnp.asarray(reset), method=method,
+                     chunk_size=3)
     for start, stop in ((0, 4), (4, 9), (9, TIME)):
-      _, alone = lr.linear_scan(a[:1, start:stop], b[:1, start:stop],
-                                method=method, chunk_size=3)
+      _, alone = scan(a[:1, start:stop], b[:1, start:stop], method=method,
+                      chunk_size=3)
       chex.assert_trees_all_close(packed[:, start:stop], alone, atol=1e-6)
 
 
 def test_carry_flows_across_chunks_of_time():
   a, b, h0 = _coefficients(jnp.complex64, key=5)
-  full_final, full = lr.linear_scan(a, b, initial_carry=h0)
-  carry, first = lr.linear_scan(a[:, :5], b[:, :5], initial_carry=h0)
-  final, second = lr.linear_scan(a[:, 5:], b[:, 5:], initial_carry=carry,
-                                 method="chunked", chunk_size=2)
+  full_final, full = scan(a, b, initial_carry=h0)
+  carry, first = scan(a[:, :5], b[:, :5], initial_carry=h0)
+  final, second = scan(a[:, 5:], b[:, 5:], initial_carry=carry,
+                       method="chunked", chunk_size=2)
   chex.assert_trees_all_close((final, jnp.concatenate([first, second], 1)),
                               (full_final, full), atol=1e-5)
 
@@ -193,25 +200,24 @@ def test_log_scan_is_the_log_of_the_linear_scan(method, chunk_size, mask,
   reset = None if reset is None else jnp.asarray(reset)
   kwargs = dict(seq_lengths=lengths, reset=reset, reverse=reverse,
                 chunk_size=chunk_size or lr.DEFAULT_CHUNK_SIZE)
-  log_final, log_h = lr.log_linear_scan(
+  log_final, log_h = log_scan(
       jnp.log(a), jnp.log(b), log_initial_carry=jnp.log(h0), method=method,
       **kwargs)
-  final, h = lr.linear_scan(a, b, initial_carry=h0, method="sequential",
-                            **kwargs)
+  final, h = scan(a, b, initial_carry=h0, method="sequential", **kwargs)
   chex.assert_trees_all_close((jnp.exp(log_final), jnp.exp(log_h)), (final, h),
                               **tolerances.output_tol(jnp.float32))
 
   def loss(method, log_a, log_b, log_h0):
-    log_final, log_h = lr.log_linear_scan(
+    log_final, log_h = log_scan(
         log_a, log_b, log_initial_carry=log_h0, method=method, **kwargs)
     return jnp.sum(jnp.exp(log_h) * b) + jnp.sum(jnp.exp(log_final))
 
   args = (jnp.log(a), jnp.log(b), jnp.log(h0))
-  grads = jax.grad(loss, argnums=(1, 2, 3))(method, *args)
+  grad = jax.jit(jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0)
+  grads = grad(method, *args)
   chex.assert_tree_all_finite(grads)
-  chex.assert_trees_all_close(
-      grads, jax.grad(loss, argnums=(1, 2, 3))("sequential", *args),
-      **tolerances.gradient_tol(jnp.float32))
+  chex.assert_trees_all_close(grads, grad("sequential", *args),
+                              **tolerances.gradient_tol(jnp.float32))
 
 
 def test_log_scan_from_the_zero_carry_has_finite_gradients():
@@ -219,14 +225,14 @@ def test_log_scan_from_the_zero_carry_has_finite_gradients():
   log_a, log_b = jnp.log(a), jnp.log(jnp.abs(b))
 
   def loss(log_a, log_b, method):
-    _, log_h = lr.log_linear_scan(log_a, log_b, method=method,
-                                  seq_lengths=jnp.asarray(LENGTHS),
-                                  reset=jnp.asarray(_reset()))
+    _, log_h = log_scan(log_a, log_b, method=method,
+                        seq_lengths=jnp.asarray(LENGTHS),
+                        reset=jnp.asarray(_reset()))
     return jnp.sum(jnp.exp(log_h))
 
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
   for method in lr.METHODS:
-    chex.assert_tree_all_finite(jax.grad(loss, argnums=(0, 1))(
-        log_a, log_b, method))
+    chex.assert_tree_all_finite(grad(log_a, log_b, method))
 
 
 def test_log_scan_keeps_precision_over_long_decays():
@@ -235,7 +241,7 @@ def test_log_scan_keeps_precision_over_long_decays():
   time = 3000
   log_a = jnp.full((1, time, 1), np.log(0.5), jnp.float32)
   log_b = jnp.zeros((1, time, 1), jnp.float32)  # b = 1: h -> 2
-  _, log_h = lr.log_linear_scan(log_a, log_b)
+  _, log_h = log_scan(log_a, log_b)
   expected = np.log(2.0 - 0.5 ** np.arange(time))  # float64 closed form
   np.testing.assert_allclose(np.asarray(log_h[0, :, 0]), expected, atol=2e-6)
   a_star = jnp.cumsum(log_a, axis=1)
@@ -250,12 +256,12 @@ def test_jit_with_traced_lengths_compiles_once_per_method():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def run(lengths):
-    return lr.linear_scan(a, b, initial_carry=h0, seq_lengths=lengths,
-                          method="chunked", chunk_size=4)
+    return scan(a, b, initial_carry=h0, seq_lengths=lengths,
+                method="chunked", chunk_size=4)
 
   for lengths in ([11, 6, 0], [3, 2, 1]):
-    expected = lr.linear_scan(a, b, initial_carry=h0, method="sequential",
-                              seq_lengths=jnp.array(lengths))
+    expected = scan(a, b, initial_carry=h0, method="sequential",
+                    seq_lengths=jnp.array(lengths))
     chex.assert_trees_all_close(run(jnp.array(lengths)), expected, atol=1e-5)
 
 

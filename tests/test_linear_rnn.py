@@ -1,6 +1,8 @@
 """MinGRU, MinLSTM and LRU: the papers' equations in numpy, the cell path
 against the parallel layer path, and the RNN layer's features."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -89,7 +91,7 @@ def test_layer_equals_the_papers_equations(name):
   params = layer.init(jax.random.key(2), x)["params"]
   if name != "lru":  # the LRU keeps its ring init: |λ| < 1 matters
     params = _random_params(params, 3)
-  out = layer.apply({"params": params}, x)
+  out = jax.jit(layer.apply)({"params": params}, x)
   cell_params = params["cell"]
   expected = (numpy_lru(cell_params, x) if name == "lru" else
               numpy_min_rnn(name, cell_params, x))
@@ -158,13 +160,15 @@ def test_parallel_layer_equals_the_cell_stepped_over_time(name, method,
     return step_oracle(cell, params["cell"], x, carry0, LENGTHS, reset,
                        reverse)
 
-  chex.assert_trees_all_close(layer_run(params, x), oracle_run(params, x),
+  # Jitted: the oracle's Python loop unrolls into one program.
+  chex.assert_trees_all_close(jax.jit(layer_run)(params, x),
+                              jax.jit(oracle_run)(params, x),
                               **tolerances.output_tol(jnp.float32))
-  grads = jax.grad(loss, argnums=(1, 2))(layer_run, params, x)
+  grad = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)
+  grads = grad(layer_run, params, x)
   chex.assert_tree_all_finite(grads)
-  chex.assert_trees_all_close(
-      grads, jax.grad(loss, argnums=(1, 2))(oracle_run, params, x),
-      **tolerances.gradient_tol(jnp.float32))
+  chex.assert_trees_all_close(grads, grad(oracle_run, params, x),
+                              **tolerances.gradient_tol(jnp.float32))
 
 
 @pytest.mark.parametrize("name", ["mingru", "lru"])
@@ -239,19 +243,18 @@ def test_bidirectional_and_stacked_layers():
   stack = rt.StackedRNN([rt.LRU(HIDDEN), rt.LRU(HIDDEN)], bidirectional=True,
                         scan_method="chunked")
   variables = stack.init(jax.random.key(16), x)
-  carries, y = stack.apply(variables, x, seq_lengths=LENGTHS,
-                           return_carry=True)
+  carries, y = jax.jit(functools.partial(
+      stack.apply, seq_lengths=LENGTHS, return_carry=True))(variables, x)
   chex.assert_shape(y, (BATCH, TIME, 2 * HIDDEN))
   layer_1 = variables["params"]["layers_1"]["forward_rnn"]["cell"]
   chex.assert_shape(layer_1["skip"]["dense"]["kernel"],
                     (2 * HIDDEN, HIDDEN))
   assert carries[0][0].dtype == jnp.complex64
-  h = rt.Bidirectional(rt.RNN(rt.LRU(HIDDEN)), rt.RNN(rt.LRU(HIDDEN))).apply(
-      {"params": variables["params"]["layers_0"]}, x, seq_lengths=LENGTHS)
+  layer = rt.Bidirectional(rt.RNN(rt.LRU(HIDDEN)), rt.RNN(rt.LRU(HIDDEN)))
+  apply = jax.jit(functools.partial(layer.apply, seq_lengths=LENGTHS))
+  h = apply({"params": variables["params"]["layers_0"]}, x)
   chex.assert_trees_all_close(
-      y, rt.Bidirectional(rt.RNN(rt.LRU(HIDDEN)), rt.RNN(rt.LRU(HIDDEN))).apply(
-          {"params": variables["params"]["layers_1"]}, h,
-          seq_lengths=LENGTHS), atol=1e-5)
+      y, apply({"params": variables["params"]["layers_1"]}, h), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["mingru_log", "minlstm", "lru"])
@@ -262,12 +265,12 @@ def test_bfloat16_compute_runs_close_to_float32(name):
   variables = f32.init(jax.random.key(18), x)
   chex.assert_trees_all_equal_dtypes(bf16.init(jax.random.key(18), x),
                                      variables)  # params stay float32
-  out = bf16.apply(variables, x.astype(jnp.bfloat16))
+  out = jax.jit(bf16.apply)(variables, x.astype(jnp.bfloat16))
   assert out.dtype == jnp.float32  # the carry's dtype
-  chex.assert_trees_all_close(out, f32.apply(variables, x), atol=5e-2,
-                              rtol=5e-2)
-  grads = jax.grad(lambda v: jnp.sum(bf16.apply(
-      v, x.astype(jnp.bfloat16)) ** 2))(variables)
+  chex.assert_trees_all_close(out, jax.jit(f32.apply)(variables, x),
+                              atol=5e-2, rtol=5e-2)
+  grads = jax.jit(jax.grad(lambda v: jnp.sum(bf16.apply(
+      v, x.astype(jnp.bfloat16)) ** 2)))(variables)
   chex.assert_tree_all_finite(grads)
 
 
