@@ -34,13 +34,9 @@ from rnn_transformer import validation
 Array = jax.Array
 
 
-def g(x: Array) -> Array:
-  """Feng et al. (2024)'s positive activation: x + 1/2 for x >= 0, else σ(x)."""
-  return jnp.where(x >= 0, jax.nn.relu(x) + 0.5, jax.nn.sigmoid(x))
-
-
 def log_g(x: Array) -> Array:
-  """log g(x), finite with finite gradients everywhere."""
+  """log g(x) of Feng et al. (2024)'s positive activation g(x) = x + 1/2
+  (x >= 0), σ(x) (x < 0); finite with finite gradients everywhere."""
   return jnp.where(x >= 0, jnp.log(jax.nn.relu(x) + 0.5), -jax.nn.softplus(-x))
 
 
@@ -48,7 +44,7 @@ class LinearRecurrentCell(nn.RNNCellBase):
   """Base class: a cell with `h_t = a_t * h_{t-1} + b_t`.
 
   Subclasses define `coefficients(inputs) -> (a, b)` (their logarithms when
-  `log_space`), each `(..., state)` in the carry's dtype, and optionally
+  `scans_in_log_space`), each `(..., state)` in the carry's dtype, and optionally
   `readout(h, inputs) -> y` (default: y = h).
 
   Attributes:
