@@ -9,12 +9,18 @@ Transformers: `MultiHeadAttention` on the kernels of `kernels.attention`
 (grouped-query, masks, KV-cache decoding), positional encodings
 (sinusoidal, learned, rotary), `TransformerBlock`, `TransformerEncoder` and
 `TransformerLM`. `build_backbone(ModelConfig(backbone=...))` builds any of
-"rnn", "lstm", "gru" or "transformer" behind one interface, and `generate`
+"rnn", "lstm", "gru", "mingru", "minlstm", "lru" or "transformer" behind one
+interface, and `generate`
 samples from any causal one through its decode cache.
+
+Recurrences linear in the hidden state (`MinGRU`, `MinLSTM`, `LRU`) are cells
+too, and `RNN` runs them over time in parallel with
+`linear_recurrence.linear_scan` (associative, chunked or sequential).
 """
 
 from rnn_transformer import gradient_flow
 from rnn_transformer import initializers
+from rnn_transformer import linear_recurrence
 from rnn_transformer.attention import MultiHeadAttention
 from rnn_transformer.backbones import build_backbone
 from rnn_transformer.backbones import RecurrentBackbone
@@ -24,6 +30,12 @@ from rnn_transformer.cells import LSTMCell
 from rnn_transformer.cells import SimpleRNNCell
 from rnn_transformer.generation import generate
 from rnn_transformer.generation import init_cache
+from rnn_transformer.linear_recurrence import linear_scan
+from rnn_transformer.linear_recurrence import log_linear_scan
+from rnn_transformer.linear_rnn import LinearRecurrentCell
+from rnn_transformer.linear_rnn import LRU
+from rnn_transformer.linear_rnn import MinGRU
+from rnn_transformer.linear_rnn import MinLSTM
 from rnn_transformer.model_config import BackboneOutput
 from rnn_transformer.model_config import ModelConfig
 from rnn_transformer.positional import LearnedPositionEmbedding
@@ -48,7 +60,11 @@ __all__ = [
     "FusedGateCell",
     "GRUCell",
     "LSTMCell",
+    "LRU",
     "LearnedPositionEmbedding",
+    "LinearRecurrentCell",
+    "MinGRU",
+    "MinLSTM",
     "ModelConfig",
     "MultiHeadAttention",
     "RNN",
@@ -64,6 +80,9 @@ __all__ = [
     "gradient_flow",
     "init_cache",
     "initializers",
+    "linear_recurrence",
+    "linear_scan",
+    "log_linear_scan",
     "rotary_position_embedding",
     "sinusoidal_position_encoding",
     "spectral_radius",

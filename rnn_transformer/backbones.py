@@ -26,6 +26,7 @@ from rnn_transformer.cells import GRUCell
 from rnn_transformer.cells import LSTMCell
 from rnn_transformer.cells import SimpleRNNCell
 from rnn_transformer.embedding import Embedder
+from rnn_transformer.linear_rnn import LINEAR_CELLS
 from rnn_transformer.model_config import BackboneOutput
 from rnn_transformer.model_config import ModelConfig
 from rnn_transformer.recurrent import StackedRNN
@@ -34,7 +35,8 @@ from rnn_transformer.transformer import TransformerLM
 
 Array = jax.Array
 
-RECURRENT_CELLS = {"rnn": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell}
+RECURRENT_CELLS = {"rnn": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell,
+                   **LINEAR_CELLS}
 
 
 class RecurrentBackbone(nn.Module):
@@ -73,7 +75,8 @@ class RecurrentBackbone(nn.Module):
     cells = [cell(cfg.model_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
              for _ in range(cfg.num_layers)]
     stack = StackedRNN(cells, bidirectional=not cfg.causal,
-                       dropout_rate=cfg.dropout_rate, name="rnn")
+                       dropout_rate=cfg.dropout_rate,
+                       scan_method=cfg.scan_method, name="rnn")
     carry = None
     if decode:  # created as the initial carry if absent: zeros
       carry = self.variable(
@@ -93,7 +96,7 @@ class RecurrentBackbone(nn.Module):
 
 
 def build_backbone(config: ModelConfig | Mapping[str, Any]) -> nn.Module:
-  """The module for `config.backbone`: "rnn", "lstm", "gru" or "transformer".
+  """The module for `config.backbone` (`model_config.BACKBONES`).
 
   A causal Transformer is a `TransformerLM`, a bidirectional one a
   `TransformerEncoder`; recurrent kinds are a `RecurrentBackbone`.

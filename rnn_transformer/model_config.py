@@ -16,9 +16,12 @@ import jax
 import jax.numpy as jnp
 
 import kernels
+from rnn_transformer import linear_recurrence
 from rnn_transformer import validation
 
-BACKBONES = ("rnn", "lstm", "gru", "transformer")
+BACKBONES = ("rnn", "lstm", "gru", "mingru", "minlstm", "lru", "transformer")
+# Recurrent backbones whose layers run `linear_recurrence.linear_scan`.
+LINEAR_BACKBONES = ("mingru", "minlstm", "lru")
 POSITIONAL_ENCODINGS = ("none", "sinusoidal", "learned", "rope")
 NORMS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu")
@@ -43,7 +46,9 @@ class ModelConfig:
   """Hyper-parameters of a backbone (recurrent or Transformer).
 
   Attributes:
-    backbone: "rnn" (Elman), "lstm", "gru" or "transformer".
+    backbone: "rnn" (Elman), "lstm", "gru", "mingru", "minlstm", "lru"
+      (recurrences linear in h, run in parallel over time) or
+      "transformer".
     vocab_size: inputs are `(batch, time)` token ids in `[0, vocab_size)`,
       embedded to `model_dim`. None: inputs are `(batch, time, features)`
       floats (projected to `model_dim` by the Transformer, fed as they are to
@@ -74,6 +79,9 @@ class ModelConfig:
     remat: rematerialise each block in the backward pass (`nn.remat`).
     scan_layers: run the blocks with `nn.scan` over stacked parameters, so
       compile time does not grow with depth.
+    scan_method: for "mingru", "minlstm" and "lru": "associative",
+      "chunked" or "sequential" (`linear_recurrence.linear_scan`); None:
+      the per-backend default (`linear_recurrence.default_method`).
   """
   backbone: str = "transformer"
   vocab_size: int | None = None
@@ -96,6 +104,7 @@ class ModelConfig:
   attention_impl: str | None = None
   remat: bool = False
   scan_layers: bool = False
+  scan_method: str | None = None
 
   def __post_init__(self):
     validation.check_choice("backbone", self.backbone, BACKBONES)
@@ -121,6 +130,14 @@ class ModelConfig:
         "dtype", self.dtype, optional=True))
     object.__setattr__(self, "param_dtype", validation.check_float_dtype(
         "param_dtype", self.param_dtype))
+    if self.scan_method is not None:
+      if self.backbone not in LINEAR_BACKBONES:
+        raise ValueError(
+            f"scan_method: only for backbones {LINEAR_BACKBONES}, got "
+            f"scan_method={self.scan_method!r} with backbone="
+            f"{self.backbone!r}")
+      validation.check_choice("scan_method", self.scan_method,
+                              linear_recurrence.METHODS)
     if self.tie_embeddings and (self.vocab_size is None or self.output_size
                                 not in (None, self.vocab_size)):
       raise ValueError(

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnn_transformer import linear_recurrence
 from rnn_transformer import validation
 
 Array = jax.Array
@@ -90,6 +91,12 @@ class RNN(nn.Module):
       matmul before the scan. Needs a cell with `project_inputs`/`step` (the
       cells of this library). None: per backend, by measurement
       (`HOIST_INPUT_PROJECTION_BY_BACKEND`), and never for other cells.
+    scan_method: for cells with a linear recurrence (`MinGRU`, `MinLSTM`,
+      `LRU`: they have `scan_over_time`), "associative", "chunked" or
+      "sequential" (see `linear_recurrence.linear_scan`); None: per backend
+      (`linear_recurrence.DEFAULT_METHOD_BY_BACKEND`). Other cells always
+      run `lax.scan` and reject a method.
+    chunk_size: steps per chunk of the "chunked" method.
   """
   cell: nn.RNNCellBase
   reverse: bool = False
@@ -97,6 +104,8 @@ class RNN(nn.Module):
   return_carry: bool = False
   unroll: int = 1
   hoist_input_projection: bool | None = None
+  scan_method: str | None = None
+  chunk_size: int = linear_recurrence.DEFAULT_CHUNK_SIZE
 
   def _should_hoist(self) -> bool:
     splittable = hasattr(self.cell, "project_inputs") and hasattr(
@@ -174,6 +183,24 @@ class RNN(nn.Module):
         raise ValueError(
             f"state_perturbation: expected shape (batch, time, hidden) = "
             f"{(batch, time, hidden)}, got {state_perturbation.shape}")
+
+    if hasattr(self.cell, "scan_over_time"):
+      if state_perturbation is not None:
+        raise ValueError(
+            f"state_perturbation: not supported by {type(self.cell).__name__}"
+            f", whose steps run inside a linear scan")
+      final_carry, outputs = self.cell.scan_over_time(
+          inputs, initial_carry=initial_carry, seq_lengths=seq_lengths,
+          reset=reset, reverse=reverse, method=self.scan_method,
+          chunk_size=self.chunk_size)
+      if reverse and not keep_order:  # processing order, as below
+        outputs = flip_sequences(outputs, seq_lengths)
+      return (final_carry, outputs) if return_carry else outputs
+    if self.scan_method is not None:
+      raise ValueError(
+          f"scan_method: only cells with a linear recurrence (MinGRU, "
+          f"MinLSTM, LRU) take one; {type(self.cell).__name__} runs lax.scan, "
+          f"got scan_method={self.scan_method!r}")
 
     valid = None
     if seq_lengths is not None:
@@ -279,7 +306,7 @@ class StackedRNN(nn.Module):
     dropout_rate: dropout on the outputs of every layer but the last
       (Zaremba et al., 2014); active when `deterministic=False`, which needs
       a 'dropout' rng.
-    unroll, hoist_input_projection: passed to every `RNN`.
+    unroll, hoist_input_projection, scan_method: passed to every `RNN`.
   Carry: a list with one carry per layer (a pair per layer if bidirectional).
   """
   cells: Sequence[nn.RNNCellBase]
@@ -287,6 +314,7 @@ class StackedRNN(nn.Module):
   dropout_rate: float = 0.0
   unroll: int = 1
   hoist_input_projection: bool | None = None
+  scan_method: str | None = None
 
   def setup(self):
     if not self.cells:
@@ -294,7 +322,8 @@ class StackedRNN(nn.Module):
     validation.check_rate("dropout_rate", self.dropout_rate)
     validation.check_int("unroll", self.unroll)
     rnn = functools.partial(RNN, unroll=self.unroll,
-                            hoist_input_projection=self.hoist_input_projection)
+                            hoist_input_projection=self.hoist_input_projection,
+                            scan_method=self.scan_method)
     # Clones detach each cell from this module, so its parameters live under
     # the layer that runs it: layers_0/cell or layers_0/{forward,backward}_rnn.
     def fresh(cell):

@@ -20,6 +20,11 @@ _MODEL_DEFAULTS = {
     "rnn": dict(num_layers=1, model_dim=128),
     "lstm": dict(num_layers=1, model_dim=128),
     "gru": dict(num_layers=1, model_dim=128),
+    # No nonlinearity acts across time inside a linear recurrence: the
+    # papers stack layers (two here) for it.
+    "mingru": dict(num_layers=2, model_dim=128),
+    "minlstm": dict(num_layers=2, model_dim=128),
+    "lru": dict(num_layers=2, model_dim=128),
     "transformer": dict(num_layers=2, model_dim=64, num_heads=4,
                         positional="sinusoidal"),
 }
@@ -53,6 +58,7 @@ def task_config(task: str, backbone: str | None, **task_params
   config.model.attention_impl = ml_collections.config_dict.placeholder(str)
   config.model.num_kv_heads = ml_collections.config_dict.placeholder(int)
   config.model.mlp_dim = ml_collections.config_dict.placeholder(int)
+  config.model.scan_method = ml_collections.config_dict.placeholder(str)
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 2000  # optimizer updates

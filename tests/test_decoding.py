@@ -51,7 +51,8 @@ def test_prefill_then_steps_equal_the_full_forward(implementation, positional,
                               **tolerances.output_tol(jnp.float32))
 
 
-@pytest.mark.parametrize("backbone", ["lstm", "gru"])
+@pytest.mark.parametrize("backbone", ["lstm", "gru", "mingru", "minlstm",
+                                      "lru"])
 @pytest.mark.parametrize("cache_len", [9, None])
 def test_recurrent_carry_cache_equals_the_full_forward(backbone, cache_len):
   model = rt.build_backbone(tiny_config(backbone=backbone))
@@ -105,7 +106,7 @@ def test_cache_overflow_is_a_named_error_eagerly_and_under_jit():
     rt.init_cache(model, 1, cache_len=17)
 
 
-@pytest.mark.parametrize("backbone", ["transformer", "lstm"])
+@pytest.mark.parametrize("backbone", ["transformer", "lstm", "lru"])
 def test_greedy_generation_equals_full_recompute(backbone):
   model = rt.build_backbone(tiny_config(backbone=backbone,
                                         positional="rope"))
@@ -188,3 +189,28 @@ def test_backbones_share_one_interface():
     rt.build_backbone(dict(backbone="lstm", hidden=3))
   with pytest.raises(TypeError, match="config: expected a ModelConfig"):
     rt.build_backbone("lstm")
+  with pytest.raises(ValueError, match=r"scan_method: only for backbones "
+                     r"\('mingru', 'minlstm', 'lru'\), got "
+                     r"scan_method='associative' with backbone='gru'"):
+    rt.ModelConfig(backbone="gru", scan_method="associative")
+  with pytest.raises(ValueError, match=r"scan_method: expected one of "
+                     r"\('associative', 'chunked', 'sequential'\)"):
+    rt.ModelConfig(backbone="lru", scan_method="parallel")
+
+
+def test_decoding_a_token_is_one_step_of_the_carry():
+  """O(1) work per new token: no loop over the cache's length."""
+  from rnn_transformer.experiments import speed
+  model = rt.build_backbone(tiny_config(backbone="mingru",
+                                        scan_method="sequential"))
+  x = tokens((2, 1))
+  params = init_params(model, x)
+  steps = []
+  for cache_len in (8, 64):
+    _, variables = model.apply({"params": params},
+                               jnp.zeros((2, cache_len), jnp.int32),
+                               decode=True, mutable=["cache"])
+    decode = functools.partial(model.apply, decode=True, mutable=["cache"])
+    jaxpr = jax.make_jaxpr(decode)({"params": params, **variables}, x)
+    steps.append(speed.sequential_steps(jaxpr))
+  assert steps == [2, 2], steps  # one scan step per layer, any cache length

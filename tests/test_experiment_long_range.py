@@ -119,6 +119,11 @@ def test_tiny_run_writes_every_seed_and_the_verdicts_it_measured(tiny_run):
   # The robust gap at this budget: the RNN is far behind at the longest.
   assert mean["rnn"][longest] <= mean["transformer"][longest] - 0.3
   assert report.figures["transformer_solved_up_to_distance"] == longest
+  # The parallel recurrences ran on the same task and budget.
+  assert {"mingru", "lru"} <= set(accuracy)
+  for backbone in ("mingru", "lru"):
+    assert report.figures[f"{backbone}_parameters"] > 0
+    assert f"{backbone}_solved_up_to_distance" in report.figures
 
 
 @pytest.mark.parametrize("field, value, match", [

@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiment_helpers import assert_wrote
@@ -29,7 +30,7 @@ def test_tiny_run_writes_figure_tables_and_summary(tiny_run):
   assert all(float(r["ms"]) > 0 for r in rows)
   for backbone in config.backbones:
     assert math.isfinite(report.figures[f"{backbone}_slope"])
-  assert [c.verdict in reporting.VERDICTS for c in report.claims] == [True] * 4
+  assert [c.verdict in reporting.VERDICTS for c in report.claims] == [True] * 6
 
 
 def test_recurrent_steps_grow_with_n_transformer_steps_do_not(tiny_run):
@@ -37,10 +38,16 @@ def test_recurrent_steps_grow_with_n_transformer_steps_do_not(tiny_run):
   with open(os.path.join(output_dir, "speed.csv")) as f:
     for row in csv.DictReader(f):
       n, steps = int(row["seq_len"]), int(row["sequential_steps"])
-      # One scan over time forward and one backward; attention has none.
-      assert steps == (0 if row["backbone"] == "transformer" else 2 * n), row
+      # One scan over time forward and one backward; attention and the
+      # associative scan of the minGRU have none.
+      parallel = row["backbone"] in ("transformer", "mingru")
+      assert steps == (0 if parallel else 2 * n), row
   sequential = [c for c in report.claims if "sequential operations" in c.claim]
   assert [c.verdict for c in sequential] == ["supported"]
+  depth = [c for c in report.claims if "O(log n)" in c.claim]
+  assert [c.verdict for c in depth] == ["supported"], depth
+  assert report.figures["rnn_depth_slope"] > 0.7
+  assert report.figures["mingru_depth_slope"] <= speed.LOG_DEPTH_SLOPE
 
 
 def test_sequential_steps_multiplies_nested_scans_and_maxes_conds():
@@ -56,8 +63,11 @@ def test_sequential_steps_multiplies_nested_scans_and_maxes_conds():
 
 
 def _rows(ms_by_backbone, lens=(64, 128)):
+  def parallel(b):
+    return b == "transformer" or b in speed.PARALLEL
   return [dict(backbone=b, seq_len=n, ms=ms * n, us_per_token=1.0,
-               sequential_steps=(0 if b == "transformer" else 2 * n),
+               sequential_steps=(0 if parallel(b) else 2 * n),
+               depth=(20 + int(np.log2(n)) if parallel(b) else 4 * n),
                attention="xla" if b == "transformer" else "")
           for n in lens for b, ms in ms_by_backbone.items()]
 
@@ -75,6 +85,26 @@ def test_verdicts_follow_the_measured_numbers(recurrent_ms, verdict):
   # Every synthetic time is proportional to n: linear, not quadratic.
   assert claims[2].verdict == "supported", claims[2]
   assert claims[3].verdict == "not supported", claims[3]
+
+
+@pytest.mark.parametrize("parallel_ms, verdict", [
+    ({"mingru": 1.0, "lru": 1.5}, "supported"),
+    ({"mingru": 5.0, "lru": 6.0}, "not supported"),
+    ({"mingru": 1.0, "lru": 3.0}, "partly supported"),
+])
+def test_parallel_recurrence_verdicts_follow_the_measured_numbers(
+    parallel_ms, verdict):
+  recurrent_ms = {"rnn": 2.0, "lstm": 4.0}
+  rows = _rows({**recurrent_ms, **parallel_ms, "transformer": 1.0})
+  backbones = (*recurrent_ms, *parallel_ms, "transformer")
+  claims = speed.claims(rows, speed.fit_slopes(rows, backbones), backbones)
+  assert claims[4].verdict == "supported", claims[4]  # no scan, log depth
+  assert claims[5].verdict == verdict, claims[5]
+  looped = [dict(r, sequential_steps=2 * r["seq_len"], depth=4 * r["seq_len"])
+            if r["backbone"] == "lru" else r for r in rows]
+  claims = speed.claims(looped, speed.fit_slopes(looped, backbones),
+                        backbones)
+  assert claims[4].verdict == "partly supported", claims[4]
 
 
 def test_bad_config_raises():

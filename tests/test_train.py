@@ -69,7 +69,8 @@ def _run_script(script, *flags, env_extra=None, cwd=None):
                         cwd=cwd or REPO)
 
 
-@pytest.mark.parametrize("backbone", ["rnn", "lstm", "gru", "transformer"])
+@pytest.mark.parametrize("backbone", ["rnn", "lstm", "gru", "mingru",
+                                      "minlstm", "lru", "transformer"])
 def test_short_run_learns_below_the_trivial_baseline(backbone, tmp_path):
   config = tiny_config(backbone)
   metrics = train.train_and_evaluate(config, str(tmp_path))
@@ -251,6 +252,21 @@ def test_unknown_override_fails_before_compiling(tmp_path):
                        f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert "backbone (the config argument): expected one of" in result.stderr
+
+
+def test_train_script_trains_a_parallel_recurrence(tmp_path):
+  result = _run_script([str(REPO / "scripts" / "train.py")],
+                       f"--config={REPO / 'configs' / 'first_token.py'}:lru",
+                       f"--workdir={tmp_path}", "--config.train.steps=2",
+                       "--config.train.warmup_steps=1",
+                       "--config.train.batch_size=4",
+                       "--config.model.model_dim=16",
+                       "--config.model.scan_method=chunked",
+                       "--config.train.progress_bar=False")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "first_token: accuracy" in result.stdout
+  saved = train.load_config(str(tmp_path))
+  assert (saved.model.backbone, saved.model.scan_method) == ("lru", "chunked")
 
 
 def test_evaluate_script_reports_and_samples_a_char_lm(tmp_path):

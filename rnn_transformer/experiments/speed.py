@@ -15,7 +15,15 @@ for each sequence length n measures
   compilation, every backbone at every n timed round-robin so that all of
   them share the machine's background load;
 * the sequential steps of that program: the scan iterations in its jaxpr
-  (nested scans multiply), a count that does not depend on the hardware.
+  (nested scans multiply), a count that does not depend on the hardware;
+* its depth, the longest chain of dependent operations
+  (`program_depth.critical_path_length`).
+
+"RNNs are slow", revisited: recurrences linear in h ("mingru", "minlstm",
+"lru") run over time with `config.scan_method` (associative by default: no
+loop over n, O(log n) depth), so the sequential part the seed blames is gone
+from the program; whether that makes them faster depends on the hardware
+having parallel units to spare.
 
     python scripts/experiment.py --config=configs/experiments/speed.py:tiny \
         --output_dir=/tmp/experiments
@@ -34,13 +42,16 @@ import numpy as np
 
 from kernels import backends
 from rnn_transformer import benchmarking
+from rnn_transformer import program_depth
 from rnn_transformer import recurrent_benchmark
 from rnn_transformer.backbones import build_backbone
 from rnn_transformer.experiments import reporting
 from rnn_transformer.model_config import BACKBONES
+from rnn_transformer.model_config import LINEAR_BACKBONES
 from rnn_transformer.model_config import ModelConfig
 
 RECURRENT = ("rnn", "lstm", "gru")
+PARALLEL = LINEAR_BACKBONES  # recurrences linear in h, scanned in parallel
 
 # Verdict thresholds. Timing ratios within SLOWER_MARGIN of 1 are treated as a
 # tie (shared-machine noise); slopes are log-log exponents of time against n.
@@ -48,6 +59,7 @@ SLOWER_MARGIN = 1.1
 LINEAR_SLOPE = (0.75, 1.25)  # recurrent time ~ n
 QUADRATIC_SLOPE = 1.75  # Transformer end slope at or above: attention dominates
 SUBQUADRATIC_SLOPE = 1.25  # at or below: the O(n d^2) terms still dominate
+LOG_DEPTH_SLOPE = 0.5  # depth slope at or below: sub-linear, O(log n)-like
 
 
 def get_config(scale: str = "default") -> ml_collections.ConfigDict:
@@ -55,7 +67,9 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   reporting.check_scale(scale)
   config = ml_collections.ConfigDict()
   config.experiment = "speed"
-  config.backbones = ("rnn", "lstm", "gru", "transformer")  # one layer each
+  config.backbones = ("rnn", "lstm", "gru", "mingru", "lru",
+                      "transformer")  # one layer each
+  config.scan_method = "associative"  # of mingru/minlstm/lru (linear_scan)
   config.seq_lens = (64, 128, 256, 512, 1024)  # n, ascending
   config.batch = 4  # sequences per forward+backward
   config.model_dim = 128  # width d of every backbone (hidden size, residual)
@@ -65,7 +79,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.warmup = 1  # untimed calls after compilation
   config.iters = 10  # timed rounds over all backbones and lengths; medians
   if scale == "tiny":  # compilation dominates: two backbones, two lengths
-    config.backbones = ("rnn", "transformer")
+    config.backbones = ("rnn", "mingru", "transformer")
     config.seq_lens = (8, 32)
     config.batch, config.model_dim, config.num_heads = 2, 16, 2
     config.iters = 2
@@ -120,6 +134,7 @@ def _model_config(config: ml_collections.ConfigDict,
       backbone=backbone, num_layers=1, model_dim=config.model_dim,
       num_heads=config.num_heads, max_len=max(config.seq_lens),
       dtype=jnp.dtype(config.dtype),
+      scan_method=config.scan_method if backbone in PARALLEL else None,
       attention_impl=(None if config.attention_impl == "auto" else
                       config.attention_impl))
 
@@ -137,7 +152,7 @@ def attention_used(config: ml_collections.ConfigDict, seq_len: int) -> str:
 
 
 def _compiled_step(model: Any, params: Any, batch: int, seq_len: int):
-  """(zero-argument compiled forward+backward call, its sequential steps)."""
+  """(zero-argument compiled call, its sequential steps, its depth)."""
   # Drawn on the host: jax.random would compile a program per shape.
   x = jnp.asarray(np.random.default_rng(seq_len).standard_normal(
       (batch, seq_len, model.config.model_dim)), model.config.dtype)
@@ -145,11 +160,12 @@ def _compiled_step(model: Any, params: Any, batch: int, seq_len: int):
       lambda params, x: model.apply(params, x).features)
   traced = step.trace(params, x)
   compiled = traced.lower().compile()
-  return (lambda: compiled(params, x)), sequential_steps(traced.jaxpr)
+  return ((lambda: compiled(params, x)), sequential_steps(traced.jaxpr),
+          program_depth.critical_path_length(traced.jaxpr))
 
 
 def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """One row per backbone and sequence length: ms, us/token, steps."""
+  """One row per backbone and sequence length: ms, us/token, steps, depth."""
   unknown = sorted(set(config.backbones) - set(BACKBONES))
   if unknown or not config.backbones:
     raise ValueError(f"config.backbones: expected names from {BACKBONES}, "
@@ -166,11 +182,11 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   x = jnp.zeros((config.batch, lens[0], config.model_dim), config.dtype)
   params = {b: jax.jit(m.init)(jax.random.key(0), x)
             for b, m in models.items()}
-  calls, steps = {}, {}
+  calls, steps, depth = {}, {}, {}
   for seq_len in lens:
     for backbone, model in models.items():
       label = f"{backbone} n={seq_len}"
-      calls[label], steps[label] = _compiled_step(
+      calls[label], steps[label], depth[label] = _compiled_step(
           model, params[backbone], config.batch, seq_len)
   # Every backbone at every length in one round-robin: a change of the
   # machine's background load during the run shifts all curves alike instead
@@ -184,7 +200,7 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       rows.append(dict(
           backbone=backbone, seq_len=seq_len, ms=1e3 * times[label],
           us_per_token=1e6 * times[label] / (config.batch * seq_len),
-          sequential_steps=steps[label],
+          sequential_steps=steps[label], depth=depth[label],
           attention=(attention_used(config, seq_len)
                      if backbone == "transformer" else "")))
   return rows
@@ -212,6 +228,10 @@ def fit_slopes(rows: Sequence[dict[str, Any]],
     k = _upper_half(len(n))
     figures[f"{backbone}_slope"] = reporting.loglog_slope(n, ms)
     figures[f"{backbone}_end_slope"] = reporting.loglog_slope(n[-k:], ms[-k:])
+    if rows and "depth" in rows[0]:
+      _, depth = _series(rows, backbone, "depth")
+      figures[f"{backbone}_depth_slope"] = reporting.loglog_slope(
+          n, np.maximum(depth, 1.0))
   return figures
 
 
@@ -308,6 +328,62 @@ def claims(rows: Sequence[dict[str, Any]], figures: dict[str, float],
   else:
     result.append(reporting.Claim(text, "not measured",
                                   "no Transformer in config.backbones"))
+  return result + _parallel_claims(rows, figures, backbones)
+
+
+def _parallel_claims(rows: Sequence[dict[str, Any]],
+                     figures: dict[str, float],
+                     backbones: Sequence[str]) -> list[reporting.Claim]:
+  """"RNNs are slow", revisited with recurrences linear in h."""
+  parallel = [b for b in backbones if b in PARALLEL]
+  recurrent = [b for b in backbones if b in RECURRENT]
+  result = []
+  text = ("a recurrence linear in h (minGRU, minLSTM, LRU) runs over time "
+          "without a loop over n: its depth grows as O(log n)")
+  if parallel:
+    steps = {b: [r["sequential_steps"] for r in rows if r["backbone"] == b]
+             for b in parallel}
+    depth = {b: [r["depth"] for r in rows if r["backbone"] == b]
+             for b in backbones}
+    ok = [b for b in parallel if not any(steps[b]) and
+          figures[f"{b}_depth_slope"] <= LOG_DEPTH_SLOPE]
+    verdict = ("supported" if len(ok) == len(parallel) else
+               "not supported" if not ok else "partly supported")
+    result.append(reporting.Claim(text, verdict, (
+        "Compiled forward+backward, scan iterations and depth (longest "
+        "chain of operations) from the shortest to the longest n: " +
+        "; ".join(f"{b} {steps[b][0]}..{steps[b][-1]} iterations, depth "
+                  f"{depth[b][0]}..{depth[b][-1]} (log-log slope "
+                  f"{figures[f'{b}_depth_slope']:.2f})" for b in parallel) +
+        "; for comparison " + "; ".join(
+            f"{b} depth {depth[b][0]}..{depth[b][-1]} (slope "
+            f"{figures[f'{b}_depth_slope']:.2f})"
+            for b in backbones if b not in parallel) +
+        f". O(log n): no scan and a depth slope <= {LOG_DEPTH_SLOPE:g}.")))
+  else:
+    result.append(reporting.Claim(text, "not measured",
+                                  f"no backbone of {PARALLEL} in "
+                                  f"config.backbones"))
+
+  text = ("RNNs are slow, revisited: at the longest n a recurrence linear in "
+          "h trains faster than the classic recurrent layers")
+  if parallel and recurrent:
+    longest = max(r["seq_len"] for r in rows)
+    ms = {r["backbone"]: r["ms"] for r in rows if r["seq_len"] == longest}
+    pairs = [(p, c, ms[c] / ms[p]) for p in parallel for c in recurrent]
+    faster = [pair for pair in pairs if pair[2] >= SLOWER_MARGIN]
+    verdict = ("supported" if len(faster) == len(pairs) else
+               "not supported" if not faster else "partly supported")
+    result.append(reporting.Claim(text, verdict, (
+        f"At n={longest}: " + ", ".join(
+            f"{b} {ms[b]:.1f} ms" for b in backbones) +
+        "; classic / parallel: " + ", ".join(
+            f"{c}/{p} {r:.2f}x" for p, c, r in pairs) +
+        f" (faster: >= {SLOWER_MARGIN:g}x). Measured on {_hardware()}.")))
+  else:
+    result.append(reporting.Claim(text, "not measured", (
+        "needs a classic recurrent backbone and one of "
+        f"{PARALLEL} in config.backbones")))
   return result
 
 
@@ -350,7 +426,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   for backbone in config.backbones:
     figures[f"{backbone}_ms_at_{longest}"] = ms[backbone]
   if "transformer" in ms:
-    for backbone in RECURRENT:
+    for backbone in RECURRENT + PARALLEL:
       if backbone in ms:
         figures[f"{backbone}_over_transformer_at_{longest}"] = (
             ms[backbone] / ms["transformer"])
@@ -359,9 +435,9 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   report.files += reporting.write_table(
       output_dir, "speed",
       ["backbone", "seq_len", "ms", "us_per_token", "sequential_steps",
-       "attention"],
+       "depth", "attention"],
       [[r["backbone"], r["seq_len"], r["ms"], r["us_per_token"],
-        r["sequential_steps"], r["attention"]] for r in rows])
+        r["sequential_steps"], r["depth"], r["attention"]] for r in rows])
   report.files.append(plot(rows, config, output_dir))
   report.files.append(os.path.join(output_dir, "summary.md"))
   report.files.append(os.path.join(output_dir, "summary.json"))

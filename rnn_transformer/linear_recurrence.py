@@ -1,0 +1,293 @@
+"""Diagonal linear recurrences over time, sequential or in parallel.
+
+    h_t = a_t * h_{t-1} + b_t          (elementwise; real or complex)
+
+with `a_t`, `b_t` computed from the inputs alone, as in LRU (Orvieto et al.,
+2023), minGRU/minLSTM (Feng et al., 2024), S5 and RG-LRU. Composing two steps
+is again one affine step, `(a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2)`, an
+associative operator, so a prefix scan computes every h_t at O(log T) depth
+(Blelloch, 1990; Martin and Cundy, 2018).
+
+`linear_scan` has the masking semantics of `recurrent.RNN`:
+
+* `seq_lengths`: steps t >= L keep the carry (a = 1, b = 0) and output 0;
+* `reset`: a_t = 0 before that step, an exact restart from the zero carry
+  (packed sequences);
+* `initial_carry` in, the final carry (each sequence's own last) out;
+* `reverse`: h_t = a_t h_{t+1} + b_t within each sequence, padding left at
+  the end, outputs aligned with the inputs.
+
+`log_linear_scan` runs the same recurrence on logarithms of positive
+`a`, `b`, `h` (Heinsen, 2023), as minGRU and minLSTM do in log space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_transformer import validation
+
+Array = jax.Array
+
+METHODS = ("associative", "chunked", "sequential")
+DEFAULT_CHUNK_SIZE = 64
+
+
+class MethodChoice(NamedTuple):
+  """A default scan method and where the choice comes from."""
+  method: str
+  provenance: str
+
+
+# The method a layer uses when none is given, by `jax.default_backend()`.
+# A row becomes "measured" only with a device, versions and date from
+# scripts/bench_recurrence_sweep.py (BUILD_NOTES.md); until then it is a
+# guess and says so.
+DEFAULT_METHOD_BY_BACKEND: dict[str, MethodChoice] = {
+    "cpu": MethodChoice("sequential", (
+        "not measured: two cores leave the extra work of a parallel scan "
+        "nothing to run on (the issue's prototype: associative 0.76-1.07x "
+        "the LSTM, lax.scan 1.3-1.8x)")),
+    "gpu": MethodChoice("associative", (
+        "not measured: Feng et al. (2024) report the parallel scan 175x "
+        "faster than the sequential form at T=512 on a GPU")),
+    "tpu": MethodChoice("associative", "not measured"),
+}
+
+
+def default_method(backend: str | None = None) -> str:
+  """The scan method for `backend` (default: jax's) from the table above."""
+  backend = jax.default_backend() if backend is None else backend
+  choice = DEFAULT_METHOD_BY_BACKEND.get(backend)
+  if choice is None:
+    raise ValueError(
+        f"backend: expected one of {sorted(DEFAULT_METHOD_BY_BACKEND)} (the "
+        f"default-method table), got {backend!r}; pass method= explicitly")
+  return choice.method
+
+
+class _Semiring(NamedTuple):
+  """(+, x, 0, 1) of the recurrence: reals/complex, or logarithms."""
+  add: Callable[[Array, Array], Array]
+  mul: Callable[[Array, Array], Array]
+  zero: float
+  one: float
+
+
+_LINEAR = _Semiring(jnp.add, jnp.multiply, 0.0, 1.0)
+# log(x + y) = logaddexp, log(x y) = log x + log y; log 0 = -inf, log 1 = 0.
+_LOG = _Semiring(jnp.logaddexp, jnp.add, -np.inf, 0.0)
+
+
+def _combine(ring: _Semiring):
+  def combine(first, second):
+    a1, b1 = first
+    a2, b2 = second
+    return ring.mul(a2, a1), ring.add(ring.mul(a2, b1), b2)
+  return combine
+
+
+def _sequential(ring, a, b, h0):
+  """lax.scan over time; a, b: (batch, time, f), h0: (batch, f)."""
+  def step(h, ab):
+    a_t, b_t = ab
+    h = ring.add(ring.mul(a_t, h), b_t)
+    return h, h
+  _, h = jax.lax.scan(step, h0, (jnp.swapaxes(a, 0, 1),
+                                 jnp.swapaxes(b, 0, 1)))
+  return jnp.swapaxes(h, 0, 1)
+
+
+def _associative(ring, a, b, h0):
+  """One prefix scan over all T steps: O(log T) depth."""
+  # Folding h0 into the first step makes every prefix start from zero.
+  b = b.at[:, 0].set(ring.add(ring.mul(a[:, 0], h0), b[:, 0]))
+  _, h = jax.lax.associative_scan(_combine(ring), (a, b), axis=1)
+  return h
+
+
+def _chunked(ring, a, b, h0, chunk_size):
+  """Prefix scans within all chunks at once, lax.scan across the chunks.
+
+  Depth O(log chunk_size) + ceil(T / chunk_size): the within-chunk scans of
+  every chunk run side by side, then one sequential pass carries h from
+  chunk to chunk with one multiply-add per chunk, then every step adds its
+  chunk's incoming carry.
+  """
+  batch, time, features = a.shape
+  chunks = -(-time // chunk_size)
+  pad = chunks * chunk_size - time
+  if pad:  # identity steps at the end change neither outputs nor carry
+    a = jnp.pad(a, ((0, 0), (0, pad), (0, 0)), constant_values=ring.one)
+    b = jnp.pad(b, ((0, 0), (0, pad), (0, 0)), constant_values=ring.zero)
+  shape = (batch, chunks, chunk_size, features)
+  cum_a, cum_b = jax.lax.associative_scan(
+      _combine(ring), (a.reshape(shape), b.reshape(shape)), axis=2)
+
+  def carry_across(h, ab):  # h entering a chunk -> h leaving it
+    a_chunk, b_chunk = ab
+    return ring.add(ring.mul(a_chunk, h), b_chunk), h
+
+  _, h_in = jax.lax.scan(carry_across, h0,
+                         (jnp.swapaxes(cum_a[:, :, -1], 0, 1),
+                          jnp.swapaxes(cum_b[:, :, -1], 0, 1)))
+  h_in = jnp.swapaxes(h_in, 0, 1)[:, :, None]  # (batch, chunks, 1, f)
+  h = ring.add(ring.mul(cum_a, h_in), cum_b)
+  return h.reshape(batch, chunks * chunk_size, features)[:, :time]
+
+
+def _check_args(a, b, initial_carry, seq_lengths, reset, method, chunk_size,
+                names: tuple[str, str, str], allow_complex: bool) -> None:
+  a_name, b_name, carry_name = names
+  for name, x in ((a_name, a), (b_name, b)):
+    validation.check_rank(name, x, 3, "(batch, time, features)")
+    dtype = jnp.result_type(x)
+    kinds = (jnp.floating, jnp.complexfloating) if allow_complex else (
+        jnp.floating,)
+    if not any(jnp.issubdtype(dtype, kind) for kind in kinds):
+      raise validation.DTypeError(
+          f"{name}: expected a {'floating or complex' if allow_complex else 'floating'} "
+          f"dtype, got {dtype}")
+  if a.shape != b.shape:
+    raise ValueError(f"{b_name}: expected the shape of {a_name} {a.shape} "
+                     f"(batch, time, features), got {b.shape}")
+  if a.dtype != b.dtype:
+    raise validation.DTypeError(f"{b_name}: expected the dtype of {a_name} "
+                                f"({a.dtype}), got {b.dtype}")
+  batch, time, features = a.shape
+  if time < 1:
+    raise ValueError(f"{a_name}: expected at least one time step, got shape "
+                     f"{a.shape}")
+  if initial_carry is not None:
+    if np.shape(initial_carry) != (batch, features):
+      raise ValueError(
+          f"{carry_name}: expected shape (batch, features) = "
+          f"{(batch, features)}, got {np.shape(initial_carry)}")
+    if jnp.result_type(initial_carry) != a.dtype:
+      raise validation.DTypeError(
+          f"{carry_name}: expected the dtype of {a_name} ({a.dtype}), got "
+          f"{jnp.result_type(initial_carry)}")
+  if seq_lengths is not None:
+    validation.check_seq_lengths(seq_lengths, batch, time)
+  if reset is not None:
+    validation.check_mask("reset", reset, (batch, time), "(batch, time)")
+  if method not in METHODS:
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+  if not isinstance(chunk_size, (int, np.integer)) or isinstance(
+      chunk_size, bool) or chunk_size < 1:
+    raise ValueError(f"chunk_size: expected a positive int, got "
+                     f"{chunk_size!r}")
+
+
+def _scan(ring: _Semiring, a: Array, b: Array, initial_carry: Array | None,
+          seq_lengths: Array | None, reset: Array | None, reverse: bool,
+          method: str, chunk_size: int) -> tuple[Array, Array]:
+  batch, time, features = a.shape
+  if initial_carry is None:
+    initial_carry = jnp.full((batch, features), ring.zero, a.dtype)
+  steps = jnp.arange(time)[None, :]
+  valid = None if seq_lengths is None else steps < seq_lengths[:, None]
+  if reset is not None:
+    if reverse:
+      # In reversed time a segment starts at its last input step: the step
+      # just before the next reset (as in recurrent.RNN).
+      reset = jnp.concatenate([reset[:, 1:], jnp.zeros_like(reset[:, :1])],
+                              axis=1)
+      if valid is not None:  # a reset in the padding restarts nothing
+        reset = reset & (steps + 1 < seq_lengths[:, None])
+    a = jnp.where(reset[..., None], jnp.asarray(ring.zero, a.dtype), a)
+  if valid is not None:
+    # Padding is the identity step: it keeps the carry, so the final carry
+    # is each sequence's own last one, and in reverse the padding at the end
+    # hands the initial carry to the last valid step unchanged.
+    a = jnp.where(valid[..., None], a, jnp.asarray(ring.one, a.dtype))
+    b = jnp.where(valid[..., None], b, jnp.asarray(ring.zero, b.dtype))
+  if reverse:
+    a, b = jnp.flip(a, 1), jnp.flip(b, 1)
+  if method == "sequential":
+    h = _sequential(ring, a, b, initial_carry)
+  elif method == "associative":
+    h = _associative(ring, a, b, initial_carry)
+  else:
+    h = _chunked(ring, a, b, initial_carry, chunk_size)
+  if reverse:
+    h = jnp.flip(h, 1)
+  final = h[:, 0] if reverse else h[:, -1]
+  if valid is not None:
+    h = jnp.where(valid[..., None], h, jnp.asarray(ring.zero, h.dtype))
+  return final, h
+
+
+def linear_scan(a: Array, b: Array, *, initial_carry: Array | None = None,
+                seq_lengths: Array | None = None, reset: Array | None = None,
+                reverse: bool = False, method: str = "associative",
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Array, Array]:
+  """Computes `h_t = a_t * h_{t-1} + b_t` for every step.
+
+  Args:
+    a: `(batch, time, features)` decay, floating or complex.
+    b: `(batch, time, features)` input, the dtype of `a`.
+    initial_carry: `(batch, features)` h before the first step (after the
+      last step with `reverse`); default zeros. The dtype of `a`.
+    seq_lengths: `(batch,)` integers in [0, time]; steps t >= length keep the
+      carry and output zeros.
+    reset: `(batch, time)` bool; a_t = 0 where true, so h_t = b_t: the
+      sequence restarts from the zero carry there. With `reverse`, a reset
+      marks a segment's first step in input order, as in `recurrent.RNN`.
+    reverse: run from each sequence's last valid step to its first,
+      `h_t = a_t h_{t+1} + b_t`; outputs stay aligned with the inputs.
+    method: "associative" (`jax.lax.associative_scan`, depth O(log T)),
+      "chunked" (prefix scans within chunks of `chunk_size` steps, all
+      chunks at once, then `lax.scan` across the T / chunk_size chunks:
+      fewer levels than "associative" and less loop overhead than
+      "sequential") or "sequential" (`lax.scan`, T steps).
+    chunk_size: steps per chunk of the "chunked" method.
+
+  Returns:
+    `(final_carry (batch, features), h (batch, time, features))`.
+  """
+  a, b = jnp.asarray(a), jnp.asarray(b)
+  _check_args(a, b, initial_carry, seq_lengths, reset, method, chunk_size,
+              ("a", "b", "initial_carry"), allow_complex=True)
+  return _scan(_LINEAR, a, b, initial_carry, seq_lengths, reset, reverse,
+               method, chunk_size)
+
+
+def log_linear_scan(log_a: Array, log_b: Array, *,
+                    log_initial_carry: Array | None = None,
+                    seq_lengths: Array | None = None,
+                    reset: Array | None = None, reverse: bool = False,
+                    method: str = "associative",
+                    chunk_size: int = DEFAULT_CHUNK_SIZE
+                    ) -> tuple[Array, Array]:
+  """`linear_scan` for positive a, b, h, on their logarithms.
+
+      log h_t = logaddexp(log a_t + log h_{t-1}, log b_t)
+
+  Heinsen (2023) computes this in closed form, `a*_t + logcumsumexp(log b -
+  a*)` with `a* = cumsum(log a)`; that subtracts numbers that grow with t
+  (float32 loses digits once |a*| is large) and cannot express a reset
+  (`a*` becomes -inf - -inf). The same sums in the (logaddexp, +) semiring
+  go through the affine operator of `linear_scan` instead, so every method
+  and mask carries over; `log h` never leaves the range of its values.
+
+  Args:
+    log_a, log_b: `(batch, time, features)` real floating; log 0 = -inf.
+    log_initial_carry: `(batch, features)`; default -inf (h_0 = 0).
+    seq_lengths, reset, reverse, method, chunk_size: as in `linear_scan`.
+
+  Returns:
+    `(log final_carry, log h)`; padded steps hold -inf (h = 0).
+  """
+  log_a, log_b = jnp.asarray(log_a), jnp.asarray(log_b)
+  _check_args(log_a, log_b, log_initial_carry, seq_lengths, reset, method,
+              chunk_size, ("log_a", "log_b", "log_initial_carry"),
+              allow_complex=False)
+  return _scan(_LOG, log_a, log_b, log_initial_carry, seq_lengths, reset,
+               reverse, method, chunk_size)
+
