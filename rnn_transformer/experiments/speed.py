@@ -86,8 +86,9 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   elif scale == "large":  # a GPU: longer sequences, a realistic width
     config.seq_lens = (256, 512, 1024, 2048, 4096, 8192, 16384)
     config.batch, config.model_dim, config.num_heads = 8, 512, 8
-    # float32 Triton attention computes in IEEE fp32 while XLA's matmuls use
-    # TF32 on recent GPUs: bfloat16 puts every backbone on the tensor cores.
+    # float32 Triton attention makes three tf32 passes per dot while XLA's
+    # matmuls make one on recent GPUs: bfloat16 puts every backbone on equal
+    # tensor-core terms.
     config.dtype = "bfloat16"
     config.warmup, config.iters = 2, 10
   return config
