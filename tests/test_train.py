@@ -222,7 +222,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 
 @pytest.mark.parametrize("field,value,message", [
     ("model.backbone", "cnn", r"config.model.backbone: expected one of "
-     r"\('rnn', 'lstm', 'gru', 'transformer'\), got 'cnn'"),
+     r"\('rnn', 'lstm', 'gru', 'mingru', 'minlstm', 'lru', 'transformer'\), "
+     r"got 'cnn'"),
     ("task.name", "sorting", r"config.task.name: expected one of \['adding', "
      r"'char_lm', 'copy', 'first_token', 'recall'\], got 'sorting'"),
     ("train.batch_size", 30, r"config.train.batch_size: expected a multiple "
