@@ -348,14 +348,22 @@ def _snapshot(directory):
           for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def trained_lstm(tmp_path_factory):
+  """A finished 10-step run that refused relaunches must leave untouched."""
+  workdir = tmp_path_factory.mktemp("trained_lstm")
+  config = tiny_config("lstm", steps=10)
+  train.train_and_evaluate(config, str(workdir))
+  return config, workdir
+
+
 @pytest.mark.parametrize("field,value", [
     ("model.model_dim", 16), ("model.backbone", "gru"), ("seed", 1),
     ("train.learning_rate", 0.5), ("task.params.distance", 5),
 ])
 def test_relaunch_with_another_config_is_refused_and_changes_nothing(
-    field, value, tmp_path):
-  config = tiny_config("lstm", steps=10)
-  train.train_and_evaluate(config, str(tmp_path))
+    field, value, trained_lstm):
+  config, tmp_path = trained_lstm
   before = _snapshot(tmp_path)
   changed = config.copy_and_resolve_references()
   *sections, name = field.split(".")
