@@ -34,8 +34,22 @@ def _loss(q, k, v):
   return _attention(q, k, v).astype(jnp.float32).sum()
 
 
+# jax-triton 0.3.x emits "triton_kernel_call" with the config in
+# `backend_config`; 0.4.x emits the FFI target "triton_kernel_call_ffi" with
+# it under `mhlo.backend_config = {opaque = ...}`.
+TARGETS = ("triton_kernel_call", "triton_kernel_call_ffi")
+
+
+def _config_bytes(attrs) -> bytes:
+  config = ir.StringAttr(attrs["backend_config"]).value_bytes
+  if not config and "mhlo.backend_config" in attrs:
+    opaque = ir.DictAttr(attrs["mhlo.backend_config"])["opaque"]
+    config = ir.StringAttr(opaque).value_bytes
+  return config
+
+
 def _custom_calls(module) -> list[tuple[str, bytes]]:
-  """(call_target_name, decompressed backend_config) of every custom call."""
+  """(call_target_name, decompressed kernel config) of every custom call."""
   found = []
 
   def walk(op):
@@ -45,8 +59,8 @@ def _custom_calls(module) -> list[tuple[str, bytes]]:
           if inner.operation.name == "stablehlo.custom_call":
             attrs = inner.operation.attributes
             target = ir.StringAttr(attrs["call_target_name"]).value
-            config = ir.StringAttr(attrs["backend_config"]).value_bytes
-            if target == "triton_kernel_call":
+            config = _config_bytes(attrs)
+            if target in TARGETS:
               config = zlib.decompress(config)
             found.append((target, config))
           walk(inner.operation)
@@ -74,8 +88,8 @@ def main(capability: int) -> dict:
         lowering_platforms=("cuda",))
     exported = jax.export.export(
         jax.jit(grad), platforms=["cuda"],
-        disabled_checks=[
-            jax.export.DisabledSafetyCheck.custom_call("triton_kernel_call")],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(t)
+                         for t in TARGETS],
     )(q, kv, kv)
     serialized = exported.serialize()
     # The compile gate's PTX for the forward launch is what jax-triton embeds.

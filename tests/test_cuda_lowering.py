@@ -37,9 +37,10 @@ def test_forward_and_gradient_lower_for_cuda(capability):
   forward, gradient = result["forward"], result["gradient"]
   # The forward is one kernel; the gradient reruns it for the log-sum-exp,
   # then the preprocess (delta), dK/dV and dQ kernels.
-  assert [c["target"] for c in forward] == ["triton_kernel_call"]
+  (target,) = {c["target"] for c in forward + gradient}
+  assert target in ("triton_kernel_call", "triton_kernel_call_ffi")
   assert [c["entry"] for c in forward] == [["_attn_fwd"]]
-  assert [c["target"] for c in gradient] == ["triton_kernel_call"] * 4
+  assert len(gradient) == 4
   assert sorted(c["entry"][0] for c in gradient) == sorted(
       ["_attn_fwd", "_attn_bwd_preprocess", "_attn_bwd_dkdv", "_attn_bwd_dq"])
   assert all(c["ptx_target"] for c in forward + gradient), result
