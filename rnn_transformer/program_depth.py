@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:
+def sub_jaxprs(params: dict[str, Any]) -> list[Any]:
+  """The jaxprs nested in an equation's params (scan/cond/pjit bodies)."""
   found = []
   for value in params.values():
     for item in value if isinstance(value, (tuple, list)) else (value,):
@@ -36,7 +37,7 @@ def _is_literal(var: Any) -> bool:
 
 def _equation_depth(eqn: Any) -> int:
   name = eqn.primitive.name
-  subs = [critical_path_length(sub) for sub in _sub_jaxprs(eqn.params)]
+  subs = [critical_path_length(sub) for sub in sub_jaxprs(eqn.params)]
   if name == "scan":
     return eqn.params["length"] * max([1, *subs])
   if name == "while":

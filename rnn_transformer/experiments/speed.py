@@ -109,7 +109,7 @@ def sequential_steps(jaxpr: Any) -> int:
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0
   for eqn in jaxpr.eqns:
-    inner = [sequential_steps(sub) for sub in _sub_jaxprs(eqn.params)]
+    inner = [sequential_steps(sub) for sub in program_depth.sub_jaxprs(eqn.params)]
     if eqn.primitive.name == "scan":
       total += eqn.params["length"] * max([1, *inner])
     elif eqn.primitive.name == "cond":
@@ -117,16 +117,6 @@ def sequential_steps(jaxpr: Any) -> int:
     else:
       total += sum(inner)
   return total
-
-
-def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:
-  found = []
-  for value in params.values():
-    for item in value if isinstance(value, (tuple, list)) else (value,):
-      if hasattr(item, "eqns") or hasattr(getattr(item, "jaxpr", None),
-                                           "eqns"):
-        found.append(item)
-  return found
 
 
 def _model_config(config: ml_collections.ConfigDict,
