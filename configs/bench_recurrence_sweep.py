@@ -27,6 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "gpu":  # the range; the Transformer's n^2 needs a GPU
     config.seq_lens = (256, 1024, 4096, 16384)
     config.iters = 10
+  elif arg == "gpu_lease":  # the same range in about a minute of a GPU lease
+    config.seq_lens = (256, 1024, 4096, 16384)
+    config.iters, config.repeats = 3, 2
   elif arg == "tiny":
     config.variants = ("lstm/scan", "mingru/sequential", "mingru/associative",
                        "lru/chunked", "transformer/layer")
@@ -35,6 +38,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.chunk_size = 4
     config.iters, config.repeats = 2, 2
   elif arg is not None:
-    raise ValueError(f"config argument: expected 'tiny', 'gpu' or nothing, "
+    raise ValueError(f"config argument: expected 'tiny', 'gpu', 'gpu_lease' or nothing, "
                      f"got {arg!r}")
   return config

@@ -5,7 +5,11 @@
 # lands in one flat folder of at most 8 files:
 #
 #   env.txt  gpu_checks.log (every step's output)  attention_bench.{csv,md}
-#   bench_recurrent.{csv,md}  block_sizes_tuned.txt  compile_gate.md
+#   bench_recurrent.{csv,md}  recurrence_sweep.md  compile_gate.md
+#   (block_sizes_tuned.txt when the tune step runs)
+#
+# GPU_STEPS picks the steps (comma-separated, default all but tune), so a
+# short lease can run part of it:  GPU_STEPS=gpu_tests,compile_gate bash ...
 #
 # Usage, from the repository root:
 #   bash scripts/gpu_checks.sh [OUT_DIR]          # default: $OUT, else ./out
@@ -22,7 +26,9 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-out}}
 mkdir -p "$out"
 log="$out/gpu_checks.log"
-: "${TESTS_S:=200}" "${GATE_S:=60}" "${ATTENTION_S:=170}" "${RECURRENT_S:=60}" "${TUNE_S:=80}"
+: "${TESTS_S:=170}" "${GATE_S:=60}" "${ATTENTION_S:=130}" "${RECURRENT_S:=50}"
+: "${SWEEP_S:=70}" "${TUNE_S:=80}"
+: "${GPU_STEPS:=gpu_tests,compile_gate,attention_bench,recurrent_bench,recurrence_sweep}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -37,6 +43,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log the outcome
   local name=$1 limit=$2 start rc
   shift 2
+  [[ ",$GPU_STEPS," == *",$name,"* ]] || return 0
   start=$SECONDS
   echo "== $name (limit ${limit}s): $*" | tee -a "$log"
   timeout "$limit" "$@" 2>&1 | tee -a "$log" | tail -n 40
@@ -61,7 +68,8 @@ except m.PackageNotFoundError:
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q tests/
+step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q -rfE --durations=10 \
+  -p no:cacheprovider tests/
 # The compile gate's ptxas figures against the driver's own n_regs/n_spills.
 step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \
   --variants=plain,gqa --dtypes=bfloat16,float32 --head_dims=64,128 \
@@ -70,6 +78,8 @@ step attention_bench "$ATTENTION_S" python3 scripts/bench_attention.py \
   --seq_lens=4096,16384 --head_dims=64,128 --out_dir="$out"
 step recurrent_bench "$RECURRENT_S" python3 scripts/bench_recurrent.py \
   --output_dir="$out"
+step recurrence_sweep "$SWEEP_S" python3 scripts/bench_recurrence_sweep.py \
+  --config=configs/bench_recurrence_sweep.py:gpu_lease --output_dir="$out"
 # Forward kernel, bfloat16, head_dim 128: the row the goals name.
 step tune "$TUNE_S" python3 scripts/tune_attention.py --kernels=fwd \
   --head_dims=128 --dtypes=bfloat16 --block_ms=64,128 --block_ns=32,64,128 \
