@@ -5,6 +5,7 @@ repeated calls, so two implementations timed in one run on one device can be
 compared by their ratio.
 """
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -59,3 +60,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
            "| " + " | ".join("---" for _ in header) + " |"]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+IDLE_LOAD = 1.5  # 1-minute load average above which timings are suspect
+
+
+def load_average_report() -> str:
+  """The 1-minute load average, with a warning above `IDLE_LOAD`: timings
+  are taken only on an idle machine."""
+  load = os.getloadavg()[0]
+  report = f"load average (1 min) at start: {load:.2f}"
+  if load > IDLE_LOAD:
+    report += (f"  WARNING: above {IDLE_LOAD}; the machine is not idle and "
+               f"these timings are not figures to report")
+  return report

@@ -5,9 +5,13 @@ Each cell is a `flax.linen.RNNCellBase`, so it also runs inside
 input projection out of the time loop:
 
 * `project_inputs(x)`: `x @ W_x + b` for all gates at once, `(..., G*hidden)`;
-* `step(carry, projected)`: the recurrence, one `(hidden, G*hidden)` matmul.
+* `step(carry, projected)`: the recurrence, one `(hidden, G*hidden)` matmul
+  `recurrent_matmul(h, recurrent_kernel())` followed by `combine`, the
+  elementwise gate arithmetic.
 
-`cell(carry, x)` is `step(carry, project_inputs(x))`. Kernels are stored
+`cell(carry, x)` is `step(carry, project_inputs(x))`. `combine` takes every
+parameter it reads as an argument (`elementwise_params()`), so
+`fused_recurrence` can differentiate a whole sequence of steps by hand. Kernels are stored
 transposed, as `flax.linen.Dense` does: the seed's `W_hh h` is
 `h @ recurrent_kernel`, with the gates side by side along the last axis.
 """
@@ -43,6 +47,9 @@ class FusedGateCell(nn.RNNCellBase):
   """
   num_gates: ClassVar[int]
   carry_layout: ClassVar[str] = "h"
+  # Whether the step reads x W_x + b and h W_h only through their sum (then
+  # `gates` defines it; otherwise `combine` does).
+  additive: ClassVar[bool] = True
 
   features: int
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
@@ -88,8 +95,68 @@ class FusedGateCell(nn.RNNCellBase):
           f"inputs: expected {kernel.shape[0]} features (the size the params "
           f"were built for) on the last axis, got shape {inputs.shape}")
 
-  def step(self, carry: Carry, projected_inputs: Array) -> tuple[Carry, Array]:
+  def recurrent_kernel(self) -> Array:
+    """The fused `(H, G*H)` recurrent kernel W_h (created on first use)."""
+    if self.is_initializing() and not self.recurrent_projection.has_variable(
+        "params", "kernel"):
+      self.recurrent_projection(jnp.zeros((1, self.features), self.param_dtype))
+    return self.recurrent_projection.variables["params"]["kernel"]
+
+  def input_weights(self, inputs: Array) -> tuple[Array, Array]:
+    """The fused `(in, G*H)` input kernel W_x and `(G*H,)` bias b, created
+    on first use from `inputs: (..., in)`."""
+    self._check_input_features(inputs)
+    if self.is_initializing() and not self.input_projection.has_variable(
+        "params", "kernel"):
+      self.input_projection(jnp.zeros((1, inputs.shape[-1]), self.param_dtype))
+    params = self.input_projection.variables["params"]
+    return params["kernel"], params["bias"]
+
+  @nn.nowrap
+  def input_matmul(self, x: Array, kernel: Array, bias: Array) -> Array:
+    """`x: (..., in) @ kernel + bias`, as the `input_projection` Dense."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    return self._matmul(x, kernel) + bias
+
+  @nn.nowrap
+  def recurrent_matmul(self, h: Array, kernel: Array) -> Array:
+    """`h: (..., H) @ kernel: (H, G*H)` in the cell's compute dtype, as the
+    `recurrent_projection` Dense computes it."""
+    h, kernel = nn.dtypes.promote_dtype(h, kernel, dtype=self.dtype)
+    return self._matmul(h, kernel)
+
+  @nn.nowrap
+  def _matmul(self, x: Array, kernel: Array) -> Array:
+    return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                               precision=self.precision)
+
+  def elementwise_params(self) -> tuple[Array, ...]:
+    """Parameters `combine` reads besides the two matmuls (none here)."""
+    return ()
+
+  @nn.nowrap
+  def combine(self, carry: Carry, projected_inputs: Array, recurrent: Array,
+              params: tuple[Array, ...]) -> tuple[Carry, Array]:
+    """The elementwise part of a step: gates from `projected_inputs` (x W_x +
+    b) and `recurrent` (h W_h), both `(..., G*H)`; returns `(carry, output)`.
+    For an `additive` cell, `gates` of their sum.
+    """
+    return self.gates(carry, projected_inputs + recurrent, params)
+
+  @nn.nowrap
+  def gates(self, carry: Carry, preactivations: Array,
+            params: tuple[Array, ...]) -> tuple[Carry, Array]:
+    """`additive` cells: the step from the summed `(..., G*H)` gate
+    pre-activations x W_x + b + h W_h."""
     raise NotImplementedError
+
+  def step(self, carry: Carry, projected_inputs: Array) -> tuple[Carry, Array]:
+    """One step from projected inputs `(..., G*H)`; returns `(carry, output)`."""
+    h = jax.tree.leaves(carry)[-1]
+    recurrent = self.recurrent_matmul(h, self.recurrent_kernel())
+    return self.combine(carry, projected_inputs, recurrent,
+                        self.elementwise_params())
 
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
     """One time step: `inputs: (..., in)`; returns `(new_carry, output)`."""
@@ -138,8 +205,11 @@ class SimpleRNNCell(FusedGateCell):
   num_gates: ClassVar[int] = 1
   activation_fn: Callable[[Array], Array] = jnp.tanh
 
-  def step(self, carry: Array, projected_inputs: Array) -> tuple[Array, Array]:
-    h = self.activation_fn(projected_inputs + self.recurrent_projection(carry))
+  @nn.nowrap
+  def gates(self, carry: Array, preactivations: Array,
+            params: tuple[Array, ...]) -> tuple[Array, Array]:
+    del params
+    h = self.activation_fn(preactivations)
     h = h.astype(carry.dtype)  # the carry keeps its dtype under bf16 compute
     return h, h
 
@@ -167,11 +237,12 @@ class LSTMCell(FusedGateCell):
     hidden = self.features
     return bias.at[hidden:2 * hidden].add(jnp.asarray(self.forget_bias, dtype))
 
-  def step(self, carry: tuple[Array, Array],
-           projected_inputs: Array) -> tuple[tuple[Array, Array], Array]:
-    c, h = carry
-    z = projected_inputs + self.recurrent_projection(h)
-    i, f, g, o = jnp.split(z, 4, axis=-1)
+  @nn.nowrap
+  def gates(self, carry: tuple[Array, Array], preactivations: Array,
+            params: tuple[Array, ...]) -> tuple[tuple[Array, Array], Array]:
+    del params
+    c, _ = carry
+    i, f, g, o = jnp.split(preactivations, 4, axis=-1)
     c = self.gate_fn(f) * c + self.gate_fn(i) * self.activation_fn(g)
     h = self.gate_fn(o) * self.activation_fn(c)
     return (c, h), h
@@ -198,6 +269,7 @@ class GRUCell(FusedGateCell):
   Carry: `h: (..., H)`; output: `h`.
   """
   num_gates: ClassVar[int] = 3
+  additive: ClassVar[bool] = False  # r multiplies h W_hn + b_hn only
   gate_fn: Callable[[Array], Array] = jax.nn.sigmoid
   activation_fn: Callable[[Array], Array] = jnp.tanh
 
@@ -206,12 +278,18 @@ class GRUCell(FusedGateCell):
     self.candidate_bias = self.param("candidate_bias", self.bias_init,
                                      (self.features,), self.param_dtype)
 
-  def step(self, carry: Array, projected_inputs: Array) -> tuple[Array, Array]:
+  def elementwise_params(self) -> tuple[Array]:
+    return (self.candidate_bias,)
+
+  @nn.nowrap
+  def combine(self, carry: Array, projected_inputs: Array, recurrent: Array,
+              params: tuple[Array]) -> tuple[Array, Array]:
+    (candidate_bias,) = params
     h = carry
     x_r, x_z, x_n = jnp.split(projected_inputs, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(self.recurrent_projection(h), 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(recurrent, 3, axis=-1)
     r = self.gate_fn(x_r + h_r)
     z = self.gate_fn(x_z + h_z)
-    n = self.activation_fn(x_n + r * (h_n + self.candidate_bias))
+    n = self.activation_fn(x_n + r * (h_n + candidate_bias))
     h = (1.0 - z) * n + z * h
     return h, h

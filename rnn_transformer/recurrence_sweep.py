@@ -20,7 +20,6 @@ Depth is `program_depth.critical_path_length` of the traced program and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,6 +191,3 @@ def format_fastest(rows: Sequence[dict[str, Any]]) -> str:
        for layer, n, best, table in fastest_methods(rows)])
 
 
-def load_average() -> float:
-  """1-minute load average; measure on an idle machine (below 1.5)."""
-  return os.getloadavg()[0]

@@ -9,23 +9,69 @@ slow" is explicit.
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from rnn_transformer import fused_recurrence
 from rnn_transformer import linear_recurrence
 from rnn_transformer import validation
 
 Array = jax.Array
 Carry = Any
 
-# Whether hoisting the input projection of all steps out of the scan (one
-# (batch*time, in) x (in, G*H) matmul) beats projecting inside each step, by
-# backend. CPU measured by scripts/bench_recurrent.py (BUILD_NOTES.md); GPU and
-# TPU not measured yet, set as cuDNN does.
-HOIST_INPUT_PROJECTION_BY_BACKEND = {"cpu": True, "gpu": True, "tpu": True}
+class Defaults(NamedTuple):
+  """How `RNN` runs a fused-gate cell when the caller does not say."""
+  hoist_input_projection: bool  # one (batch*time, in) x (in, G*H) matmul
+  defer_weight_gradients: bool  # fused_recurrence's backward
+  evidence: str  # the measurement behind the choice
+
+
+_CPU = "2-core x86-64 (AVX-512), jax 0.10.2, 2026-11-27, BUILD_NOTES.md"
+_GPU = ("H100, jax 0.11.2, 2026-11-27, B32 T256 H256 fwd+bwd, "
+        "docs/results/gpu_h100/bench_recurrent.csv")
+
+# By `jax.default_backend()`, then by cell class (the first name in the
+# cell's MRO that has a row; "*" otherwise). Each row from
+# scripts/bench_recurrent.py on an idle machine (BUILD_NOTES.md, "Recurrent
+# layers against flax"), as flax / this at B32 T256 H256.
+DEFAULTS_BY_BACKEND: dict[str, dict[str, Defaults]] = {
+    "cpu": {  # flax / this at (B32 T256 H256), (B8 T1024 H128), (B64 T128 H512)
+        "SimpleRNNCell": Defaults(True, True, (
+            f"{_CPU}: hoisted + deferred 1.46, 1.74, 1.02x flax; hoisted 1.14,"
+            f" 1.31, 0.98x; per-step 0.96, 1.00, 1.01x")),
+        "LSTMCell": Defaults(False, True, (
+            f"{_CPU}: per-step + deferred 1.00, 1.59, 0.97x flax; per-step "
+            f"0.98, 0.84, 0.98x; hoisted 0.91, 1.18, 0.91x; hoisted + "
+            f"deferred 0.84, 1.46, 0.88x")),
+        "GRUCell": Defaults(False, False, (
+            f"{_CPU}: per-step 1.10, 1.02, 1.03x flax; per-step + deferred "
+            f"1.02, 1.63, 0.93x; hoisted 1.07, 1.47, 0.95x")),
+        "*": Defaults(False, False, "not measured; per-step, as flax runs"),
+    },
+    "gpu": {"*": Defaults(True, False, (
+        f"{_GPU}: hoisted 1.35/1.73/1.51x flax (rnn/lstm/gru), per-step "
+        f"1.01/1.22/1.18x; deferred weight gradients not measured on a GPU"))},
+    "tpu": {"*": Defaults(True, False, "not measured; hoisted as cuDNN does")},
+}
+
+
+def backend_defaults(cell: Any = None, backend: str | None = None) -> Defaults:
+  """The `DEFAULTS_BY_BACKEND` row for `cell` on `backend` (default: jax's)."""
+  backend = jax.default_backend() if backend is None else backend
+  if backend not in DEFAULTS_BY_BACKEND:
+    raise ValueError(
+        f"backend: expected one of {sorted(DEFAULTS_BY_BACKEND)} (the RNN "
+        f"defaults table), got {backend!r}; pass hoist_input_projection= and "
+        f"defer_weight_gradients= explicitly")
+  rows = DEFAULTS_BY_BACKEND[backend]
+  for cls in type(cell).__mro__:
+    if cls.__name__ in rows:
+      return rows[cls.__name__]
+  return rows["*"]
 
 
 def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:
@@ -44,27 +90,6 @@ def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:
   return jnp.take_along_axis(x, index, axis=1)
 
 
-def _where_batch(mask: Array, on_true: Any, on_false: Any) -> Any:
-  """Per-example select between two carries; `mask: (batch,)`."""
-  def select(a, b):
-    return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
-  return jax.tree.map(select, on_true, on_false)
-
-
-def _add_to_hidden(carry: Carry, output: Array,
-                   perturbation: Array) -> tuple[Carry, Array]:
-  """Adds `perturbation` to the hidden state h (the last carry leaf).
-
-  Every cell here and in flax outputs its hidden state, so the output gets
-  the same perturbation: the perturbed h feeds both the next step and the
-  loss, and d loss / d perturbation_t is the total derivative dL/dh_t.
-  """
-  if isinstance(carry, tuple):
-    *rest, h = carry
-    return (*rest, h + perturbation), output + perturbation
-  return carry + perturbation, output + perturbation
-
-
 def _check_carry(initial_carry: Carry, expected: Carry) -> None:
   got = jax.tree.map(jnp.shape, initial_carry)
   want = jax.tree.map(jnp.shape, expected)
@@ -78,6 +103,18 @@ def _check_carry(initial_carry: Carry, expected: Carry) -> None:
 class RNN(nn.Module):
   """Runs `cell` over the time axis of `(batch, time, features)` inputs.
 
+  A drop-in for `flax.linen.RNN`, with these differences:
+
+  * padding (steps t >= `seq_lengths`) keeps the carry and outputs zeros,
+    where flax computes through it and selects the carry afterwards;
+  * `reverse` flips each sequence within its length and leaves the padding
+    in place at the end; flax's `flip_sequences` reverses the padding too
+    (`[x0, x1, pad0, pad1]` -> ours `[x1, x0, pad0, pad1]`, flax's
+    `[x1, x0, pad1, pad0]`), which only matters to a cell that reads padding;
+  * a zero-length sequence returns its initial carry unchanged; flax returns
+    the carry after the last padded step (index `seq_lengths - 1 = -1`);
+  * `reset` masks and `state_perturbation` (for gradient-flow experiments).
+
   Attributes:
     cell: any `flax.linen.RNNCellBase`, e.g. `SimpleRNNCell`, `LSTMCell`,
       `GRUCell` or one of flax's own cells.
@@ -86,11 +123,21 @@ class RNN(nn.Module):
     keep_order: with `reverse`, return outputs in input order rather than in
       processing order.
     return_carry: return `(final_carry, outputs)` instead of `outputs`.
+    time_major: inputs and outputs are `(time, *batch, features)` (and the
+      `reset`/`state_perturbation` masks `(time, *batch, ...)`), as in flax.
+    num_batch_dims: leading batch axes, as flax's `num_batch_dims`: inputs
+      `(*batch, time, features)`, `seq_lengths` `(*batch,)`, carry leaves
+      `(*batch, hidden)`.
     unroll: steps unrolled per scan iteration (`jax.lax.scan`'s `unroll`).
     hoist_input_projection: compute the input projection of all steps as one
       matmul before the scan. Needs a cell with `project_inputs`/`step` (the
-      cells of this library). None: per backend, by measurement
-      (`HOIST_INPUT_PROJECTION_BY_BACKEND`), and never for other cells.
+      cells of this library). None: per backend (`DEFAULTS_BY_BACKEND`), and
+      never for other cells.
+    defer_weight_gradients: for a `FusedGateCell`, differentiate with
+      `fused_recurrence`'s backward: the reverse loop keeps dh_{t-1} = du_t
+      W_h^T (and dx_t when not hoisted), and dW_h, dW_x, db are one matmul
+      each over all steps, as cuDNN does. None: per backend
+      (`DEFAULTS_BY_BACKEND`) where it applies.
     scan_method: for cells with a linear recurrence (`MinGRU`, `MinLSTM`,
       `LRU`: they have `scan_over_time`), "associative", "chunked" or
       "sequential" (see `linear_recurrence.linear_scan`); None: per backend
@@ -102,8 +149,11 @@ class RNN(nn.Module):
   reverse: bool = False
   keep_order: bool = False
   return_carry: bool = False
+  time_major: bool = False
+  num_batch_dims: int = 1
   unroll: int = 1
   hoist_input_projection: bool | None = None
+  defer_weight_gradients: bool | None = None
   scan_method: str | None = None
   chunk_size: int = linear_recurrence.DEFAULT_CHUNK_SIZE
 
@@ -111,13 +161,25 @@ class RNN(nn.Module):
     splittable = hasattr(self.cell, "project_inputs") and hasattr(
         self.cell, "step")
     if self.hoist_input_projection is None:
-      return splittable and HOIST_INPUT_PROJECTION_BY_BACKEND.get(
-          jax.default_backend(), True)
+      return splittable and backend_defaults(
+          self.cell).hoist_input_projection
     if self.hoist_input_projection and not splittable:
       raise ValueError(
           f"hoist_input_projection=True needs a cell with project_inputs() and "
           f"step(); {type(self.cell).__name__} has neither")
     return self.hoist_input_projection
+
+  def _should_defer(self) -> bool:
+    fused = all(hasattr(self.cell, name) for name in (
+        "combine", "recurrent_kernel", "input_weights"))
+    if self.defer_weight_gradients is None:
+      return fused and backend_defaults(self.cell).defer_weight_gradients
+    if self.defer_weight_gradients and not fused:
+      raise ValueError(
+          f"defer_weight_gradients=True needs a cell with input_weights(), "
+          f"recurrent_kernel() and combine() (a FusedGateCell); got "
+          f"{type(self.cell).__name__}")
+    return self.defer_weight_gradients
 
   @nn.compact
   def __call__(
@@ -136,14 +198,15 @@ class RNN(nn.Module):
     """Applies the cell at every step.
 
     Args:
-      inputs: `(batch, time, features)`, floating.
+      inputs: `(batch, time, features)`, floating (`(time, batch, features)`
+        with `time_major`; `batch` is `num_batch_dims` axes).
       initial_carry: the carry before the first step, e.g. the final carry of
         the previous chunk for truncated backpropagation through time.
         Default: `cell.initialize_carry` (zeros).
       init_key: key for `cell.initialize_carry` when `initial_carry` is None.
       seq_lengths: `(batch,)` integers in [0, time]. Steps at t >= length keep
         the carry unchanged and output zeros, so the final carry is the carry
-        after each sequence's own last step.
+        after each sequence's own last step (the initial carry for length 0).
       reset: `(batch, time)` bool. Where true, the carry is re-initialised to
         the default initial carry before that step: packed sequences, each
         starting at a reset. With `reverse`, a sequence's reset marks its
@@ -160,14 +223,20 @@ class RNN(nn.Module):
     keep_order = self.keep_order if keep_order is None else keep_order
     return_carry = self.return_carry if return_carry is None else return_carry
 
-    validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
+    layout = _Layout.of(inputs, self.num_batch_dims, self.time_major)
+    inputs = layout.to_canonical(inputs)
     validation.check_floating("inputs", inputs)
     validation.check_time("inputs", inputs)
     batch, time = inputs.shape[:2]
     if seq_lengths is not None:
+      seq_lengths = layout.batch_vector("seq_lengths", seq_lengths)
       validation.check_seq_lengths(seq_lengths, batch, time)
     if reset is not None:
-      validation.check_mask("reset", reset, (batch, time), "(batch, time)")
+      validation.check_mask("reset", reset, layout.shape(()),
+                            layout.describe(""))
+      reset = layout.to_canonical(reset)
+    if initial_carry is not None:
+      initial_carry = layout.carry_to_canonical(initial_carry)
 
     default_carry = self.cell.initialize_carry(
         jax.random.key(0) if init_key is None else init_key, inputs[:, 0].shape)
@@ -177,13 +246,26 @@ class RNN(nn.Module):
       _check_carry(initial_carry, default_carry)
     if state_perturbation is not None:
       hidden = jax.tree.leaves(default_carry)[-1].shape[-1]
-      validation.check_rank("state_perturbation", state_perturbation, 3,
-                            "(batch, time, hidden)")
-      if state_perturbation.shape != (batch, time, hidden):
+      validation.check_rank("state_perturbation", state_perturbation,
+                            len(layout.shape((hidden,))),
+                            layout.describe(", hidden"))
+      if state_perturbation.shape != layout.shape((hidden,)):
         raise ValueError(
-            f"state_perturbation: expected shape (batch, time, hidden) = "
-            f"{(batch, time, hidden)}, got {state_perturbation.shape}")
+            f"state_perturbation: expected shape {layout.describe(', hidden')}"
+            f" = {layout.shape((hidden,))}, got {state_perturbation.shape}")
+      state_perturbation = layout.to_canonical(state_perturbation)
 
+    final_carry, outputs = self._run(
+        inputs, initial_carry, default_carry, seq_lengths, reset,
+        state_perturbation, reverse, keep_order)
+    outputs = layout.from_canonical(outputs)
+    final_carry = layout.carry_from_canonical(final_carry)
+    return (final_carry, outputs) if return_carry else outputs
+
+  def _run(self, inputs, initial_carry, default_carry, seq_lengths, reset,
+           state_perturbation, reverse, keep_order):
+    """The recurrence over `(batch, time, features)`; see `__call__`."""
+    batch, time = inputs.shape[:2]
     if hasattr(self.cell, "scan_over_time"):
       if state_perturbation is not None:
         raise ValueError(
@@ -195,7 +277,7 @@ class RNN(nn.Module):
           chunk_size=self.chunk_size)
       if reverse and not keep_order:  # processing order, as below
         outputs = flip_sequences(outputs, seq_lengths)
-      return (final_carry, outputs) if return_carry else outputs
+      return final_carry, outputs
     if self.scan_method is not None:
       raise ValueError(
           f"scan_method: only cells with a linear recurrence (MinGRU, "
@@ -213,8 +295,11 @@ class RNN(nn.Module):
           [reset[:, 1:], jnp.zeros_like(reset[:, :1])], axis=1)
       if seq_lengths is not None:  # a reset in the padding restarts nothing
         reset = reset & (jnp.arange(time)[None, :] + 1 < seq_lengths[:, None])
+    elif reset is not None and valid is not None:
+      reset = reset & valid  # nor in forward time: the final carry stays
 
     hoist = self._should_hoist()
+    defer = self._should_defer()
     step_inputs = self.cell.project_inputs(inputs) if hoist else inputs
     if reverse:
       step_inputs, reset, state_perturbation = (
@@ -228,30 +313,114 @@ class RNN(nn.Module):
     xs = tuple(time_major(x)
                for x in (step_inputs, valid, reset, state_perturbation))
 
-    def body(cell, carry, xs_t, reset_carry):
-      x_t, valid_t, reset_t, perturbation_t = xs_t
-      if reset_t is not None:
-        carry = _where_batch(reset_t, reset_carry, carry)
-      new_carry, y = (cell.step if hoist else cell)(carry, x_t)
-      if perturbation_t is not None:
-        new_carry, y = _add_to_hidden(new_carry, y, perturbation_t)
-      if valid_t is not None:
-        new_carry = _where_batch(valid_t, new_carry, carry)
-        y = jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
-      return new_carry, y
+    if defer:
+      final_carry, outputs = fused_recurrence.scan(
+          self.cell, self.cell.recurrent_kernel(),
+          self.cell.elementwise_params(), xs[0], initial_carry, default_carry,
+          input_weights=None if hoist else self.cell.input_weights(inputs),
+          valid=xs[1], reset=xs[2], perturbation=xs[3], unroll=self.unroll)
+    else:
+      def body(cell, carry, xs_t, reset_carry):
+        x_t, valid_t, reset_t, perturbation_t = xs_t
+        if reset_t is not None:
+          carry = fused_recurrence.select_batch(reset_t, reset_carry, carry)
+        new_carry, y = (cell.step if hoist else cell)(carry, x_t)
+        if perturbation_t is not None:
+          new_carry, y = fused_recurrence.add_to_hidden(new_carry, y,
+                                                        perturbation_t)
+        if valid_t is not None:
+          new_carry = fused_recurrence.select_batch(valid_t, new_carry, carry)
+          y = jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
+        return new_carry, y
 
-    scan = nn.scan(
-        body,
-        variable_broadcast="params",
-        split_rngs={"params": False},
-        in_axes=(0, nn.broadcast),
-        out_axes=0,
-        unroll=self.unroll)
-    final_carry, outputs = scan(self.cell, initial_carry, xs, default_carry)
+      scan = nn.scan(
+          body,
+          variable_broadcast="params",
+          split_rngs={"params": False},
+          in_axes=(0, nn.broadcast),
+          out_axes=0,
+          unroll=self.unroll)
+      final_carry, outputs = scan(self.cell, initial_carry, xs, default_carry)
     outputs = jnp.swapaxes(outputs, 0, 1)
     if reverse and keep_order:
       outputs = flip_sequences(outputs, seq_lengths)
-    return (final_carry, outputs) if return_carry else outputs
+    return final_carry, outputs
+
+
+class _Layout(NamedTuple):
+  """`RNN`'s user-facing layout, `(*batch, time, ...)` or `(time, *batch,
+  ...)`, and the canonical `(batch, time, ...)` it runs in."""
+  batch_shape: tuple[int, ...]
+  time: int
+  time_major: bool
+
+  @classmethod
+  def of(cls, inputs: Array, num_batch_dims: int,
+         time_major: bool) -> "_Layout":
+    validation.check_int("num_batch_dims", num_batch_dims)
+    layout = ("(time, " if time_major else "(") + (
+        "batch" if num_batch_dims == 1 else f"{num_batch_dims} batch axes") + (
+            ", features)" if time_major else ", time, features)")
+    validation.check_rank("inputs", inputs, num_batch_dims + 2, layout)
+    shape = np.shape(inputs)
+    if time_major:
+      return cls(tuple(shape[1:-1]), shape[0], True)
+    return cls(tuple(shape[:-2]), shape[-2], False)
+
+  @property
+  def batch(self) -> int:
+    return int(np.prod(self.batch_shape, dtype=np.int64))
+
+  def shape(self, trailing: tuple[int, ...]) -> tuple[int, ...]:
+    """The user-facing shape of a per-step array with `trailing` axes."""
+    if self.time_major:
+      return (self.time, *self.batch_shape, *trailing)
+    return (*self.batch_shape, self.time, *trailing)
+
+  def describe(self, trailing: str) -> str:
+    batch = "batch" if len(self.batch_shape) == 1 else "*batch"
+    return (f"(time, {batch}{trailing})" if self.time_major
+            else f"({batch}, time{trailing})")
+
+  def to_canonical(self, x: Array) -> Array:
+    """User layout -> `(batch, time, ...)`."""
+    nb = len(self.batch_shape)
+    if self.time_major:
+      x = jnp.moveaxis(x, 0, nb)
+    return x.reshape((self.batch, self.time) + x.shape[nb + 1:])
+
+  def from_canonical(self, x: Array) -> Array:
+    """`(batch, time, ...)` -> user layout."""
+    x = x.reshape(self.batch_shape + x.shape[1:])
+    return jnp.moveaxis(x, len(self.batch_shape), 0) if self.time_major else x
+
+  def batch_vector(self, name: str, x: Array) -> Array:
+    """A `(*batch,)` array flattened to `(batch,)`."""
+    if len(self.batch_shape) > 1:
+      if np.shape(x) != self.batch_shape:
+        raise ValueError(f"{name}: expected shape (*batch,) = "
+                         f"{self.batch_shape}, got {np.shape(x)}")
+      return jnp.reshape(x, (self.batch,))
+    return x
+
+  def carry_to_canonical(self, carry: Carry) -> Carry:
+    if len(self.batch_shape) == 1:
+      return carry
+    nb = len(self.batch_shape)
+
+    def flat(leaf):
+      if np.shape(leaf)[:nb] != self.batch_shape:
+        raise ValueError(
+            f"initial_carry: expected leaves of shape (*batch, ...) with batch"
+            f" = {self.batch_shape}, got {jax.tree.map(np.shape, carry)}")
+      return jnp.reshape(leaf, (self.batch,) + np.shape(leaf)[nb:])
+    return jax.tree.map(flat, carry)
+
+  def carry_from_canonical(self, carry: Carry) -> Carry:
+    if len(self.batch_shape) == 1:
+      return carry
+    return jax.tree.map(
+        lambda leaf: leaf.reshape(self.batch_shape + leaf.shape[1:]), carry)
 
 
 def concatenate_features(forward: Array, backward: Array) -> Array:

@@ -1,10 +1,12 @@
 """Forward+backward time of our recurrent layers against flax.linen.RNN.
 
 Used by scripts/bench_recurrent.py. Every variant runs the same sizes in one
-process on one device, jitted, timed after compilation; the table reports
-each variant's time and `flax / ours` (> 1 means ours is faster).
+process on one device, jitted, timed after compilation, round-robin, and the
+whole comparison repeats; the table reports each variant's median time and
+`flax / ours` (> 1 means ours is faster) with its spread over repeats.
 """
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from rnn_transformer import benchmarking
+from rnn_transformer import validation
 from rnn_transformer.cells import GRUCell, LSTMCell, SimpleRNNCell
-from rnn_transformer.recurrent import RNN
+from rnn_transformer.recurrent import RNN, backend_defaults
 
 # cell name -> (our cell, flax's fastest equivalent cell)
 CELLS: dict[str, tuple[type, type]] = {
@@ -60,8 +63,38 @@ def _cudnn_lstm_variant(config, x: jax.Array) -> Callable[..., Any]:
   return lambda: step(weights.astype(x.dtype), x)
 
 
+# label -> RNN options; "default" is whatever DEFAULTS_BY_BACKEND picks here.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ours (per-step projection)": dict(hoist_input_projection=False,
+                                       defer_weight_gradients=False),
+    "ours (hoisted)": dict(hoist_input_projection=True,
+                           defer_weight_gradients=False),
+    "ours (hoisted, deferred weight gradients)": dict(
+        hoist_input_projection=True, defer_weight_gradients=True),
+    "ours (per-step projection, deferred weight gradients)": dict(
+        hoist_input_projection=False, defer_weight_gradients=True),
+}
+REFERENCE = "flax.linen.RNN"
+
+
+def default_label(cell: str) -> str:
+  """The `VARIANTS` label `RNN(cell)` runs by default on this backend."""
+  defaults = backend_defaults(CELLS[cell][0](1))
+  options = dict(hoist_input_projection=defaults.hoist_input_projection,
+                 defer_weight_gradients=defaults.defer_weight_gradients)
+  (label,) = [label for label, o in VARIANTS.items() if o == options]
+  return label
+
+
 def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """Times every variant of every cell in `config.cells`; one row each."""
+  """Times every variant of every cell in `config.cells`; one row each.
+
+  The variants of a cell run round-robin (`interleaved_median_seconds`), and
+  the whole comparison is repeated `config.repeats` times: each row gives the
+  median over repeats of each repeat's median time, and of `flax / this`,
+  with the ratio's min-max spread.
+  """
+  validation.check_int("config.repeats", config.repeats)
   dtype = jnp.dtype(config.dtype)
   x = jax.random.normal(jax.random.key(1), (config.batch, config.time,
                                             config.input_size), dtype)
@@ -71,30 +104,36 @@ def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       raise ValueError(f"config.cells: expected names from {sorted(CELLS)}, "
                        f"got {name!r}")
     ours, theirs = CELLS[name]
-    variants = {
-        "flax.linen.RNN": nn.RNN(theirs(config.hidden_size, dtype=dtype),
-                                 unroll=config.unroll),
-        "ours": RNN(ours(config.hidden_size, dtype=dtype), unroll=config.unroll,
-                    hoist_input_projection=False),
-        "ours (hoisted input projection)": RNN(
-            ours(config.hidden_size, dtype=dtype), unroll=config.unroll,
-            hoist_input_projection=True),
-    }
+    layers = {REFERENCE: nn.RNN(theirs(config.hidden_size, dtype=dtype),
+                                unroll=config.unroll)}
+    layers.update({
+        label: RNN(ours(config.hidden_size, dtype=dtype), unroll=config.unroll,
+                   **options) for label, options in VARIANTS.items()})
     calls = {label: _layer_variant(layer, x) for label, layer in
-             variants.items()}
+             layers.items()}
     if name == "lstm" and jax.default_backend() == "gpu":
       calls["jax.experimental.rnn (cuDNN)"] = _cudnn_lstm_variant(config, x)
-    times = benchmarking.interleaved_median_seconds(
-        calls, warmup=config.warmup, iters=config.iters)
-    reference = times["flax.linen.RNN"]
-    for label, seconds in times.items():
-      rows.append(dict(cell=name, implementation=label, ms=1e3 * seconds,
-                       flax_over_this=reference / seconds))
+    seconds = {label: [] for label in calls}
+    for repeat in range(config.repeats):
+      times = benchmarking.interleaved_median_seconds(
+          calls, warmup=config.warmup if repeat == 0 else 0,
+          iters=config.iters)
+      for label, t in times.items():
+        seconds[label].append(t)
+    for label, samples in seconds.items():
+      ratios = [ref / t for ref, t in zip(seconds[REFERENCE], samples)]
+      rows.append(dict(
+          cell=name, implementation=label,
+          default=label == default_label(name),
+          ms=1e3 * statistics.median(samples),
+          flax_over_this=statistics.median(ratios),
+          ratio_min=min(ratios), ratio_max=max(ratios)))
   return rows
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
   return benchmarking.markdown_table(
-      ["cell", "implementation", "fwd+bwd ms", "flax / this"],
-      [(r["cell"], r["implementation"], f"{r['ms']:.2f}",
-        f"{r['flax_over_this']:.2f}") for r in rows])
+      ["cell", "implementation", "fwd+bwd ms", "flax / this", "spread"],
+      [(r["cell"], r["implementation"] + (" [default]" if r["default"] else ""),
+        f"{r['ms']:.2f}", f"{r['flax_over_this']:.2f}",
+        f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}") for r in rows])

@@ -3,8 +3,11 @@ r"""Benchmarks the recurrent layers against flax.linen.RNN (forward+backward).
     python scripts/bench_recurrent.py                       # batch 32, time 256, 256 -> 256
     python scripts/bench_recurrent.py --config.time=1024 --output_dir=/tmp/bench
 
-Prints a Markdown table with milliseconds per forward+backward step and the
-ratio flax / ours; with --output_dir also writes bench_recurrent.{csv,md}.
+Prints the load average (timings count only below 1.5), then a Markdown table
+with milliseconds per forward+backward step and the ratio flax / ours, the
+median over `--config.repeats` interleaved comparisons with its min-max
+spread; "[default]" marks what `RNN()` runs on this backend. With
+--output_dir also writes bench_recurrent.{csv,md}.
 """
 
 import csv
@@ -29,11 +32,14 @@ _OUTPUT_DIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
+  load = benchmarking.load_average_report()
+  print(load, flush=True)
   rows = recurrent_benchmark.run(_CONFIG.value)
   config = _CONFIG.value
   title = (f"{benchmarking.device_description()}; batch {config.batch}, "
            f"time {config.time}, input {config.input_size}, hidden "
-           f"{config.hidden_size}, {config.dtype}")
+           f"{config.hidden_size}, {config.dtype}; {config.repeats} repeats x "
+           f"{config.iters} rounds; {load}")
   table = recurrent_benchmark.format_rows(rows)
   print(title)
   print(table)

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from rnn_transformer import recurrent_benchmark
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -24,16 +26,23 @@ def test_bench_recurrent_script_writes_a_row_per_variant(tmp_path):
                        f"--output_dir={tmp_path}", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "| lstm | flax.linen.RNN |" in result.stdout
+  assert "load average (1 min) at start:" in result.stdout
   with open(tmp_path / "bench_recurrent.csv") as f:
     rows = list(csv.DictReader(f))
+  labels = ["flax.linen.RNN", *recurrent_benchmark.VARIANTS]
   assert [(r["cell"], r["implementation"]) for r in rows] == [
-      ("lstm", "flax.linen.RNN"), ("lstm", "ours"),
-      ("lstm", "ours (hoisted input projection)"),
-      ("gru", "flax.linen.RNN"), ("gru", "ours"),
-      ("gru", "ours (hoisted input projection)")]
+      (cell, label) for cell in ("lstm", "gru") for label in labels]
   assert all(float(r["ms"]) > 0 for r in rows)
+  for r in rows:
+    assert (float(r["ratio_min"]) <= float(r["flax_over_this"])
+            <= float(r["ratio_max"]))
   flax_rows = [r for r in rows if r["implementation"] == "flax.linen.RNN"]
   assert all(float(r["flax_over_this"]) == 1.0 for r in flax_rows)
+  # Exactly one of our variants per cell is what RNN() runs by default.
+  for cell in ("lstm", "gru"):
+    defaults = [r["implementation"] for r in rows
+                if r["cell"] == cell and r["default"] == "True"]
+    assert defaults == [recurrent_benchmark.default_label(cell)]
 
 
 def test_bench_recurrent_rejects_an_unknown_cell(tmp_path):
