@@ -16,11 +16,14 @@ samples from any causal one through its decode cache.
 Recurrences linear in the hidden state (`MinGRU`, `MinLSTM`, `LRU`) are cells
 too, and `RNN` runs them over time in parallel with
 `linear_recurrence.linear_scan` (associative, chunked or sequential).
+Nonlinear cells run in parallel over time too, by Newton iterations
+(DEER / quasi-DEER): `newton_scan` / `newton_rnn` in `newton_recurrence`.
 """
 
 from rnn_transformer import gradient_flow
 from rnn_transformer import initializers
 from rnn_transformer import linear_recurrence
+from rnn_transformer import newton_recurrence
 from rnn_transformer.attention import MultiHeadAttention
 from rnn_transformer.backbones import build_backbone
 from rnn_transformer.backbones import RecurrentBackbone
@@ -38,6 +41,9 @@ from rnn_transformer.linear_rnn import MinGRU
 from rnn_transformer.linear_rnn import MinLSTM
 from rnn_transformer.model_config import BackboneOutput
 from rnn_transformer.model_config import ModelConfig
+from rnn_transformer.newton_recurrence import newton_rnn
+from rnn_transformer.newton_recurrence import newton_scan
+from rnn_transformer.newton_recurrence import NewtonInfo
 from rnn_transformer.positional import LearnedPositionEmbedding
 from rnn_transformer.positional import rotary_position_embedding
 from rnn_transformer.positional import sinusoidal_position_encoding
@@ -67,6 +73,7 @@ __all__ = [
     "MinLSTM",
     "ModelConfig",
     "MultiHeadAttention",
+    "NewtonInfo",
     "RNN",
     "RecurrentBackbone",
     "SimpleRNNCell",
@@ -83,6 +90,9 @@ __all__ = [
     "linear_recurrence",
     "linear_scan",
     "log_linear_scan",
+    "newton_recurrence",
+    "newton_rnn",
+    "newton_scan",
     "rotary_position_embedding",
     "sinusoidal_position_encoding",
     "spectral_radius",
