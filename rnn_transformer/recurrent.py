@@ -39,17 +39,18 @@ _GPU = ("H100, jax 0.11.2, 2026-11-27, B32 T256 H256 fwd+bwd, "
 # scripts/bench_recurrent.py on an idle machine (BUILD_NOTES.md, "Recurrent
 # layers against flax"), as flax / this at B32 T256 H256.
 DEFAULTS_BY_BACKEND: dict[str, dict[str, Defaults]] = {
-    "cpu": {  # flax / this at (B32 T256 H256), (B8 T1024 H128), (B64 T128 H512)
+    "cpu": {  # flax / this at (B32 T256 H256), (B8 T1024 H128), (B64 T128 H512),
+        # median of 3 repeats; spreads in BUILD_NOTES.md
         "SimpleRNNCell": Defaults(True, True, (
-            f"{_CPU}: hoisted + deferred 1.46, 1.74, 1.02x flax; hoisted 1.14,"
-            f" 1.31, 0.98x; per-step 0.96, 1.00, 1.01x")),
+            f"{_CPU}: hoisted + deferred 1.44, 1.75, 1.08x flax; hoisted 1.20,"
+            f" 1.29, 1.00x; per-step 1.03, 0.99, 1.03x")),
         "LSTMCell": Defaults(False, True, (
-            f"{_CPU}: per-step + deferred 1.00, 1.59, 0.97x flax; per-step "
-            f"0.98, 0.84, 0.98x; hoisted 0.91, 1.18, 0.91x; hoisted + "
-            f"deferred 0.84, 1.46, 0.88x")),
+            f"{_CPU}: per-step + deferred 1.01, 1.58, 1.01x flax; per-step "
+            f"0.97, 0.80, 1.03x; hoisted 0.93, 1.20, 1.02x; hoisted + "
+            f"deferred 0.89, 1.48, 1.00x")),
         "GRUCell": Defaults(False, False, (
-            f"{_CPU}: per-step 1.10, 1.02, 1.03x flax; per-step + deferred "
-            f"1.02, 1.63, 0.93x; hoisted 1.07, 1.47, 0.95x")),
+            f"{_CPU}: per-step 1.12, 1.02, 0.98x flax; per-step + deferred "
+            f"1.05, 1.49, 0.91x; hoisted 1.07, 1.35, 0.90x")),
         "*": Defaults(False, False, "not measured; per-step, as flax runs"),
     },
     "gpu": {"*": Defaults(True, False, (
@@ -125,9 +126,10 @@ class RNN(nn.Module):
     return_carry: return `(final_carry, outputs)` instead of `outputs`.
     time_major: inputs and outputs are `(time, *batch, features)` (and the
       `reset`/`state_perturbation` masks `(time, *batch, ...)`), as in flax.
-    num_batch_dims: leading batch axes, as flax's `num_batch_dims`: inputs
-      `(*batch, time, features)`, `seq_lengths` `(*batch,)`, carry leaves
-      `(*batch, hidden)`.
+    num_batch_dims: leading batch axes: inputs `(*batch, time, features)`,
+      `seq_lengths` `(*batch,)`, carry leaves `(*batch, hidden)`. None: every
+      axis before time and features, as flax infers its `num_batch_dims`;
+      an int also checks the rank.
     unroll: steps unrolled per scan iteration (`jax.lax.scan`'s `unroll`).
     hoist_input_projection: compute the input projection of all steps as one
       matmul before the scan. Needs a cell with `project_inputs`/`step` (the
@@ -150,7 +152,7 @@ class RNN(nn.Module):
   keep_order: bool = False
   return_carry: bool = False
   time_major: bool = False
-  num_batch_dims: int = 1
+  num_batch_dims: int | None = None
   unroll: int = 1
   hoist_input_projection: bool | None = None
   defer_weight_gradients: bool | None = None
@@ -355,14 +357,22 @@ class _Layout(NamedTuple):
   time_major: bool
 
   @classmethod
-  def of(cls, inputs: Array, num_batch_dims: int,
+  def of(cls, inputs: Array, num_batch_dims: int | None,
          time_major: bool) -> "_Layout":
+    shape = np.shape(inputs)
+    if num_batch_dims is None:  # as flax: every axis before time and features
+      if len(shape) < 3:
+        layout = "(time, batch, features)" if time_major else (
+            "(batch, time, features)")
+        raise ValueError(
+            f"inputs: expected rank 3 {layout} or more (leading batch axes), "
+            f"got shape {shape}")
+      num_batch_dims = len(shape) - 2
     validation.check_int("num_batch_dims", num_batch_dims)
     layout = ("(time, " if time_major else "(") + (
         "batch" if num_batch_dims == 1 else f"{num_batch_dims} batch axes") + (
             ", features)" if time_major else ", time, features)")
     validation.check_rank("inputs", inputs, num_batch_dims + 2, layout)
-    shape = np.shape(inputs)
     if time_major:
       return cls(tuple(shape[1:-1]), shape[0], True)
     return cls(tuple(shape[:-2]), shape[-2], False)
