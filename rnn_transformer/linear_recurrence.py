@@ -50,9 +50,11 @@ class MethodChoice(NamedTuple):
 # guess and says so.
 DEFAULT_METHOD_BY_BACKEND: dict[str, MethodChoice] = {
     "cpu": MethodChoice("sequential", (
-        "not measured: two cores leave the extra work of a parallel scan "
-        "nothing to run on (the issue's prototype: associative 0.76-1.07x "
-        "the LSTM, lax.scan 1.3-1.8x)")),
+        "measured: 2-core x86-64, jax 0.10.2, 2026-11-27, B32 H256 float32 "
+        "fwd+bwd, idle: fastest for minGRU at n = 256, 1024, 4096 and for "
+        "the LRU at 1024 and 4096 (associative 1.26x at 256); associative "
+        "0.58-0.99x and chunked 0.59-0.81x the sequential minGRU "
+        "(docs/results/recurrence_sweep_cpu/recurrence_sweep.md)")),
     "gpu": MethodChoice("associative", (
         "measured: H100, jax 0.11.2, 2026-11-27, B32 H256 float32 fwd+bwd, "
         "fastest for minGRU and LRU at n = 256, 1024 and 4096; at 4096 "

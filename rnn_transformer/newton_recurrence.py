@@ -239,12 +239,17 @@ def _solve(transition, options, consts, s0, xs, valid, reset, s_reset):
     prev = _previous(states, s0)
     f, jacobian = _linearise(options, transition, consts, prev, xs, valid,
                              reset, s_reset)
-    residual = jnp.max(jnp.abs(states - f)).astype(jnp.float32)
-    return prev, f, jacobian, residual
+    gap = jnp.abs(states - f)
+    # XLA's max reduction may drop NaNs (all-NaN gives -inf on CPU), so a
+    # non-finite iterate (full Newton's Jacobian products overflow when the
+    # dynamics expand) is marked explicitly: its residual is NaN.
+    residual = jnp.where(jnp.all(jnp.isfinite(gap)), jnp.max(gap), jnp.nan)
+    return prev, f, jacobian, residual.astype(jnp.float32)
 
   def cond(loop):
     iterations, _, _, _, _, residual = loop
-    # A NaN residual (a diverged iteration) stops the loop: NaN > tol is False.
+    # A NaN residual (a diverged iteration) stops the loop: NaN > tol is False,
+    # and NaN <= tol is False, so it is never reported as converged.
     return (iterations < options.max_iters) & (residual > options.tol)
 
   def body(loop):

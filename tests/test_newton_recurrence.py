@@ -174,6 +174,23 @@ def test_fallback_is_taken_and_reported_when_max_iters_is_too_small():
   assert np.abs(np.asarray(outputs - want)).max() > 1e-3  # the raw iterate
 
 
+def test_an_overflowing_full_newton_is_never_reported_converged():
+  """Expanding dynamics (rho = 3) over 512 steps: the Jacobian products of
+  full Newton overflow float32. The residual is NaN, never a silent pass,
+  and the fallback returns the scan's result."""
+  cell, variables, x, want = _elman(3.0, 512)
+  run = jax.jit(lambda v, x, on_failure: nr.newton_rnn(
+      cell, v, x, method="full", max_iters=4, on_failure=on_failure),
+                static_argnums=2)
+  _, outputs, info = run(variables, x, "return")
+  assert not bool(info.converged), info
+  assert not float(info.residual) <= nr.DEFAULT_TOL[jnp.dtype(jnp.float32)]
+  _, outputs, info = run(variables, x, "fallback")
+  assert bool(info.fell_back), info
+  chex.assert_trees_all_close(outputs, want, **tolerances.output_tol(
+      jnp.float32))
+
+
 def test_raise_on_failure_eagerly_and_explains_under_jit():
   cell, variables, x, _ = _elman(1.5, 16)
   with pytest.raises(ValueError, match="did not converge: residual .* after "
