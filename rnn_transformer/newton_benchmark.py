@@ -219,10 +219,20 @@ def plot(iteration_rows, time_rows, title: str, output_dir: str) -> str:
     for method in dict.fromkeys(r["method"] for r in iteration_rows):
       mine = [r for r in iteration_rows
               if r["weights"] == weights and r["method"] == method]
-      left.plot([r["seq_len"] for r in mine], [r["iterations"] for r in mine],
-                marker="o", label=f"{weights}, {method}")
+      # A run that did not converge has no iteration count to plot: it is
+      # drawn as a cross at the top of the axis.
+      done = [r for r in mine if r["converged"]]
+      line, = left.plot([r["seq_len"] for r in done],
+                        [r["iterations"] for r in done], marker="o",
+                        label=f"{weights}, {method}")
+      failed = [r["seq_len"] for r in mine if not r["converged"]]
+      if failed:
+        left.plot(failed, [max(r["seq_len"] for r in iteration_rows)] *
+                  len(failed), marker="x", linestyle="none", markersize=9,
+                  color=line.get_color())
   left.set(xscale="log", yscale="log", xlabel="T (steps)",
-           ylabel="Newton iterations to tol", title="iterations against T")
+           ylabel="Newton iterations to tol (x: not converged)",
+           title="iterations against T")
   left.legend(fontsize=6)
   for name, direction in dict.fromkeys(
       (r["contender"], r["pass_"]) for r in time_rows):
