@@ -33,6 +33,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.time_seq_lens = (256, 1024, 4096, 16384)
     config.batch, config.hidden_size = 32, 64
     config.iters = 10
+  elif arg == "gpu_lease":  # a reduced grid for scripts/gpu_checks.sh
+    config.methods = ("full", "quasi")
+    config.seq_lens = (256, 1024, 4096)
+    config.radii = (0.5, 1.0)
+    config.batch, config.hidden_size = 32, 64
+    config.train_steps = 100
+    config.time_seq_lens = (256, 1024, 4096)
+    config.iters, config.repeats = 5, 2
   elif arg == "tiny":
     config.methods = ("full", "quasi")
     config.seq_lens = (8, 32)
@@ -43,6 +51,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.time_seq_lens = (8, 16)
     config.iters, config.repeats = 2, 2
   elif arg is not None:
-    raise ValueError(f"config argument: expected 'tiny', 'gpu' or nothing, "
+    raise ValueError(f"config argument: expected 'tiny', 'gpu', 'gpu_lease' or nothing, "
                      f"got {arg!r}")
   return config
