@@ -47,6 +47,21 @@ def interleaved_median_seconds(calls: dict[str, Callable[[], Any]],
   return {label: statistics.median(s) for label, s in samples.items()}
 
 
+def repeated_interleaved_ms(calls: dict[Any, Callable[[], Any]], *,
+                            warmup: int, iters: int,
+                            repeats: int) -> dict[Any, list[float]]:
+  """`repeats` whole round-robin comparisons of `calls`
+  (`interleaved_median_seconds`, warmup in the first only): each call's
+  median milliseconds per repeat, so rows can give a median and a spread."""
+  samples = {key: [] for key in calls}
+  for repeat in range(repeats):
+    times = interleaved_median_seconds(
+        calls, warmup=warmup if repeat == 0 else 0, iters=iters)
+    for key, seconds in times.items():
+      samples[key].append(1e3 * seconds)
+  return samples
+
+
 def device_description() -> str:
   """e.g. 'cpu: 2 x TFRT_CPU_0 (jax 0.10.2)' or the GPU's name."""
   devices = jax.devices()
@@ -65,10 +80,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 IDLE_LOAD = 1.5  # 1-minute load average above which timings are suspect
 
 
-def load_average_report() -> str:
-  """The 1-minute load average, with a warning above `IDLE_LOAD`: timings
-  are taken only on an idle machine."""
-  load = os.getloadavg()[0]
+def load_average() -> float:
+  """The 1-minute load average; measure on an idle machine (below
+  `IDLE_LOAD`)."""
+  return os.getloadavg()[0]
+
+
+def load_average_report(load: float | None = None) -> str:
+  """`load` (default: `load_average()`), with a warning above `IDLE_LOAD`:
+  timings are taken only on an idle machine."""
+  load = load_average() if load is None else load
   report = f"load average (1 min) at start: {load:.2f}"
   if load > IDLE_LOAD:
     report += (f"  WARNING: above {IDLE_LOAD}; the machine is not idle and "

@@ -18,7 +18,6 @@ width H reads the adding task's `(batch, T, 2)` inputs (`tasks.Adding`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -178,12 +177,8 @@ def measure_times(config) -> list[dict[str, Any]]:
   calls = {}
   for time in config.time_seq_lens:
     calls.update(_timed_calls(config, cell, variables, time))
-  samples = {key: [] for key in calls}
-  for repeat in range(config.repeats):
-    times = benchmarking.interleaved_median_seconds(
-        calls, warmup=config.warmup if repeat == 0 else 0, iters=config.iters)
-    for key, seconds in times.items():
-      samples[key].append(1e3 * seconds)
+  samples = benchmarking.repeated_interleaved_ms(
+      calls, warmup=config.warmup, iters=config.iters, repeats=config.repeats)
   rows = []
   for (name, direction, time), ms in samples.items():
     scan = float(np.median(samples["scan", direction, time]))
@@ -253,7 +248,3 @@ def plot(iteration_rows, time_rows, title: str, output_dir: str) -> str:
   fig.suptitle(title, fontsize=8)
   return reporting.save_figure(fig, output_dir, "newton")
 
-
-def load_average() -> float:
-  """1-minute load average; measure on an idle machine (below 1.5)."""
-  return os.getloadavg()[0]

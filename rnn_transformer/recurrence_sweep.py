@@ -102,12 +102,8 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       calls[key] = (lambda c=compiled, v=variables, x=inputs[n]: c(v, x))
       depth[key] = program_depth.critical_path_length(traced.jaxpr)
       steps[key] = speed.sequential_steps(traced.jaxpr)
-  samples = {key: [] for key in calls}
-  for repeat in range(config.repeats):
-    times = benchmarking.interleaved_median_seconds(
-        calls, warmup=config.warmup if repeat == 0 else 0, iters=config.iters)
-    for key, seconds in times.items():
-      samples[key].append(1e3 * seconds)
+  samples = benchmarking.repeated_interleaved_ms(
+      calls, warmup=config.warmup, iters=config.iters, repeats=config.repeats)
   rows = []
   for n in lens:
     for variant in config.variants:

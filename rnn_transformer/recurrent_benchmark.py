@@ -113,19 +113,15 @@ def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
              layers.items()}
     if name == "lstm" and jax.default_backend() == "gpu":
       calls["jax.experimental.rnn (cuDNN)"] = _cudnn_lstm_variant(config, x)
-    seconds = {label: [] for label in calls}
-    for repeat in range(config.repeats):
-      times = benchmarking.interleaved_median_seconds(
-          calls, warmup=config.warmup if repeat == 0 else 0,
-          iters=config.iters)
-      for label, t in times.items():
-        seconds[label].append(t)
-    for label, samples in seconds.items():
-      ratios = [ref / t for ref, t in zip(seconds[REFERENCE], samples)]
+    ms = benchmarking.repeated_interleaved_ms(
+        calls, warmup=config.warmup, iters=config.iters,
+        repeats=config.repeats)
+    for label, samples in ms.items():
+      ratios = [ref / t for ref, t in zip(ms[REFERENCE], samples)]
       rows.append(dict(
           cell=name, implementation=label,
           default=label == default_label(name),
-          ms=1e3 * statistics.median(samples),
+          ms=statistics.median(samples),
           flax_over_this=statistics.median(ratios),
           ratio_min=min(ratios), ratio_max=max(ratios)))
   return rows

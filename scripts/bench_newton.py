@@ -45,8 +45,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   newton_benchmark.check_config(config)
-  load = newton_benchmark.load_average()
-  print(f"load average (1 min) at start: {load:.2f}", flush=True)
+  load = benchmarking.load_average()
+  print(benchmarking.load_average_report(load), flush=True)
   iterations = newton_benchmark.measure_iterations(config)
   times = newton_benchmark.measure_times(config)
   title = (f"{benchmarking.device_description()}; Elman RNN, batch "

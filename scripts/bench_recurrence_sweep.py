@@ -36,8 +36,8 @@ _OUTPUT_DIR = flags.DEFINE_string(
 def main(argv):
   del argv
   config = _CONFIG.value
-  load = os.getloadavg()[0]
-  print(benchmarking.load_average_report(), flush=True)
+  load = benchmarking.load_average()
+  print(benchmarking.load_average_report(load), flush=True)
   rows = recurrence_sweep.measure(config)
   title = (f"{benchmarking.device_description()}; batch {config.batch}, "
            f"hidden {config.hidden_size}, {config.dtype}, chunk "
