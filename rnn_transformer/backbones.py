@@ -76,7 +76,11 @@ class RecurrentBackbone(nn.Module):
              for _ in range(cfg.num_layers)]
     stack = StackedRNN(cells, bidirectional=not cfg.causal,
                        dropout_rate=cfg.dropout_rate,
-                       scan_method=cfg.scan_method, name="rnn")
+                       scan_method=cfg.scan_method,
+                       evaluation=cfg.evaluation,
+                       newton=({"method": cfg.newton_method}
+                               if cfg.evaluation == "newton" else None),
+                       name="rnn")
     carry = None
     if decode:  # created as the initial carry if absent: zeros
       carry = self.variable(

@@ -17,11 +17,15 @@ import jax.numpy as jnp
 
 import kernels
 from rnn_transformer import linear_recurrence
+from rnn_transformer import newton_recurrence
 from rnn_transformer import validation
+from rnn_transformer.recurrent import EVALUATIONS
 
 BACKBONES = ("rnn", "lstm", "gru", "mingru", "minlstm", "lru", "transformer")
 # Recurrent backbones whose layers run `linear_recurrence.linear_scan`.
 LINEAR_BACKBONES = ("mingru", "minlstm", "lru")
+# Backbones whose nonlinear cells `RNN(evaluation="newton")` can evaluate.
+NEWTON_BACKBONES = ("rnn", "lstm", "gru")
 POSITIONAL_ENCODINGS = ("none", "sinusoidal", "learned", "rope")
 NORMS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu")
@@ -82,6 +86,11 @@ class ModelConfig:
     scan_method: for "mingru", "minlstm" and "lru": "associative",
       "chunked" or "sequential" (`linear_recurrence.linear_scan`); None:
       the per-backend default (`linear_recurrence.default_method`).
+    evaluation: for "rnn", "lstm" and "gru": "scan" (sequential) or
+      "newton" (parallel over time by Newton iterations, `RNN(evaluation=
+      "newton")`; exact at convergence, falls back to the scan otherwise).
+    newton_method: with evaluation "newton": "full", "quasi" or "damped"
+      (`newton_recurrence.newton_scan`).
   """
   backbone: str = "transformer"
   vocab_size: int | None = None
@@ -105,6 +114,8 @@ class ModelConfig:
   remat: bool = False
   scan_layers: bool = False
   scan_method: str | None = None
+  evaluation: str = "scan"
+  newton_method: str = "quasi"
 
   def __post_init__(self):
     validation.check_choice("backbone", self.backbone, BACKBONES)
@@ -138,6 +149,13 @@ class ModelConfig:
             f"{self.backbone!r}")
       validation.check_choice("scan_method", self.scan_method,
                               linear_recurrence.METHODS)
+    validation.check_choice("evaluation", self.evaluation, EVALUATIONS)
+    validation.check_choice("newton_method", self.newton_method,
+                            newton_recurrence.METHODS)
+    if self.evaluation != "scan" and self.backbone not in NEWTON_BACKBONES:
+      raise ValueError(
+          f"evaluation: {self.evaluation!r} only for backbones "
+          f"{NEWTON_BACKBONES}, got backbone={self.backbone!r}")
     if self.tie_embeddings and (self.vocab_size is None or self.output_size
                                 not in (None, self.vocab_size)):
       raise ValueError(

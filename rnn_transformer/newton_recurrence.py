@@ -52,7 +52,7 @@ import numpy as np
 
 from rnn_transformer import linear_recurrence
 from rnn_transformer import validation
-from rnn_transformer.recurrent import flip_sequences
+from rnn_transformer.sequence_order import flip_sequences
 
 Array = jax.Array
 Carry = Any

@@ -1,14 +1,17 @@
 """Run a recurrent cell over time: `RNN`, `Bidirectional` and `StackedRNN`.
 
-Batch-major throughout: inputs `(batch, time, features)`, outputs
-`(batch, time, hidden)`. Time runs through `jax.lax.scan` via Flax's lifted
+Inputs `(batch, time, features)` and outputs `(batch, time, hidden)`, or
+time-major and with several batch axes as flax allows (`RNN.time_major`,
+`RNN.num_batch_dims`). Time runs through `jax.lax.scan` via Flax's lifted
 `nn.scan` (parameters broadcast across steps), so compile time does not grow
 with sequence length and the sequential dependency the seed calls "RNNs are
-slow" is explicit.
+slow" is explicit; cells linear in h run a parallel scan instead, and
+`evaluation="newton"` evaluates any cell in parallel over time by Newton
+iterations (`newton_recurrence`).
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -18,10 +21,15 @@ import numpy as np
 
 from rnn_transformer import fused_recurrence
 from rnn_transformer import linear_recurrence
+from rnn_transformer import newton_recurrence
 from rnn_transformer import validation
+from rnn_transformer.sequence_order import flip_sequences
 
 Array = jax.Array
 Carry = Any
+
+EVALUATIONS = ("scan", "newton")
+
 
 class Defaults(NamedTuple):
   """How `RNN` runs a fused-gate cell when the caller does not say."""
@@ -73,22 +81,6 @@ def backend_defaults(cell: Any = None, backend: str | None = None) -> Defaults:
     if cls.__name__ in rows:
       return rows[cls.__name__]
   return rows["*"]
-
-
-def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:
-  """Reverses `x: (batch, time, ...)` along time within each sequence.
-
-  Step t < L_b of sequence b goes to L_b - 1 - t; padding (t >= L_b) stays in
-  place at the end, as flax does. Its own inverse.
-  """
-  if seq_lengths is None:
-    return jnp.flip(x, axis=1)
-  time = x.shape[1]
-  steps = jnp.arange(time)[None, :]
-  lengths = seq_lengths[:, None]
-  index = jnp.where(steps < lengths, lengths - 1 - steps, steps)
-  index = index.reshape(index.shape + (1,) * (x.ndim - 2))
-  return jnp.take_along_axis(x, index, axis=1)
 
 
 def _check_carry(initial_carry: Carry, expected: Carry) -> None:
@@ -146,6 +138,17 @@ class RNN(nn.Module):
       (`linear_recurrence.DEFAULT_METHOD_BY_BACKEND`). Other cells always
       run `lax.scan` and reject a method.
     chunk_size: steps per chunk of the "chunked" method.
+    evaluation: "scan" (the sequential recurrence) or "newton": all steps at
+      once by Newton iterations on the whole sequence (DEER / quasi-DEER,
+      `newton_recurrence.newton_rnn`), exact to the scan at convergence, with
+      gradients by the implicit function theorem. `newton` holds its options
+      (`method`, `max_iters`, `tol`, `on_failure`, `damping`, `adjoint`);
+      each call sows its `NewtonInfo` (iterations, residual, converged,
+      fell_back) as `intermediates/newton_info`, read with
+      `apply(..., mutable=["intermediates"])`. Not for cells with a linear
+      recurrence (already parallel) nor with `state_perturbation`.
+    newton: options of `newton_recurrence.newton_scan` for
+      `evaluation="newton"` (default: its own, method "full").
   """
   cell: nn.RNNCellBase
   reverse: bool = False
@@ -158,6 +161,8 @@ class RNN(nn.Module):
   defer_weight_gradients: bool | None = None
   scan_method: str | None = None
   chunk_size: int = linear_recurrence.DEFAULT_CHUNK_SIZE
+  evaluation: str = "scan"
+  newton: Mapping[str, Any] | None = None
 
   def _should_hoist(self) -> bool:
     splittable = hasattr(self.cell, "project_inputs") and hasattr(
@@ -267,7 +272,15 @@ class RNN(nn.Module):
   def _run(self, inputs, initial_carry, default_carry, seq_lengths, reset,
            state_perturbation, reverse, keep_order):
     """The recurrence over `(batch, time, features)`; see `__call__`."""
-    batch, time = inputs.shape[:2]
+    time = inputs.shape[1]
+    validation.check_choice("evaluation", self.evaluation, EVALUATIONS)
+    if self.evaluation == "newton":
+      return self._run_newton(inputs, initial_carry, seq_lengths, reset,
+                              state_perturbation, reverse, keep_order)
+    if self.newton is not None:
+      raise ValueError(f"newton: options for evaluation='newton' only; got "
+                       f"{dict(self.newton)} with evaluation="
+                       f"{self.evaluation!r}")
     if hasattr(self.cell, "scan_over_time"):
       if state_perturbation is not None:
         raise ValueError(
@@ -345,6 +358,39 @@ class RNN(nn.Module):
       final_carry, outputs = scan(self.cell, initial_carry, xs, default_carry)
     outputs = jnp.swapaxes(outputs, 0, 1)
     if reverse and keep_order:
+      outputs = flip_sequences(outputs, seq_lengths)
+    return final_carry, outputs
+
+  def _run_newton(self, inputs, initial_carry, seq_lengths, reset,
+                  state_perturbation, reverse, keep_order):
+    """`evaluation="newton"`: `newton_recurrence.newton_rnn` on the cell."""
+    name = type(self.cell).__name__
+    if hasattr(self.cell, "scan_over_time"):
+      raise ValueError(
+          f"evaluation='newton': {name} has a linear recurrence, which runs "
+          f"in parallel already (scan_method=\"associative\"); Newton is for "
+          f"nonlinear cells")
+    for option, value in (("scan_method", self.scan_method),
+                          ("state_perturbation", state_perturbation),
+                          ("hoist_input_projection",
+                           self.hoist_input_projection),
+                          ("defer_weight_gradients",
+                           self.defer_weight_gradients)):
+      if value is not None:
+        raise ValueError(f"{option}: not supported with evaluation='newton' "
+                         f"(leave it None)")
+    if self.is_initializing():  # the cell's parameters, as a scan makes them
+      self.cell(initial_carry, inputs[:, 0])
+    # newton_rnn applies the cell inside jax.custom_vjp and
+    # jax.closure_convert, where a bound flax module cannot run: hand it the
+    # unbound cell and this scope's variables.
+    cell, variables = self.cell.unbind()
+    final_carry, outputs, info = newton_recurrence.newton_rnn(
+        cell, variables, inputs, initial_carry=initial_carry,
+        seq_lengths=seq_lengths, reset=reset, reverse=reverse,
+        **dict(self.newton or {}))
+    self.sow("intermediates", "newton_info", info)
+    if reverse and not keep_order:  # newton_rnn keeps input order
       outputs = flip_sequences(outputs, seq_lengths)
     return final_carry, outputs
 
@@ -485,7 +531,8 @@ class StackedRNN(nn.Module):
     dropout_rate: dropout on the outputs of every layer but the last
       (Zaremba et al., 2014); active when `deterministic=False`, which needs
       a 'dropout' rng.
-    unroll, hoist_input_projection, scan_method: passed to every `RNN`.
+    unroll, hoist_input_projection, defer_weight_gradients, scan_method,
+      evaluation, newton: passed to every `RNN`.
   Carry: a list with one carry per layer (a pair per layer if bidirectional).
   """
   cells: Sequence[nn.RNNCellBase]
@@ -493,16 +540,22 @@ class StackedRNN(nn.Module):
   dropout_rate: float = 0.0
   unroll: int = 1
   hoist_input_projection: bool | None = None
+  defer_weight_gradients: bool | None = None
   scan_method: str | None = None
+  evaluation: str = "scan"
+  newton: Mapping[str, Any] | None = None
 
   def setup(self):
     if not self.cells:
       raise ValueError("cells: expected at least one cell, got none")
     validation.check_rate("dropout_rate", self.dropout_rate)
     validation.check_int("unroll", self.unroll)
-    rnn = functools.partial(RNN, unroll=self.unroll,
-                            hoist_input_projection=self.hoist_input_projection,
-                            scan_method=self.scan_method)
+    rnn = functools.partial(
+        RNN, unroll=self.unroll,
+        hoist_input_projection=self.hoist_input_projection,
+        defer_weight_gradients=self.defer_weight_gradients,
+        scan_method=self.scan_method, evaluation=self.evaluation,
+        newton=self.newton)
     # Clones detach each cell from this module, so its parameters live under
     # the layer that runs it: layers_0/cell or layers_0/{forward,backward}_rnn.
     def fresh(cell):

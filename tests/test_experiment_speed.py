@@ -26,11 +26,18 @@ def test_tiny_run_writes_figure_tables_and_summary(tiny_run):
                         "summary.json"))
   with open(os.path.join(output_dir, "speed.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == len(config.backbones) * len(config.seq_lens)
+  names = list(speed.labels(config))
+  assert names == list(config.backbones) + [
+      f"{b}-newton" for b in config.newton_backbones]
+  assert len(rows) == len(names) * len(config.seq_lens)
   assert all(float(r["ms"]) > 0 for r in rows)
-  for backbone in config.backbones:
+  for backbone in names:
     assert math.isfinite(report.figures[f"{backbone}_slope"])
-  assert [c.verdict in reporting.VERDICTS for c in report.claims] == [True] * 6
+  assert [c.verdict in reporting.VERDICTS for c in report.claims] == [True] * 7
+  newton = [r for r in rows if r["backbone"].endswith("-newton")]
+  # A converged forward pass reports its iteration count, at most max_iters.
+  assert newton and all(1 <= int(r["newton_iterations"]) <= min(
+      int(r["seq_len"]), 100) for r in newton), newton
 
 
 def test_recurrent_steps_grow_with_n_transformer_steps_do_not(tiny_run):
@@ -41,7 +48,12 @@ def test_recurrent_steps_grow_with_n_transformer_steps_do_not(tiny_run):
       # One scan over time forward and one backward; attention and the
       # associative scan of the minGRU have none.
       parallel = row["backbone"] in ("transformer", "mingru")
-      assert steps == (0 if parallel else 2 * n), row
+      if row["backbone"].endswith("-newton"):
+        # The lax.scan fallback (a cond branch, not taken when converged),
+        # quasi-Newton's sequential adjoint, one pass of each while loop.
+        assert steps == 2 * n + 2, row
+      else:
+        assert steps == (0 if parallel else 2 * n), row
   sequential = [c for c in report.claims if "sequential operations" in c.claim]
   assert [c.verdict for c in sequential] == ["supported"]
   depth = [c for c in report.claims if "O(log n)" in c.claim]
@@ -107,7 +119,37 @@ def test_parallel_recurrence_verdicts_follow_the_measured_numbers(
   assert claims[4].verdict == "partly supported", claims[4]
 
 
+@pytest.mark.parametrize("newton_ms, verdict", [
+    ({"rnn-newton": 1.0, "gru-newton": 2.0}, "supported"),
+    ({"rnn-newton": 3.0, "gru-newton": 9.0}, "not supported"),
+    ({"rnn-newton": 1.0, "gru-newton": 9.0}, "partly supported"),
+    # 0.95x: a tie within SLOWER_MARGIN is not faster.
+    ({"rnn-newton": 2.1, "gru-newton": 4.2}, "not supported"),
+])
+def test_newton_verdict_compares_each_cell_with_its_own_scan(newton_ms,
+                                                             verdict):
+  scan_ms = {"rnn": 2.0, "gru": 4.0}
+  rows = _rows({**scan_ms, **newton_ms})
+  for r in rows:
+    r["newton_iterations"] = "7" if r["backbone"].endswith("-newton") else ""
+  backbones = (*scan_ms, *newton_ms)
+  claims = speed.claims(rows, speed.fit_slopes(rows, backbones), backbones)
+  assert "Newton" in claims[6].claim
+  assert claims[6].verdict == verdict, claims[6]
+  assert "(7 iterations)" in claims[6].evidence
+  # Without the scan of the same cell there is nothing to compare.
+  alone = [r for r in rows if r["backbone"] != "gru" and
+           r["backbone"] != "rnn"]
+  names = tuple(newton_ms)
+  claim = speed.claims(alone, speed.fit_slopes(alone, names), names)[6]
+  assert claim.verdict == "not measured", claim
+
+
 def test_bad_config_raises():
+  config = speed.get_config("tiny")
+  config.newton_backbones = ("lru",)
+  with pytest.raises(ValueError, match="config.newton_backbones"):
+    speed.measure(config)
   config = speed.get_config("tiny")
   config.backbones = ("rnn", "mamba")
   with pytest.raises(ValueError, match="config.backbones"):

@@ -255,3 +255,97 @@ def test_newton_rnn_checks_the_initial_carry_against_the_cell():
                      "and shapes of LSTMCell's carry"):
     nr.newton_rnn(cell, variables, x,
                   initial_carry=jnp.zeros((BATCH, HIDDEN)))
+
+
+@pytest.mark.parametrize("cell_name,time_major,reverse,keep_order", [
+    ("lstm", False, False, False),
+    ("gru", True, True, False),
+    ("rnn", False, True, True),
+])
+def test_rnn_evaluation_newton_is_the_scan(cell_name, time_major, reverse,
+                                           keep_order):
+  """`RNN(evaluation="newton")`: the same parameters as the scan's, the same
+  outputs, final carry and gradients, in every layout, and its NewtonInfo
+  sown as intermediates."""
+  x = _inputs()
+  if time_major:
+    x = jnp.swapaxes(x, 0, 1)
+  options = dict(reverse=reverse, keep_order=keep_order, return_carry=True,
+                 time_major=time_major)
+  scan = rt.RNN(CELLS[cell_name](HIDDEN), **options)
+  newton = rt.RNN(CELLS[cell_name](HIDDEN), evaluation="newton",
+                  newton={"method": "quasi"}, **options)
+  variables = scan.init(jax.random.key(1), x)
+  chex.assert_trees_all_equal(variables, newton.init(jax.random.key(1), x))
+  lengths = jnp.asarray(LENGTHS)
+
+  def loss(layer, variables):
+    (carry, y), state = layer.apply(variables, x, seq_lengths=lengths,
+                                    reset=_reset() if not time_major else
+                                    None, mutable=["intermediates"])
+    return jnp.sum(y ** 2) + _weighted_sum(carry, carry), (carry, y, state)
+
+  (_, (carry, y, _)), grads = jax.value_and_grad(
+      lambda v: loss(scan, v), has_aux=True)(variables)
+  (_, (n_carry, n_y, state)), n_grads = jax.value_and_grad(
+      lambda v: loss(newton, v), has_aux=True)(variables)
+  chex.assert_trees_all_close((carry, y), (n_carry, n_y),
+                              **tolerances.output_tol(jnp.float32))
+  chex.assert_trees_all_close(grads, n_grads,
+                              **tolerances.gradient_tol(jnp.float32))
+  (info,) = state["intermediates"]["newton_info"]
+  assert bool(info.converged) and not bool(info.fell_back)
+  assert 1 <= int(info.iterations) <= TIME
+
+
+def test_backbone_config_evaluation_newton():
+  config = rt.ModelConfig(backbone="gru", num_layers=2, model_dim=8,
+                          evaluation="newton", newton_method="full")
+  x = _inputs((2, 7, 8))
+  model, scanned = rt.build_backbone(config), rt.build_backbone(
+      config.replace(evaluation="scan"))
+  variables = model.init(jax.random.key(0), x)
+  out, state = model.apply(variables, x, mutable=["intermediates"])
+  chex.assert_trees_all_close(out.features,
+                              scanned.apply(variables, x).features,
+                              **tolerances.output_tol(jnp.float32))
+  infos = jax.tree.leaves(state, is_leaf=lambda v: isinstance(
+      v, nr.NewtonInfo))
+  assert len(infos) == 2 and all(bool(i.converged) for i in infos)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: rt.RNN(rt.MinGRU(HIDDEN), evaluation="newton"),
+     "linear recurrence"),
+    (lambda: rt.RNN(rt.GRUCell(HIDDEN), evaluation="newton",
+                    hoist_input_projection=True), "hoist_input_projection"),
+    (lambda: rt.RNN(rt.GRUCell(HIDDEN), evaluation="parallel"),
+     "evaluation"),
+    (lambda: rt.RNN(rt.GRUCell(HIDDEN), newton={"method": "quasi"}),
+     "newton: options for evaluation='newton' only"),
+    (lambda: rt.RNN(rt.GRUCell(HIDDEN), evaluation="newton",
+                    newton={"method": "exact"}), "method"),
+])
+def test_rnn_evaluation_errors_name_the_argument(make, match):
+  with pytest.raises(ValueError, match=match):
+    make().init(jax.random.key(0), _inputs())
+
+
+def test_rnn_evaluation_newton_rejects_state_perturbation():
+  layer = rt.RNN(rt.SimpleRNNCell(HIDDEN), evaluation="newton")
+  x = _inputs()
+  variables = layer.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="state_perturbation"):
+    layer.apply(variables, x,
+                state_perturbation=jnp.zeros((BATCH, TIME, HIDDEN)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backbone="lru", evaluation="newton"), "evaluation"),
+    (dict(backbone="gru", evaluation="sequential"), "evaluation"),
+    (dict(backbone="gru", evaluation="newton", newton_method="exact"),
+     "newton_method"),
+])
+def test_model_config_evaluation_is_validated(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    rt.ModelConfig(model_dim=8, **kwargs)

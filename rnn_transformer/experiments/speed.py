@@ -42,16 +42,19 @@ import numpy as np
 
 from kernels import backends
 from rnn_transformer import benchmarking
+from rnn_transformer import newton_recurrence
 from rnn_transformer import program_depth
 from rnn_transformer import recurrent_benchmark
 from rnn_transformer.backbones import build_backbone
 from rnn_transformer.experiments import reporting
 from rnn_transformer.model_config import BACKBONES
 from rnn_transformer.model_config import LINEAR_BACKBONES
+from rnn_transformer.model_config import NEWTON_BACKBONES
 from rnn_transformer.model_config import ModelConfig
 
 RECURRENT = ("rnn", "lstm", "gru")
 PARALLEL = LINEAR_BACKBONES  # recurrences linear in h, scanned in parallel
+NEWTON_SUFFIX = "-newton"  # a classic cell evaluated by Newton iterations
 
 # Verdict thresholds. Timing ratios within SLOWER_MARGIN of 1 are treated as a
 # tie (shared-machine noise); slopes are log-log exponents of time against n.
@@ -70,6 +73,10 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.backbones = ("rnn", "lstm", "gru", "mingru", "lru",
                       "transformer")  # one layer each
   config.scan_method = "associative"  # of mingru/minlstm/lru (linear_scan)
+  # Classic cells also evaluated by Newton iterations (DEER, RNN(evaluation=
+  # "newton")), labelled "<backbone>-newton"; () for none.
+  config.newton_backbones = ("gru",)
+  config.newton_method = "quasi"  # "full", "quasi" or "damped"
   config.seq_lens = (64, 128, 256, 512, 1024)  # n, ascending
   config.batch = 4  # sequences per forward+backward
   config.model_dim = 128  # width d of every backbone (hidden size, residual)
@@ -80,6 +87,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.iters = 10  # timed rounds over all backbones and lengths; medians
   if scale == "tiny":  # compilation dominates: two backbones, two lengths
     config.backbones = ("rnn", "mingru", "transformer")
+    config.newton_backbones = ("rnn",)
     config.seq_lens = (8, 32)
     config.batch, config.model_dim, config.num_heads = 2, 16, 2
     config.iters = 2
@@ -119,15 +127,34 @@ def sequential_steps(jaxpr: Any) -> int:
   return total
 
 
-def _model_config(config: ml_collections.ConfigDict,
-                  backbone: str) -> ModelConfig:
+def _model_config(config: ml_collections.ConfigDict, backbone: str,
+                  newton: bool = False) -> ModelConfig:
   return ModelConfig(
       backbone=backbone, num_layers=1, model_dim=config.model_dim,
       num_heads=config.num_heads, max_len=max(config.seq_lens),
       dtype=jnp.dtype(config.dtype),
       scan_method=config.scan_method if backbone in PARALLEL else None,
+      evaluation="newton" if newton else "scan",
+      newton_method=config.newton_method,
       attention_impl=(None if config.attention_impl == "auto" else
                       config.attention_impl))
+
+
+def labels(config: ml_collections.ConfigDict) -> dict[str, ModelConfig]:
+  """Every timed model: `config.backbones` by name, then each of
+  `config.newton_backbones` evaluated by Newton as "<backbone>-newton"."""
+  unknown = sorted(set(config.backbones) - set(BACKBONES))
+  if unknown or not config.backbones:
+    raise ValueError(f"config.backbones: expected names from {BACKBONES}, "
+                     f"got {tuple(config.backbones)}")
+  unknown = sorted(set(config.newton_backbones) - set(NEWTON_BACKBONES))
+  if unknown:
+    raise ValueError(f"config.newton_backbones: expected names from "
+                     f"{NEWTON_BACKBONES}, got {tuple(config.newton_backbones)}")
+  models = {b: _model_config(config, b) for b in config.backbones}
+  models.update({f"{b}{NEWTON_SUFFIX}": _model_config(config, b, newton=True)
+                 for b in config.newton_backbones})
+  return models
 
 
 def attention_used(config: ml_collections.ConfigDict, seq_len: int) -> str:
@@ -142,11 +169,27 @@ def attention_used(config: ml_collections.ConfigDict, seq_len: int) -> str:
   return backends.select(call).name
 
 
+def _inputs(model: Any, batch: int, seq_len: int) -> jax.Array:
+  # Drawn on the host: jax.random would compile a program per shape.
+  return jnp.asarray(np.random.default_rng(seq_len).standard_normal(
+      (batch, seq_len, model.config.model_dim)), model.config.dtype)
+
+
+def newton_iterations(model: Any, params: Any, batch: int,
+                      seq_len: int) -> str:
+  """The Newton iterations of a forward pass, per layer, e.g. "14"; or
+  "fell back" when a layer did not converge and ran the scan."""
+  _, state = jax.jit(lambda p, x: model.apply(
+      p, x, mutable=["intermediates"]))(params, _inputs(model, batch, seq_len))
+  infos = jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, newton_recurrence.NewtonInfo))
+  return "/".join("fell back" if bool(i.fell_back) else str(int(i.iterations))
+                  for i in infos)
+
+
 def _compiled_step(model: Any, params: Any, batch: int, seq_len: int):
   """(zero-argument compiled call, its sequential steps, its depth)."""
-  # Drawn on the host: jax.random would compile a program per shape.
-  x = jnp.asarray(np.random.default_rng(seq_len).standard_normal(
-      (batch, seq_len, model.config.model_dim)), model.config.dtype)
+  x = _inputs(model, batch, seq_len)
   step = recurrent_benchmark.forward_backward(
       lambda params, x: model.apply(params, x).features)
   traced = step.trace(params, x)
@@ -157,17 +200,13 @@ def _compiled_step(model: Any, params: Any, batch: int, seq_len: int):
 
 def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """One row per backbone and sequence length: ms, us/token, steps, depth."""
-  unknown = sorted(set(config.backbones) - set(BACKBONES))
-  if unknown or not config.backbones:
-    raise ValueError(f"config.backbones: expected names from {BACKBONES}, "
-                     f"got {tuple(config.backbones)}")
+  model_configs = labels(config)
   reporting.check_positive(config, "batch", "model_dim", "num_heads", "iters")
   lens = list(config.seq_lens)
   if len(lens) < 2 or lens != sorted(set(lens)) or lens[0] < 1:
     raise ValueError(f"config.seq_lens: expected at least two ascending "
                      f"positive lengths, got {tuple(lens)}")
-  models = {b: build_backbone(_model_config(config, b))
-            for b in config.backbones}
+  models = {b: build_backbone(c) for b, c in model_configs.items()}
   # No parameter depends on n (sinusoidal positions), so one initialisation
   # per backbone serves every length.
   x = jnp.zeros((config.batch, lens[0], config.model_dim), config.dtype)
@@ -186,14 +225,17 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       calls, warmup=config.warmup, iters=config.iters)
   rows = []
   for seq_len in lens:
-    for backbone in config.backbones:
+    for backbone in models:
       label = f"{backbone} n={seq_len}"
       rows.append(dict(
           backbone=backbone, seq_len=seq_len, ms=1e3 * times[label],
           us_per_token=1e6 * times[label] / (config.batch * seq_len),
           sequential_steps=steps[label], depth=depth[label],
           attention=(attention_used(config, seq_len)
-                     if backbone == "transformer" else "")))
+                     if backbone == "transformer" else ""),
+          newton_iterations=(newton_iterations(
+              model, params[backbone], config.batch, seq_len)
+                             if backbone.endswith(NEWTON_SUFFIX) else "")))
   return rows
 
 
@@ -319,7 +361,39 @@ def claims(rows: Sequence[dict[str, Any]], figures: dict[str, float],
   else:
     result.append(reporting.Claim(text, "not measured",
                                   "no Transformer in config.backbones"))
-  return result + _parallel_claims(rows, figures, backbones)
+  return (result + _parallel_claims(rows, figures, backbones) +
+          _newton_claims(rows, backbones))
+
+
+def _newton_claims(rows: Sequence[dict[str, Any]],
+                   backbones: Sequence[str]) -> list[reporting.Claim]:
+  """The classic cells evaluated in parallel by Newton against their scan."""
+  text = ("RNNs are slow, revisited: a classic cell evaluated in parallel "
+          "over time by Newton iterations (DEER) trains faster than its "
+          "sequential scan at the longest n")
+  pairs = [(b, b[:-len(NEWTON_SUFFIX)]) for b in backbones
+           if b.endswith(NEWTON_SUFFIX) and b[:-len(NEWTON_SUFFIX)] in
+           backbones]
+  if not pairs:
+    return [reporting.Claim(text, "not measured", (
+        "needs a backbone in config.newton_backbones that is also in "
+        "config.backbones"))]
+  longest = max(r["seq_len"] for r in rows)
+  by = {(r["backbone"], r["seq_len"]): r for r in rows}
+  ratios = {newton: by[scan, longest]["ms"] / by[newton, longest]["ms"]
+            for newton, scan in pairs}
+  faster = [b for b, r in ratios.items() if r >= SLOWER_MARGIN]
+  verdict = ("supported" if len(faster) == len(pairs) else
+             "not supported" if not faster else "partly supported")
+  lens = sorted({r["seq_len"] for r in rows})
+  return [reporting.Claim(text, verdict, "; ".join(
+      f"{scan}: scan / Newton time " + ", ".join(
+          f"{by[scan, n]['ms'] / by[newton, n]['ms']:.2f}x at n={n} "
+          f"({by[newton, n]['newton_iterations']} iterations)" for n in lens)
+      for newton, scan in pairs) + (
+          f" (faster: >= {SLOWER_MARGIN:g}x). Measured on {_hardware()}: "
+          f"each iteration is a whole-sequence parallel scan, so the scan "
+          f"wins unless parallel units outnumber the iterations."))]
 
 
 def _parallel_claims(rows: Sequence[dict[str, Any]],
@@ -383,7 +457,7 @@ def plot(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
   """Time and time per token against n, log-log, one line per backbone."""
   plt = reporting.pyplot()
   fig, (ax_time, ax_token) = plt.subplots(1, 2, figsize=(11, 4.2))
-  for backbone in config.backbones:
+  for backbone in labels(config):
     n, ms = _series(rows, backbone, "ms")
     _, per_token = _series(rows, backbone, "us_per_token")
     label = backbone if backbone != "transformer" else "Transformer"
@@ -411,10 +485,11 @@ def plot(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, writes `speed.{png,csv,md}` and the summary; see module doc."""
   rows = measure(config)
-  figures = fit_slopes(rows, config.backbones)
+  names = list(labels(config))
+  figures = fit_slopes(rows, names)
   longest = max(config.seq_lens)
   ms = {r["backbone"]: r["ms"] for r in rows if r["seq_len"] == longest}
-  for backbone in config.backbones:
+  for backbone in names:
     figures[f"{backbone}_ms_at_{longest}"] = ms[backbone]
   if "transformer" in ms:
     for backbone in RECURRENT + PARALLEL:
@@ -422,13 +497,14 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
         figures[f"{backbone}_over_transformer_at_{longest}"] = (
             ms[backbone] / ms["transformer"])
   report = reporting.Report("speed", reporting.device_description(), figures,
-                            claims(rows, figures, config.backbones))
+                            claims(rows, figures, names))
   report.files += reporting.write_table(
       output_dir, "speed",
       ["backbone", "seq_len", "ms", "us_per_token", "sequential_steps",
-       "depth", "attention"],
+       "depth", "attention", "newton_iterations"],
       [[r["backbone"], r["seq_len"], r["ms"], r["us_per_token"],
-        r["sequential_steps"], r["depth"], r["attention"]] for r in rows])
+        r["sequential_steps"], r["depth"], r["attention"],
+        r["newton_iterations"]] for r in rows])
   report.files.append(plot(rows, config, output_dir))
   report.files.append(os.path.join(output_dir, "summary.md"))
   report.files.append(os.path.join(output_dir, "summary.json"))
