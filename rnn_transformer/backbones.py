@@ -72,8 +72,9 @@ class RecurrentBackbone(nn.Module):
       validation.check_seq_lengths(lengths, x.shape[0], x.shape[1],
                                    name="lengths")
     cell = RECURRENT_CELLS[cfg.backbone]
-    cells = [cell(cfg.model_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-             for _ in range(cfg.num_layers)]
+    options = {"forget_bias": cfg.forget_bias} if cfg.backbone == "lstm" else {}
+    cells = [cell(cfg.model_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                  **options) for _ in range(cfg.num_layers)]
     stack = StackedRNN(cells, bidirectional=not cfg.causal,
                        dropout_rate=cfg.dropout_rate,
                        scan_method=cfg.scan_method,

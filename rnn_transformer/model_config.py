@@ -14,6 +14,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import kernels
 from rnn_transformer import linear_recurrence
@@ -91,6 +92,10 @@ class ModelConfig:
       "newton")`; exact at convergence, falls back to the scan otherwise).
     newton_method: with evaluation "newton": "full", "quasi" or "damped"
       (`newton_recurrence.newton_scan`).
+    forget_bias: initial forget-gate bias of "lstm" cells (`LSTMCell`):
+      1.0 as in Jozefowicz et al. (2015); larger values start the memory
+      closer to the original LSTM's constant error carousel (no forget
+      gate, Hochreiter and Schmidhuber, 1997), which long lags need.
   """
   backbone: str = "transformer"
   vocab_size: int | None = None
@@ -116,6 +121,7 @@ class ModelConfig:
   scan_method: str | None = None
   evaluation: str = "scan"
   newton_method: str = "quasi"
+  forget_bias: float = 1.0
 
   def __post_init__(self):
     validation.check_choice("backbone", self.backbone, BACKBONES)
@@ -132,6 +138,14 @@ class ModelConfig:
     for name in ("causal", "tie_embeddings", "remat", "scan_layers"):
       validation.check_bool(name, getattr(self, name))
     validation.check_rate("dropout_rate", self.dropout_rate)
+    if not isinstance(self.forget_bias, (int, float)) or isinstance(
+        self.forget_bias, bool) or not np.isfinite(self.forget_bias):
+      raise ValueError(f"forget_bias: expected a finite number, got "
+                       f"{self.forget_bias!r}")
+    if self.forget_bias != 1.0 and self.backbone != "lstm":
+      raise ValueError(f"forget_bias: only for backbone 'lstm', got "
+                       f"forget_bias={self.forget_bias!r} with backbone="
+                       f"{self.backbone!r}")
     if not isinstance(self.rope_base, (int, float)) or isinstance(
         self.rope_base, bool) or not self.rope_base > 0:
       raise ValueError(f"rope_base: expected a positive number, got "

@@ -173,6 +173,97 @@ class Adding(Task):
 
 
 @dataclasses.dataclass(frozen=True)
+class Adding1997(Task):
+  """The adding problem exactly as Hochreiter and Schmidhuber (1997) set it.
+
+  "Long Short-Term Memory", Neural Computation 9(8), section 5.4 (experiment
+  4). Each step is a pair (value, marker): values uniform in [-1, 1]; the
+  marker is 1 at two steps, -1 at the first and the last step of the
+  sequence, 0 elsewhere. One marked step is drawn from the first ten steps
+  (its value X1), the other from the first `min_len / 2 - 1` steps not yet
+  marked (X2); when X1 is the first step, X1 is zero. A sequence's
+  length is drawn uniformly from [min_len, min_len + min_len // 10]; the
+  batch is padded with zero pairs to `seq_len = min_len + min_len // 10`.
+  Target at the sequence's last step only: 0.5 + (X1 + X2) / 4, the sum
+  scaled to [0, 1]. A sequence is processed correctly when the absolute
+  error there is below `CORRECT_BELOW` = 0.04 (`accuracy`).
+
+  So every sequence keeps X1 for at least `min_len - 10` steps and X2 for
+  more than `min_len / 2`. The scored step of a sequence depends on its own
+  steps only, so any causal model sees the padding after it never.
+  Predicting 0.5 gives MSE E[(X1 + X2)^2] / 16 = 1.9 / 48 and accuracy
+  about 0.154 (`baseline`).
+  """
+  min_len: int = 100  # the paper's T
+
+  name = "adding_1997"
+  vocab_size = None
+  input_features = 2
+  output_size = 1
+  regression = True
+  CORRECT_BELOW = 0.04  # the paper's "processed correctly": |error| < 0.04
+  FIRST_MARK_WITHIN = 10  # X1 is one of the first ten pairs
+
+  def __post_init__(self):
+    # X2 is drawn from the first min_len/2 - 1 pairs, which must hold more
+    # than the ten where X1 may sit.
+    if self.min_len < 2 * (self.FIRST_MARK_WITHIN + 1) + 2:
+      raise ValueError(f"min_len: expected at least "
+                       f"{2 * (self.FIRST_MARK_WITHIN + 1) + 2}, got "
+                       f"{self.min_len}")
+
+  @property
+  def seq_len(self) -> int:  # type: ignore[override]
+    return self.min_len + self.min_len // 10
+
+  def batch(self, key: jax.Array, batch_size: int) -> Batch:
+    k_len, k_values, k_first, k_second = jax.random.split(key, 4)
+    lengths = jax.random.randint(k_len, (batch_size, 1), self.min_len,
+                                 self.seq_len + 1)
+    steps = jnp.arange(self.seq_len)[None, :]
+    valid = steps < lengths
+    first = jax.random.randint(k_first, (batch_size, 1), 0,
+                               self.FIRST_MARK_WITHIN)
+    # One of the first min_len/2 - 1 pairs other than `first`: draw among
+    # min_len/2 - 2 slots and skip over `first`.
+    second = jax.random.randint(k_second, (batch_size, 1), 0,
+                                self.min_len // 2 - 2)
+    second = second + (second >= first)
+    marked = (steps == first) | (steps == second)
+    ends = (steps == 0) | (steps == lengths - 1)
+    markers = jnp.where(marked, 1.0, jnp.where(ends, -1.0, 0.0))
+    values = jax.random.uniform(k_values, (batch_size, self.seq_len),
+                                minval=-1.0, maxval=1.0)
+    # X1 is zero when it is the first pair (the paper says so of X1 only).
+    values = jnp.where((first == 0) & (steps == 0), 0.0, values)
+    values, markers = values * valid, markers * valid
+    total = (values * marked).sum(axis=1, keepdims=True)
+    last = (steps == lengths - 1).astype(jnp.float32)
+    return {"inputs": jnp.stack([values, markers], axis=-1),
+            "targets": last * (0.5 + total / 4.0),
+            "weights": last}
+
+  def metrics(self, logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    metrics = super().metrics(logits, batch)
+    weights = batch["weights"]
+    error = jnp.abs(logits[..., 0].astype(jnp.float32) - batch["targets"])
+    correct = (error < self.CORRECT_BELOW) * weights
+    metrics["accuracy"] = correct.sum() / jnp.maximum(weights.sum(), 1.0)
+    return metrics
+
+  @property
+  def baseline(self) -> dict[str, float]:
+    # S = X1 + X2; X1 = 0 with probability 1/10, else uniform like X2.
+    p_zero = 1.0 / self.FIRST_MARK_WITHIN
+    mse = ((1.0 - p_zero) / 3.0 + 1.0 / 3.0) / 16.0
+    band = 4.0 * self.CORRECT_BELOW  # |S| < band
+    # Sum of two U[-1, 1] is triangular on [-2, 2]: P(|S| < a) = 1-(2-a)^2/4.
+    accuracy = (1.0 - p_zero) * (1.0 - (2.0 - band) ** 2 / 4.0) + (
+        p_zero * band)
+    return {"loss": mse, "mse": mse, "accuracy": accuracy}
+
+
+@dataclasses.dataclass(frozen=True)
 class AssociativeRecall(Task):
   """Key-value pairs, then a query key; answer its value at the last step.
 
@@ -376,8 +467,9 @@ class CharLM(Task):
     return "".join(self.chars[int(i)] for i in np.asarray(codes).reshape(-1))
 
 
-TASKS = {"copy": CopyMemory, "adding": Adding, "recall": AssociativeRecall,
-         "first_token": FirstToken, "char_lm": CharLM}
+TASKS = {"copy": CopyMemory, "adding": Adding, "adding_1997": Adding1997,
+         "recall": AssociativeRecall, "first_token": FirstToken,
+         "char_lm": CharLM}
 
 
 def make_task(name: str, **kwargs) -> Task:

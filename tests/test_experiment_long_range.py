@@ -119,6 +119,15 @@ def test_tiny_run_writes_every_seed_and_the_verdicts_it_measured(tiny_run):
   # The robust gap at this budget: the RNN is far behind at the longest.
   assert mean["rnn"][longest] <= mean["transformer"][longest] - 0.3
   assert report.figures["transformer_solved_up_to_distance"] == longest
+  # The learning curve ends at the final held-out accuracy.
+  with open(output_dir / "long_range_curves.csv") as f:
+    curves = list(csv.DictReader(f))
+  assert len(curves) == len(rows) * config.curve_points
+  last = {(r["backbone"], r["distance"], r["seed"]): float(r["accuracy"])
+          for r in curves if int(r["step"]) == config.train.steps}
+  assert last == {(r["backbone"], r["distance"], r["seed"]):
+                  float(r["accuracy"]) for r in rows}
+  assert "long_range_curves.png" in names
   # The parallel recurrences ran on the same task and budget.
   assert {"mingru", "lru"} <= set(accuracy)
   for backbone in ("mingru", "lru"):
@@ -131,6 +140,8 @@ def test_tiny_run_writes_every_seed_and_the_verdicts_it_measured(tiny_run):
     ("distances", (0, 5), "distinct positive"),
     ("backbones", ("rnn", "mamba"), "mamba"),
     ("seeds", 0, "at least 1"),
+    ("curve_points", 3, "divisor of config.train.steps"),
+    ("curve_points", 0, "positive integer"),
 ])
 def test_bad_configs_raise_before_training(field, value, match, tmp_path):
   config = long_range.get_config("tiny")

@@ -368,3 +368,25 @@ class TestBadInput:
   def test_errors_are_raised_under_jit_before_tracing_reaches_xla(self):
     with pytest.raises(ValueError, match="inputs: expected rank 3"):
       jax.jit(self.layer.apply)(self.variables, jnp.ones((9, 5)))
+
+
+def test_backbone_forget_bias_reaches_every_lstm_layer():
+  config = rt.ModelConfig(backbone="lstm", num_layers=2, model_dim=6,
+                          forget_bias=5.0)
+  params = rt.build_backbone(config).init(
+      jax.random.key(0), jnp.ones((1, 3, 6)))["params"]
+  biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if "bias" in jax.tree_util.keystr(path)]
+  assert len(biases) == 2
+  for bias in biases:  # gates (i, f, g, o): f starts at the bias, others 0
+    np.testing.assert_array_equal(bias[6:12], 5.0)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[6:12]), 0.0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(backbone="gru", forget_bias=3.0),
+                                    dict(backbone="lstm", forget_bias="5"),
+                                    dict(backbone="lstm",
+                                         forget_bias=float("nan"))])
+def test_forget_bias_is_validated(kwargs):
+  with pytest.raises(ValueError, match="forget_bias"):
+    rt.ModelConfig(model_dim=6, **kwargs)

@@ -28,6 +28,9 @@ EXPERIMENTS = {
                      "(chapter 2)",
     "long_range": "accuracy against dependency distance per backbone "
                   "(chapters 2 and 3)",
+    "adding_1997": "training sequences to Hochreiter & Schmidhuber's "
+                   "criterion on the adding problem at T = 100, 500, 1000 "
+                   "(chapter 2)",
     "speed": "forward+backward time against sequence length, recurrent scan "
              "vs Transformer (chapters 1 and 3)",
     "memory": "peak attention memory against sequence length, reference vs "

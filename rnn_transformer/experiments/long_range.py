@@ -97,6 +97,11 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.transformer_layers = 1  # Transformer blocks; one attention hop suffices
   config.num_heads = 2  # Transformer attention heads
   config.eval_examples = 512  # held-out sequences per seed
+  # Held-out evaluations along training, evenly spaced, the last at the end
+  # (train.steps must divide evenly): the learning curves. 1: the end only.
+  config.curve_points = 1
+  # Initial forget-gate bias of the LSTM (ModelConfig.forget_bias).
+  config.lstm_forget_bias = 1.0
   # XLA:CPU backend optimisation level 0: compiles ~2.5x faster, runs slower;
   # pays off only where compilation dominates (the tiny scale).
   config.fast_compile = False
@@ -115,6 +120,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
     config.fast_compile = True
     config.train.steps = 100
     config.train.warmup_steps = 10
+    config.curve_points = 2
     config.train.learning_rate = 1e-2
   elif scale == "large":
     config.seeds = 5
@@ -138,6 +144,8 @@ def _backbone_config(config: ml_collections.ConfigDict,
       "first_token", backbone, distance=longest,
       num_classes=config.num_classes, num_noise=config.num_noise)
   cell.model.model_dim = config.model_dim
+  if backbone == "lstm":
+    cell.model.forget_bias = config.lstm_forget_bias
   if backbone == "transformer":
     cell.model.num_layers = config.transformer_layers
     cell.model.num_heads = config.num_heads
@@ -198,6 +206,7 @@ def compile_runs(config: ml_collections.ConfigDict, backbone: str
   train_step = train.make_train_step(model, task, schedule, grad_accum_steps=1)
   eval_step = train.make_eval_step(model, task)
   steps, batch_size = cell.train.steps, cell.train.batch_size
+  points = config.curve_points
   eval_chunks = max(1, -(-config.eval_examples // batch_size))
   sample = jnp.zeros((1, task.seq_len), jnp.int32)
 
@@ -213,19 +222,29 @@ def compile_runs(config: ml_collections.ConfigDict, backbone: str
                                   jax.random.fold_in(dropout_key, step))
       return state, metrics["loss"]
 
-    state, losses = jax.lax.scan(body, state, jnp.arange(steps))
+    def evaluate(params):
+      def chunk(index):  # in training-sized chunks, to bound memory
+        batch = task.eval_batch(jax.random.fold_in(eval_key, index),
+                                batch_size)
+        return eval_step(params, score_at(batch, distance))
 
-    def evaluate(index):  # in training-sized chunks, to bound memory
-      batch = task.eval_batch(jax.random.fold_in(eval_key, index), batch_size)
-      return eval_step(state.params, score_at(batch, distance))
+      # Every chunk scores batch_size positions, so the mean of chunk means
+      # is the mean over all held-out sequences (the same ones every time).
+      return jax.tree.map(jnp.mean, jax.lax.map(chunk,
+                                                jnp.arange(eval_chunks)))
 
-    # Every chunk scores batch_size positions, so the mean of chunk means is
-    # the mean over all held-out sequences.
-    metrics = jax.tree.map(jnp.mean, jax.lax.map(
-        evaluate, jnp.arange(eval_chunks)))
+    def segment(state, first):  # steps // points updates, then evaluate
+      state, losses = jax.lax.scan(
+          body, state, first + jnp.arange(steps // points))
+      return state, (losses, evaluate(state.params))
+
+    _, (losses, curve) = jax.lax.scan(
+        segment, state, jnp.arange(points) * (steps // points))
+    losses = losses.reshape(-1)
     tail = max(1, steps // 10)
-    return {"accuracy": metrics["accuracy"], "loss": metrics["loss"],
-            "train_loss": losses[-tail:].mean()}
+    return {"accuracy": curve["accuracy"][-1], "loss": curve["loss"][-1],
+            "train_loss": losses[-tail:].mean(),
+            "curve_accuracy": curve["accuracy"]}
 
   # One flat vmap over (seed, distance) pairs compiles faster on XLA:CPU
   # than nested vmaps.
@@ -255,12 +274,14 @@ def train_backbone(config: ml_collections.ConfigDict,
   Returns:
     A dict of `(seeds, distances)` arrays: `accuracy` and `loss` on
     `config.eval_examples` (rounded up to whole batches) fresh sequences per
-    run, and `train_loss`, the mean training loss over the last tenth of the
-    steps.
+    run, `train_loss`, the mean training loss over the last tenth of the
+    steps, and `curve_accuracy`, `(seeds, distances, curve_points)`: the
+    held-out accuracy after each `train.steps / curve_points` updates.
   """
   compiled, args, shape = compile_runs(config, backbone)
   metrics = jax.device_get(compiled(*args))
-  return {k: np.asarray(v).reshape(shape) for k, v in metrics.items()}
+  return {k: np.asarray(v).reshape(shape + np.shape(v)[1:])
+          for k, v in metrics.items()}
 
 
 def _compiler_options(fast_compile: bool) -> dict[str, int]:
@@ -437,6 +458,39 @@ def _plot(config: ml_collections.ConfigDict,
   return reporting.save_figure(fig, output_dir, NAME)
 
 
+def _plot_curves(config: ml_collections.ConfigDict,
+                 curves: dict[tuple[str, int], np.ndarray],
+                 output_dir: str) -> str:
+  """Held-out accuracy against updates, one panel per distance."""
+  plt = reporting.pyplot()
+  distances = list(config.distances)
+  fig, axes = plt.subplots(1, len(distances), sharey=True,
+                           figsize=(4 * len(distances) + 1.5, 4))
+  axes = np.atleast_1d(axes)
+  every = config.train.steps // config.curve_points
+  steps = every * np.arange(1, config.curve_points + 1)
+  for ax, distance in zip(axes, distances):
+    for i, backbone in enumerate(config.backbones):
+      runs = curves[backbone, distance]  # (seeds, points)
+      ax.plot(steps, runs.mean(axis=0), color=f"C{i}", label=backbone)
+      ax.fill_between(steps, runs.min(axis=0), runs.max(axis=0),
+                      color=f"C{i}", alpha=0.15)
+    ax.axhline(chance_accuracy(config), color="gray", linestyle="--")
+    ax.set_title(f"distance {distance}", fontsize=9)
+    ax.set_xlabel("updates")
+    ax.set_ylim(0.0, 1.05)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("held-out accuracy (mean, min-max over seeds)")
+  axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  train_cfg = config.train
+  fig.suptitle(
+      f"Remember the first token: learning curves, batch "
+      f"{train_cfg.batch_size}, lr {train_cfg.learning_rate:g}, width "
+      f"{config.model_dim}, LSTM forget bias {config.lstm_forget_bias:g}; "
+      f"{reporting.device_description()}", fontsize=9)
+  return reporting.save_figure(fig, output_dir, f"{NAME}_curves")
+
+
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Trains every (backbone, distance, seed); writes figure, tables, summary."""
   start = time.perf_counter()
@@ -451,6 +505,11 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
                      f"got {config.distances}")
   if config.seeds < 1:
     raise ValueError(f"config.seeds: expected at least 1, got {config.seeds}")
+  reporting.check_positive(config, "curve_points")
+  if config.train.steps % config.curve_points:
+    raise ValueError(f"config.curve_points: expected a divisor of "
+                     f"config.train.steps ({config.train.steps}), got "
+                     f"{config.curve_points}")
   results, seconds = {}, {}
   for backbone in config.backbones:
     backbone_start = time.perf_counter()
@@ -481,6 +540,18 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   files.append(_plot(config,
                      {k: v["accuracy"] for k, v in results.items()},
                      output_dir))
+  if config.curve_points > 1:
+    every = config.train.steps // config.curve_points
+    files += reporting.write_table(
+        output_dir, f"{NAME}_curves",
+        ["backbone", "distance", "seed", "step", "accuracy"],
+        [(backbone, distance, seed, (i + 1) * every, float(acc))
+         for (backbone, distance), metrics in results.items()
+         for seed in range(config.seeds)
+         for i, acc in enumerate(metrics["curve_accuracy"][seed])])
+    files.append(_plot_curves(config, {k: v["curve_accuracy"]
+                                       for k, v in results.items()},
+                              output_dir))
 
   chance = chance_accuracy(config)
   figures: dict[str, float] = {
