@@ -46,13 +46,41 @@ def _canonical_segments(segment_ids, batch: int, q_len: int, kv_len: int):
           _check_int_array("kv_segment_ids", kv_seg, (batch, kv_len)))
 
 
+def _check_window(window) -> tuple[int | None, int | None]:
+  if window is None:
+    return None, None
+  if not isinstance(window, (tuple, list)) or len(window) != 2:
+    raise ValueError(f"window must be a pair (left, right) of ints >= 0 or "
+                     f"None, got {window!r}")
+  for side, value in zip(("left", "right"), window):
+    if value is not None and (isinstance(value, bool) or not isinstance(
+        value, (int, np.integer)) or value < 0):
+      raise ValueError(f"window {side} side must be an int >= 0 or None, got "
+                       f"{value!r}")
+  return tuple(None if w is None else int(w) for w in window)
+
+
+def _check_softcap(softcap) -> float | None:
+  if softcap is None:
+    return None
+  if isinstance(softcap, bool) or not isinstance(
+      softcap, (int, float, np.floating, np.integer)) or not (
+          math.isfinite(softcap) and softcap > 0):
+    raise ValueError(f"softcap must be a positive finite Python float or None, "
+                     f"got {softcap!r}")
+  return float(softcap)
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
               causal: bool = False,
               key_lengths: jax.Array | None = None,
               segment_ids: SegmentIds | None = None,
               scale: float | None = None,
-              implementation: str | None = None) -> jax.Array:
-  """Scaled dot-product attention `softmax(scale * Q K^T + mask) V`.
+              window: tuple[int | None, int | None] | None = None,
+              softcap: float | None = None,
+              return_residuals: bool = False,
+              implementation: str | None = None):
+  """Scaled dot-product attention `softmax(cap(scale * Q K^T) + mask) V`.
 
   Args:
     q: queries `(batch, q_len, num_heads, head_dim)`.
@@ -70,6 +98,18 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       `((batch, q_len), (batch, kv_len))`; a query attends only to keys of its
       own segment.
     scale: softmax scale, a Python float; default `1 / sqrt(head_dim)`.
+    window: `(left, right)`: query `i` sees key `j` only if `i' - left <= j
+      <= i' + right`, `i' = i + kv_len - q_len` (the causal alignment); a
+      side None is unbounded. `(w, 0)` with `causal` is sliding-window
+      attention over the query and its `w` predecessors. Combines with
+      every other mask.
+    softcap: Gemma 2's logit soft-capping: the scaled scores become
+      `softcap * tanh(scores / softcap)` before masking (exact backward).
+    return_residuals: also return the log-sum-exp of each row's capped,
+      masked scores, `(batch, num_heads, q_len)` float32, natural log,
+      `-inf` for a row without any allowed key. Partial attentions over
+      disjoint key sets merge with it: `o = sum_i exp(lse_i - lse) o_i`,
+      `lse = logaddexp(lse_1, lse_2, ...)`. Differentiable.
     implementation: one of `IMPLEMENTATIONS`: "triton" (fused Triton kernels;
       compiled on CUDA GPUs, under Triton's interpreter where requested, see
       `kernels.triton_interpret`), "xla" / "cudnn"
@@ -81,8 +121,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       implementation that cannot serve the call raises ValueError.
 
   Returns:
-    `(batch, q_len, num_heads, head_dim)`. A query with no allowed key gives a
-    zero row and zero gradients.
+    `(batch, q_len, num_heads, head_dim)`, and the log-sum-exp when
+    `return_residuals`. A query with no allowed key gives a zero row and zero
+    gradients.
   """
   for name, x in (("q", q), ("k", k), ("v", v)):
     if getattr(x, "ndim", None) != 4:
@@ -119,6 +160,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     scale = 1.0 / math.sqrt(head_dim)
   if not isinstance(scale, (int, float)) or isinstance(scale, bool):
     raise TypeError(f"scale must be a Python float, got {type(scale)}")
+  window_left, window_right = _check_window(window)
+  softcap = _check_softcap(softcap)
+  if not isinstance(return_residuals, (bool, np.bool_)):
+    raise TypeError(f"return_residuals must be a bool, got "
+                    f"{type(return_residuals).__name__}")
   if implementation is not None and implementation not in backends.REGISTRY:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or "
                      f"None, got {implementation!r}")
@@ -127,7 +173,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads,
       num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=np.dtype(q.dtype),
       causal=bool(causal), has_key_lengths=key_lengths is not None,
-      has_segments=q_seg is not None, platform=jax.default_backend())
+      has_segments=q_seg is not None, platform=jax.default_backend(),
+      window=(window_left, window_right), softcap=softcap is not None,
+      return_residuals=bool(return_residuals))
   if implementation is None:
     backend = backends.select(call)
   else:
@@ -137,5 +185,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       raise ValueError(f"implementation={implementation!r} cannot serve this "
                        f"call: {reason}")
   mask = masking.Mask(causal=bool(causal), key_lengths=key_lengths,
-                      q_segment_ids=q_seg, kv_segment_ids=kv_seg)
-  return backend.fn(q, k, v, mask, float(scale))
+                      q_segment_ids=q_seg, kv_segment_ids=kv_seg,
+                      window_left=window_left, window_right=window_right)
+  return backend.fn(q, k, v, mask, float(scale), softcap=softcap,
+                    return_residuals=bool(return_residuals))

@@ -3,13 +3,15 @@
 Each backend says whether it can serve a call (`supports` returns None, or the
 reason it cannot) and computes it. All take the canonical arguments built by
 `kernels.attention`: q, k, v in `(batch, seq, heads, head_dim)` layout, a
-`masking.Mask` and a Python float scale.
+`masking.Mask` and a Python float scale, and the keywords `softcap` (float
+or None) and `return_residuals` (then they return `(out, lse)`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +24,7 @@ from kernels import reference
 from kernels import triton_launch
 from kernels import triton_ops
 
-AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, masking.Mask, float],
-                       jax.Array]
+AttentionFn = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,13 @@ class AttentionCall:
   has_key_lengths: bool
   has_segments: bool
   platform: str
+  window: tuple[int | None, int | None] = (None, None)
+  softcap: bool = False
+  return_residuals: bool = False
+
+  @property
+  def has_window(self) -> bool:
+    return self.window != (None, None)
 
   @property
   def score_bytes(self) -> int:
@@ -60,10 +68,16 @@ def _always(call: AttentionCall) -> None:
 
 
 def _xla_supports(call: AttentionCall) -> str | None:
-  if call.causal and call.q_len != call.kv_len:
-    return ("jax.nn.dot_product_attention aligns is_causal at the top-left; "
-            "bottom-right causal attention with q_len != kv_len "
-            f"({call.q_len} != {call.kv_len}) needs another implementation")
+  if (call.causal or call.has_window) and call.q_len != call.kv_len:
+    return ("jax.nn.dot_product_attention aligns is_causal and "
+            "local_window_size at the top-left; bottom-right aligned masks "
+            f"with q_len != kv_len ({call.q_len} != {call.kv_len}) need "
+            "another implementation")
+  if call.softcap:
+    return ("jax.nn.dot_product_attention has no logit soft-capping (jax "
+            "issue #23300)")
+  if call.return_residuals:
+    return "jax.nn.dot_product_attention does not return the log-sum-exp"
   return None
 
 
@@ -76,23 +90,35 @@ def _cudnn_supports(call: AttentionCall) -> str | None:
     return f"cuDNN attention takes head_dim <= 128, a multiple of 8, got {call.head_dim}"
   if call.has_segments:
     return "segment_ids are not expressed through the cuDNN path"
+  if call.has_window:
+    return ("local windows through cuDNN are not verified here (jax PR "
+            "#39576: its non-causal window attended to future tokens)")
   return _xla_supports(call)
 
 
 def _dot_product_attention(implementation: str) -> AttentionFn:
   """`jax.nn.dot_product_attention` with our masking semantics."""
 
-  def fn(q, k, v, mask, scale):
+  def fn(q, k, v, mask, scale, *, softcap=None, return_residuals=False):
+    if softcap is not None or return_residuals:
+      raise ValueError(f"implementation={implementation!r} supports neither "
+                       f"softcap nor return_residuals")
     seg_mask = None
     if mask.has_segments:
       seg_mask = (mask.q_segment_ids[:, None, :, None] ==
                   mask.kv_segment_ids[:, None, None, :])
+    window = None
+    if mask.has_window:  # q_len == kv_len here: top-left == bottom-right
+      kv_len = k.shape[1]
+      window = tuple(kv_len if w is None else w
+                     for w in (mask.window_left, mask.window_right))
     out = jax.nn.dot_product_attention(
         q, k, v, mask=seg_mask, scale=scale, is_causal=mask.causal,
-        key_value_seq_lengths=mask.key_lengths, implementation=implementation)
+        key_value_seq_lengths=mask.key_lengths, local_window_size=window,
+        implementation=implementation)
     # jax masks with a large negative number, so a row without any allowed key
     # averages V; our contract is a zero row (and zero gradients).
-    if mask.key_lengths is not None or mask.has_segments:
+    if mask.key_lengths is not None or mask.has_segments or mask.has_window:
       q_len, kv_len = q.shape[1], k.shape[1]
       has_key = masking.allowed(mask, jnp.arange(q_len), jnp.arange(kv_len),
                                 q_len, kv_len).any(-1)
@@ -114,16 +140,16 @@ def _float16_widened_on_cpu(attend: AttentionFn) -> AttentionFn:
   program is lowered, so a GPU lowering keeps the float16 path.
   """
 
-  def fn(q, k, v, mask, scale):
+  def fn(q, k, v, mask, scale, **options):
     if q.dtype != jnp.float16:
-      return attend(q, k, v, mask, scale)
+      return attend(q, k, v, mask, scale, **options)
 
     def widened(q, k, v, mask):
       f32 = (x.astype(jnp.float32) for x in (q, k, v))
-      return attend(*f32, mask, scale).astype(q.dtype)
+      return attend(*f32, mask, scale, **options).astype(q.dtype)
 
     def native(q, k, v, mask):
-      return attend(q, k, v, mask, scale)
+      return attend(q, k, v, mask, scale, **options)
 
     return jax.lax.platform_dependent(q, k, v, mask, cpu=widened,
                                       default=native)
@@ -135,16 +161,17 @@ def _triton_supports(call: AttentionCall) -> str | None:
   reason = triton_launch.unavailable_reason(triton_launch.interpret_requested())
   if reason:
     return reason
-  head_dims = block_sizes.supported_head_dims("fwd")
-  if call.head_dim not in head_dims:
+  if not block_sizes.serves_head_dim("fwd", call.head_dim):
+    largest = max(block_sizes.supported_head_dims("fwd"))
     return (f"head_dim {call.head_dim} is not supported by the Triton kernels "
-            f"(supported: {', '.join(map(str, head_dims))})")
+            f"(supported: multiples of 8 from 8 to {largest})")
   return None
 
 
-def _triton(q, k, v, mask, scale):
+def _triton(q, k, v, mask, scale, **options):
   return triton_ops.attention_triton(
-      q, k, v, mask, scale, interpret=triton_launch.interpret_requested())
+      q, k, v, mask, scale, interpret=triton_launch.interpret_requested(),
+      **options)
 
 
 REGISTRY: dict[str, Backend] = {

@@ -131,8 +131,24 @@ def override(rows: Mapping[tuple[str, int, str, bool], BlockSizes]
 
 
 def supported_head_dims(kernel: str) -> tuple[int, ...]:
-  """Head dims with a table row for `kernel`."""
+  """Head dims with a table row for `kernel` (tile widths: powers of two)."""
   return tuple(sorted({key[1] for key in TABLE if key[0] == kernel}))
+
+
+def padded_head_dim(head_dim: int) -> int:
+  """The kernels' head-dim tile: the next power of two, at least 16."""
+  return max(16, 1 << (int(head_dim) - 1).bit_length())
+
+
+def row_head_dim(head_dim: int) -> int:
+  """The table row a head dim uses: its tile width, rows start at 32."""
+  return max(min(supported_head_dims("fwd")), padded_head_dim(head_dim))
+
+
+def serves_head_dim(kernel: str, head_dim: int) -> bool:
+  """Whether `kernel` runs `head_dim`: a multiple of 8 whose tile has a row."""
+  return (head_dim >= 8 and head_dim % 8 == 0 and
+          row_head_dim(head_dim) in supported_head_dims(kernel))
 
 
 def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels import masking
+from kernels import reference
 
 DEFAULT_BLOCK_K = 512
 _HI = jax.lax.Precision.HIGHEST
@@ -45,7 +46,17 @@ def _block_mask(mask: masking.Mask, j: jax.Array, block_k: int, q_len: int,
                          kv_len)[:, None, None]
 
 
-def _forward(q, k, v, mask, scale, block_k):
+def _scores(qg, kb, scale, softcap):
+  """Scaled (and soft-capped) scores `(b, hk, group, q_len, block_k)`, and
+  tanh of the capped argument (for the backward), or None."""
+  s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kb, precision=_HI) * scale
+  if softcap is None:
+    return s, None
+  t = jnp.tanh(s / softcap)
+  return softcap * t, t
+
+
+def _forward(q, k, v, mask, scale, softcap, block_k):
   """Returns the output and the per-row log-sum-exp `(b, hk, group, q_len)`."""
   b, q_len, h, d = q.shape
   kv_len, hk = k.shape[1], k.shape[2]
@@ -55,8 +66,7 @@ def _forward(q, k, v, mask, scale, block_k):
   def step(carry, xs):
     o, m, l = carry
     j, kb, vb = xs
-    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kb.astype(jnp.float32),
-                   precision=_HI) * scale
+    s, _ = _scores(qg, kb.astype(jnp.float32), scale, softcap)
     s = jnp.where(_block_mask(mask, j, block_k, q_len, kv_len), s, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
@@ -78,21 +88,27 @@ def _forward(q, k, v, mask, scale, block_k):
   return o, lse
 
 
-def _backward(q, k, v, mask, scale, block_k, o, lse, do):
+def _backward(q, k, v, mask, scale, softcap, block_k, o, lse, do, dlse):
+  """Gradients w.r.t. q, k, v given those of the output (`do`) and of the
+  log-sum-exp (`dlse`, `(b, hk, group, q_len)`): d lse / d s = P, so it
+  enters as `dS = P * (dO V^T - (delta - dlse))`."""
   b, q_len, h, d = q.shape
   kv_len, hk = k.shape[1], k.shape[2]
   qg, dog = _group_q(q, hk), _group_q(do, hk)
-  delta = jnp.einsum("bqhgd,bqhgd->bhgq", dog, _group_q(o, hk), precision=_HI)
+  delta = jnp.einsum("bqhgd,bqhgd->bhgq", dog, _group_q(o, hk),
+                     precision=_HI) - dlse
 
   def step(dq, xs):
     j, kb, vb = xs
     kb, vb = kb.astype(jnp.float32), vb.astype(jnp.float32)
-    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kb, precision=_HI) * scale
+    s, t = _scores(qg, kb, scale, softcap)
     ok = _block_mask(mask, j, block_k, q_len, kv_len)
     p = jnp.where(ok, jnp.exp(s - lse[..., None]), 0.0)
     dv = jnp.einsum("bhgqk,bqhgd->bkhd", p, dog, precision=_HI)
     dp = jnp.einsum("bqhgd,bkhd->bhgqk", dog, vb, precision=_HI)
     ds = p * (dp - delta[..., None]) * scale
+    if t is not None:  # through softcap * tanh(s / softcap)
+      ds = ds * (1.0 - t * t)
     dq = dq + jnp.einsum("bhgqk,bkhd->bqhgd", ds, kb, precision=_HI)
     dk = jnp.einsum("bhgqk,bqhgd->bkhd", ds, qg, precision=_HI)
     return dq, (dk, dv)
@@ -108,19 +124,22 @@ def _backward(q, k, v, mask, scale, block_k, o, lse, do):
   return dq.reshape(q.shape).astype(q.dtype), merge(dk), merge(dv)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, mask, scale, block_k):
-  return _forward(q, k, v, mask, scale, block_k)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _attention(q, k, v, mask, scale, softcap, block_k):
+  """`(output, log-sum-exp (b, hk, group, q_len), +inf for empty rows)`."""
+  return _forward(q, k, v, mask, scale, softcap, block_k)
 
 
-def _attention_fwd(q, k, v, mask, scale, block_k):
-  o, lse = _forward(q, k, v, mask, scale, block_k)
-  return o, (q, k, v, mask, o, lse)
+def _attention_fwd(q, k, v, mask, scale, softcap, block_k):
+  o, lse = _forward(q, k, v, mask, scale, softcap, block_k)
+  return (o, lse), (q, k, v, mask, o, lse)
 
 
-def _attention_bwd(scale, block_k, res, do):
+def _attention_bwd(scale, softcap, block_k, res, cotangents):
   q, k, v, mask, o, lse = res
-  dq, dk, dv = _backward(q, k, v, mask, scale, block_k, o, lse, do)
+  do, dlse = cotangents
+  dq, dk, dv = _backward(q, k, v, mask, scale, softcap, block_k, o, lse, do,
+                         dlse)
   return dq, dk, dv, jax.tree.map(lambda _: None, mask)
 
 
@@ -128,9 +147,11 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def attention_blockwise(q: jax.Array, k: jax.Array, v: jax.Array,
-                        mask: masking.Mask, scale: float,
-                        block_k: int | None = None) -> jax.Array:
-  """Computes `softmax(scale * Q K^T + mask) V` one key block at a time.
+                        mask: masking.Mask, scale: float, *,
+                        softcap: float | None = None,
+                        return_residuals: bool = False,
+                        block_k: int | None = None):
+  """Computes `softmax(cap(scale * Q K^T) + mask) V` one key block at a time.
 
   Args:
     q: `(batch, q_len, num_heads, head_dim)`.
@@ -139,11 +160,20 @@ def attention_blockwise(q: jax.Array, k: jax.Array, v: jax.Array,
     v: `(batch, kv_len, num_kv_heads, head_dim)`.
     mask: masking arguments (see `kernels.masking`).
     scale: softmax scale.
+    softcap: soft-capping of the scaled scores (`reference.soft_cap`).
+    return_residuals: also return the log-sum-exp per row, `(batch,
+      num_heads, q_len)` float32 (`-inf` where no key is allowed).
     block_k: keys per scan step (default `DEFAULT_BLOCK_K`); `kv_len` need
       not be a multiple.
 
   Returns:
-    `(batch, q_len, num_heads, head_dim)` in the dtype of `q`.
+    `(batch, q_len, num_heads, head_dim)` in the dtype of `q`, and the
+    log-sum-exp when `return_residuals`; both differentiable.
   """
   block_k = max(1, min(block_k or DEFAULT_BLOCK_K, k.shape[1]))
-  return _attention(q, k, v, mask, float(scale), block_k)
+  o, lse = _attention(q, k, v, mask, float(scale),
+                      None if softcap is None else float(softcap), block_k)
+  if not return_residuals:
+    return o
+  return o, reference.public_lse(lse.reshape(q.shape[0], q.shape[2],
+                                             q.shape[1]))

@@ -1,7 +1,8 @@
 """The compile gate: every Triton launch the library makes, compiled for GPUs.
 
 For every row of `block_sizes.TABLE` and every call variant (plain, segment
-ids, grouped-query, decode), the real forward and gradient of
+ids, grouped-query, decode, and a local window with logit soft-capping), the
+real forward and gradient of
 `triton_ops.attention_triton` are traced with `triton_launch.recording()`, so
 the launches are exactly the library's. Each distinct launch is compiled for
 each requested compute capability (`aot_compile`), and `check` turns the
@@ -35,7 +36,17 @@ from kernels import masking
 from kernels import triton_launch
 from kernels import triton_ops
 
-VARIANTS = ("plain", "segments", "gqa", "decode")
+VARIANTS = ("plain", "segments", "gqa", "decode", "window_softcap")
+# The window_softcap variant: a sliding window (causal rows) or a two-sided
+# one, and Gemma 2's soft-capping; both are constexprs of the kernels.
+_WINDOW = {True: (256, 0), False: (128, 128)}
+_SOFTCAP = 30.0
+# Head dims that are not a tile width: each runs in the power-of-two tile of
+# `block_sizes.padded_head_dim` with masked columns, under the row of
+# `block_sizes.row_head_dim`. Compiled plain, causal and not, in one 16-bit
+# dtype and float32 (float16 shares bfloat16's code path).
+EXTRA_HEAD_DIMS = (16, 24, 48, 80, 96, 160)
+EXTRA_DTYPES = ("bfloat16", "float32")
 # Which table kernel each Triton function takes its row from; the backward
 # preprocess has no row (it borrows bwd_dq's BLOCK_M) and no tl.dot.
 TABLE_KERNEL = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "bwd_dkdv",
@@ -85,13 +96,16 @@ def trace_launches(head_dim: int, dtype: str, causal: bool,
   the kernels support it (head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM).
   """
   q, kv, seg = _variant_inputs(variant, head_dim, dtype)
+  window = _WINDOW[causal] if variant == "window_softcap" else (None, None)
   mask = masking.Mask(causal=causal, key_lengths=None, q_segment_ids=seg,
-                      kv_segment_ids=seg)
+                      kv_segment_ids=seg, window_left=window[0],
+                      window_right=window[1])
   scale = 1.0 / np.sqrt(head_dim)
+  softcap = _SOFTCAP if variant == "window_softcap" else None
 
   def forward(q, k, v):
     return triton_ops.attention_triton(q, k, v, mask, float(scale),
-                                       interpret=False)
+                                       interpret=False, softcap=softcap)
 
   def forward_and_vjp(q, k, v):
     out, vjp = jax.vjp(forward, q, k, v)
@@ -140,20 +154,29 @@ def table_rows() -> list[RowKey]:
 
 
 def collect_launches(rows: Iterable[RowKey] | None = None,
-                     variants: Sequence[str] = VARIANTS) -> list[Launch]:
-  """Distinct launches over `rows` (default: the whole table) x `variants`."""
+                     variants: Sequence[str] = VARIANTS,
+                     extra_head_dims: Sequence[int] = EXTRA_HEAD_DIMS
+                     ) -> list[Launch]:
+  """Distinct launches over `rows` (default: the whole table) x `variants`,
+  and, variant "plain", each of `extra_head_dims` whose row (`block_sizes.
+  row_head_dim`) is among `rows`, in the rows' `EXTRA_DTYPES`."""
   rows = table_rows() if rows is None else list(rows)
-  calls = sorted({(hd, dt, causal) for _, hd, dt, causal in rows})
+  keys = sorted({r[1:] for r in rows})
+  calls = [(hd, dt, causal, variant) for hd, dt, causal in keys
+           for variant in variants]
+  calls += [(hd, dt, causal, "plain") for hd in extra_head_dims
+            for row_hd, dt, causal in keys
+            if row_hd == block_sizes.row_head_dim(hd) and dt in EXTRA_DTYPES]
   found: dict[aot_compile.CompileSpec, tuple[RowKey | None, list[str]]] = {}
-  for head_dim, dtype, causal in calls:
-    for variant in variants:
-      for record in trace_launches(head_dim, dtype, causal, variant):
-        spec = compile_spec(record)
-        kernel = TABLE_KERNEL.get(record.name)
-        row = None if kernel is None else (kernel, head_dim, dtype, causal)
-        entry = found.setdefault(spec, (row, []))
-        if variant not in entry[1]:
-          entry[1].append(variant)
+  for head_dim, dtype, causal, variant in calls:
+    for record in trace_launches(head_dim, dtype, causal, variant):
+      spec = compile_spec(record)
+      kernel = TABLE_KERNEL.get(record.name)
+      row = None if kernel is None else (
+          kernel, block_sizes.row_head_dim(head_dim), dtype, causal)
+      entry = found.setdefault(spec, (row, []))
+      if variant not in entry[1]:
+        entry[1].append(variant)
   return [Launch(spec, row, tuple(v)) for spec, (row, v) in found.items()]
 
 
@@ -221,13 +244,21 @@ def check(launches: Sequence[Launch],
   return failures
 
 
+def _head_dim(launch: Launch) -> str:
+  """The launch's head_dim, with its table row's when that differs."""
+  head_dim = dict(launch.spec.constexprs).get("HEAD_DIM")
+  if launch.row is None or launch.row[1] == head_dim:
+    return str(head_dim)
+  return f"{head_dim} (row {launch.row[1]})"
+
+
 def _describe(launch: Launch) -> str:
   row = launch.row
   if row is None:
-    return f"{launch.kernel} [{'/'.join(launch.variants)}]"
-  kernel, head_dim, dtype, causal = row
-  return (f"{kernel} hd{head_dim} {dtype} {'causal' if causal else 'full'} "
-          f"[{'/'.join(launch.variants)}]")
+    return f"{launch.kernel} hd{_head_dim(launch)} [{'/'.join(launch.variants)}]"
+  kernel, _, dtype, causal = row
+  return (f"{kernel} hd{_head_dim(launch)} {dtype} "
+          f"{'causal' if causal else 'full'} [{'/'.join(launch.variants)}]")
 
 
 def format_table(launches: Sequence[Launch],
@@ -243,8 +274,8 @@ def format_table(launches: Sequence[Launch],
                                        kv[0][1])):
     launch = launches[i]
     constexprs = dict(launch.spec.constexprs)
-    kernel, head_dim, dtype, causal = launch.row or (
-        launch.kernel, constexprs.get("HEAD_DIM"), "-", "-")
+    kernel, _, dtype, causal = launch.row or (launch.kernel, None, "-", "-")
+    head_dim = _head_dim(launch)
     tile = (f"{constexprs['BLOCK_M']}x{constexprs.get('BLOCK_N', '-')}"
             if "BLOCK_M" in constexprs else "-")
     arch = aot_compile.arch_name(capability)

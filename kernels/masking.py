@@ -10,6 +10,10 @@ following hold (the Triton kernels implement the same predicate in
   convention of `jax.nn.dot_product_attention(is_causal=True)`).
 * key lengths: `j < key_lengths[b]` (key padding per example).
 * segments: `q_segment_ids[b, i] == kv_segment_ids[b, j]`.
+* window `(left, right)`: `i' - left <= j <= i' + right` with the same
+  bottom-right alignment `i' = i + (kv_len - q_len)`; a side that is None is
+  unbounded. `(left, 0)` with `causal` is sliding-window attention (each query
+  sees itself and the `left` keys before it).
 
 A query with no allowed key produces a zero output row and zero gradients.
 """
@@ -32,16 +36,26 @@ class Mask:
     key_lengths: `(batch,) int32` valid key count per example, or None.
     q_segment_ids: `(batch, q_len) int32` or None (None iff kv_segment_ids is).
     kv_segment_ids: `(batch, kv_len) int32` or None.
+    window_left, window_right: the local window's sides (static ints >= 0),
+      None for unbounded.
   """
 
   causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
   key_lengths: jax.Array | None = None
   q_segment_ids: jax.Array | None = None
   kv_segment_ids: jax.Array | None = None
+  window_left: int | None = dataclasses.field(default=None,
+                                              metadata=dict(static=True))
+  window_right: int | None = dataclasses.field(default=None,
+                                               metadata=dict(static=True))
 
   @property
   def has_segments(self) -> bool:
     return self.q_segment_ids is not None
+
+  @property
+  def has_window(self) -> bool:
+    return self.window_left is not None or self.window_right is not None
 
 
 def allowed(mask: Mask, q_pos: jax.Array, k_pos: jax.Array, q_len: int,
@@ -60,8 +74,13 @@ def allowed(mask: Mask, q_pos: jax.Array, k_pos: jax.Array, q_len: int,
     `(batch or 1, q_block, k_block) bool`.
   """
   ok = (k_pos < kv_len)[None, None, :]
+  aligned = q_pos[:, None] + (kv_len - q_len)  # i', bottom-right aligned
   if mask.causal:
-    ok = ok & (k_pos[None, :] <= q_pos[:, None] + (kv_len - q_len))[None]
+    ok = ok & (k_pos[None, :] <= aligned)[None]
+  if mask.window_left is not None:
+    ok = ok & (k_pos[None, :] >= aligned - mask.window_left)[None]
+  if mask.window_right is not None:
+    ok = ok & (k_pos[None, :] <= aligned + mask.window_right)[None]
   if mask.key_lengths is not None:
     ok = ok & (k_pos[None, None, :] < mask.key_lengths[:, None, None])
   if mask.has_segments:

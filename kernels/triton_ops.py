@@ -23,6 +23,7 @@ import numpy as np
 
 from kernels import block_sizes
 from kernels import masking
+from kernels import reference
 from kernels import triton_launch
 
 MAX_BACKWARD_HEAD_DIM = 128
@@ -36,6 +37,9 @@ class _Static:
   has_segments: bool
   scale: float
   interpret: bool
+  window_left: int | None
+  window_right: int | None
+  softcap: float | None
   # Kernel name -> its block sizes, resolved before tracing so that a change
   # of table row (an override) is a new cache key, never a stale trace.
   blocks: tuple[tuple[str, block_sizes.BlockSizes], ...]
@@ -73,8 +77,12 @@ def _common(st: _Static, q, k, kernel: str):
   bs = st.block(kernel)
   constexprs = dict(
       NUM_HEADS=q.shape[2], NUM_KV_HEADS=k.shape[2], HEAD_DIM=head_dim,
+      HEAD_DIM_PAD=block_sizes.padded_head_dim(head_dim),
       BLOCK_M=bs.block_m, BLOCK_N=bs.block_n, CAUSAL=st.causal,
       HAS_SEGMENTS=st.has_segments,
+      WINDOW_LEFT=-1 if st.window_left is None else st.window_left,
+      WINDOW_RIGHT=-1 if st.window_right is None else st.window_right,
+      HAS_SOFTCAP=st.softcap is not None,
       # float32: three tf32 tensor-core products (a_hi b_hi + a_hi b_lo +
       # a_lo b_hi), about float32 accuracy; plain "tf32" would round operands
       # to 10 mantissa bits, and "ieee" (FMA) spills registers on every
@@ -92,7 +100,7 @@ def _forward_op(st: _Static):
     grid = (_cdiv(q_len, bs.block_m), batch * num_heads)
     return triton_launch.launch(
         _kernels(st)._attn_fwd, q, k, v, key_lengths, q_seg, kv_seg, st.scale,
-        q_len, k.shape[1],
+        _softcap_arg(st), q_len, k.shape[1],
         out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch, num_heads, q_len),
                                         jnp.float32)),
@@ -104,7 +112,7 @@ def _forward_op(st: _Static):
 
 @functools.cache
 def _backward_op(st: _Static):
-  def op(q, k, v, key_lengths, q_seg, kv_seg, o, lse, do):
+  def op(q, k, v, key_lengths, q_seg, kv_seg, o, lse, do, dlse):
     batch, q_len, num_heads, head_dim = q.shape
     kv_len, num_kv_heads = k.shape[1], k.shape[2]
     kern = _kernels(st)
@@ -115,9 +123,14 @@ def _backward_op(st: _Static):
                                         jnp.float32),),
         grid=(_cdiv(q_len, pre.block_m), batch * num_heads),
         num_warps=pre.num_warps, num_stages=1, interpret=st.interpret,
-        NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_M=pre.block_m)
+        NUM_HEADS=num_heads, HEAD_DIM=head_dim,
+        HEAD_DIM_PAD=block_sizes.padded_head_dim(head_dim),
+        BLOCK_M=pre.block_m)
+    # The log-sum-exp's own cotangent: d lse2 / d s = P / ln 2, so it joins
+    # dS = P * (dP - delta) as delta - dlse2 * log2(e).
+    delta = delta - dlse * np.float32(np.log2(np.e))
     operands = (q, k, v, key_lengths, q_seg, kv_seg, do, lse, delta,
-                st.scale, q_len, kv_len)
+                st.scale, _softcap_arg(st), q_len, kv_len)
 
     bs, constexprs = _common(st, q, k, "bwd_dkdv")
     dk, dv = triton_launch.launch(
@@ -144,24 +157,32 @@ def _cdiv(a: int, b: int) -> int:
   return -(-a // b)
 
 
+def _softcap_arg(st: _Static) -> float:
+  """The kernels' `softcap` scalar; read only when HAS_SOFTCAP."""
+  return 1.0 if st.softcap is None else st.softcap
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(st, q, k, v, key_lengths, q_seg, kv_seg):
-  return _forward_op(st)(q, k, v, key_lengths, q_seg, kv_seg)[0]
+  """`(output, base-2 log-sum-exp (batch, heads, q_len), +inf if empty)`."""
+  return _forward_op(st)(q, k, v, key_lengths, q_seg, kv_seg)
 
 
 def _attention_fwd(st, q, k, v, key_lengths, q_seg, kv_seg):
   o, lse = _forward_op(st)(q, k, v, key_lengths, q_seg, kv_seg)
-  return o, (q, k, v, key_lengths, q_seg, kv_seg, o, lse)
+  return (o, lse), (q, k, v, key_lengths, q_seg, kv_seg, o, lse)
 
 
-def _attention_bwd(st, res, do):
+def _attention_bwd(st, res, cotangents):
   q = res[0]
+  do, dlse = cotangents
   if q.shape[-1] > MAX_BACKWARD_HEAD_DIM:
     raise ValueError(
         f"the Triton attention backward supports head_dim <= "
         f"{MAX_BACKWARD_HEAD_DIM}, got head_dim={q.shape[-1]}; use "
         "implementation='blockwise' or 'xla' to differentiate")
-  dq, dk, dv = _backward_op(st)(*res, do.astype(q.dtype))
+  dq, dk, dv = _backward_op(st)(*res, do.astype(q.dtype),
+                                dlse.astype(jnp.float32))
   return dq, dk, dv, None, None, None
 
 
@@ -170,8 +191,10 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
                      mask: masking.Mask, scale: float, *,
-                     interpret: bool) -> jax.Array:
-  """Fused attention `softmax(scale * Q K^T + mask) V` with Triton kernels.
+                     interpret: bool, softcap: float | None = None,
+                     return_residuals: bool = False):
+  """Fused attention `softmax(cap(scale * Q K^T) + mask) V` with Triton
+  kernels (`cap`: optional soft-capping, `reference.soft_cap`).
 
   Args:
     q: `(batch, q_len, num_heads, head_dim)`, float16/bfloat16/float32.
@@ -181,10 +204,13 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
     mask: masking arguments (see `kernels.masking`).
     scale: softmax scale.
     interpret: run under Triton's interpreter instead of compiling for GPU.
+    softcap: soft-capping of the scaled scores, or None.
+    return_residuals: also return the natural-log log-sum-exp per row,
+      `(batch, num_heads, q_len)` float32, `-inf` for empty rows.
 
   Returns:
-    `(batch, q_len, num_heads, head_dim)` in the dtype of `q`. Differentiable
-    w.r.t. q, k, v for head_dim <= 128.
+    `(batch, q_len, num_heads, head_dim)` in the dtype of `q` (and the
+    log-sum-exp). Differentiable w.r.t. q, k, v for head_dim <= 128.
   """
   batch, _, _, _ = q.shape
   kv_len = k.shape[1]
@@ -202,7 +228,13 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
     kernels_ = ("fwd",)  # No backward rows; the VJP raises a named error.
   st = _Static(causal=mask.causal, has_segments=mask.has_segments,
                scale=float(np.float32(scale)), interpret=interpret,
-               blocks=tuple((k, block_sizes.lookup(k, head_dim, q.dtype,
-                                                   mask.causal, interpret))
-                            for k in kernels_))
-  return _attention(st, q, k, v, key_lengths.astype(jnp.int32), q_seg, kv_seg)
+               window_left=mask.window_left, window_right=mask.window_right,
+               softcap=None if softcap is None else float(np.float32(softcap)),
+               blocks=tuple((k, block_sizes.lookup(
+                   k, block_sizes.row_head_dim(head_dim), q.dtype,
+                   mask.causal, interpret)) for k in kernels_))
+  o, lse = _attention(st, q, k, v, key_lengths.astype(jnp.int32), q_seg,
+                      kv_seg)
+  if not return_residuals:
+    return o
+  return o, reference.public_lse(lse * np.float32(np.log(2.0)))

@@ -68,6 +68,11 @@ class MultiHeadAttention(nn.Module):
     rotary: apply rotary position embeddings to q and k.
     rope_base: the rotary base.
     attention_impl: `kernels.attention(implementation=...)`; None: automatic.
+    window: local attention, `kernels.attention(window=(left, right))`:
+      query i sees keys i - left .. i + right (None: unbounded side); with
+      `causal`, `(w, 0)` is sliding-window attention. Decoding honours it.
+    softcap: logit soft-capping `softcap * tanh(scores / softcap)` (Gemma 2);
+      None: off.
     cache_len: positions in the KV cache the first decode call creates
       (None: that call's `q_len`).
     dtype: compute dtype; param_dtype: parameter dtype.
@@ -81,6 +86,8 @@ class MultiHeadAttention(nn.Module):
   rotary: bool = False
   rope_base: float = 10_000.0
   attention_impl: str | None = None
+  window: tuple[int | None, int | None] | None = None
+  softcap: float | None = None
   cache_len: int | None = None
   dtype: Any = None
   param_dtype: Any = jnp.float32
@@ -176,6 +183,7 @@ class MultiHeadAttention(nn.Module):
       out = self._attend_through_cache(q, k, v, cache)
     else:
       out = kernels.attention(q, k, v, causal=causal, key_lengths=key_lengths,
+                              window=self.window, softcap=self.softcap,
                               implementation=self.attention_impl)
     out = nn.DenseGeneral(
         self.out_features or features, axis=(-2, -1), dtype=self.dtype,
@@ -224,15 +232,25 @@ class MultiHeadAttention(nn.Module):
     cache["index"].value = end
     lengths = jnp.full((batch,), end, jnp.int32)
     keys, values = cache["key"].value, cache["value"].value
+    options = dict(softcap=self.softcap, implementation=self.attention_impl)
     if q_len == 1:
+      segments = None
+      left = None if self.window is None else self.window[0]
+      if left is not None:
+        # The query sits at position `index` of a max_len cache, not at the
+        # bottom-right where a window would align it: its left edge is a
+        # segment boundary instead (keys before it are segment 0).
+        segments = (jnp.ones((batch, 1), jnp.int32), jnp.broadcast_to(
+            (jnp.arange(max_len) >= index - left).astype(jnp.int32),
+            (batch, max_len)))
       out = kernels.attention(q, keys, values, key_lengths=lengths,
-                              implementation=self.attention_impl)
+                              segment_ids=segments, **options)
     else:
       rows = jax.lax.dynamic_update_slice(
           jnp.zeros((batch, max_len) + q.shape[2:], q.dtype), q, start)
       out = kernels.attention(rows, keys, values, causal=True,
-                              key_lengths=lengths,
-                              implementation=self.attention_impl)
+                              key_lengths=lengths, window=self.window,
+                              **options)
       out = jax.lax.dynamic_slice_in_dim(out, index, q_len, axis=1)
     # Under jit the index is not known when tracing: an overflowing write
     # (which dynamic_update_slice would clamp) poisons the output instead.

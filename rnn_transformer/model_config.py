@@ -81,6 +81,12 @@ class ModelConfig:
       (after each residual add, as in Vaswani et al., 2017).
     activation: "gelu" or "relu" in the feed-forward layer.
     attention_impl: passed to `kernels.attention` (None: automatic).
+    attention_window: local attention over the query and the
+      `attention_window` keys before it (and after it when not causal):
+      `kernels.attention(window=(w, 0))`, or `(w, w)` bidirectional. None:
+      global attention.
+    attention_softcap: Gemma 2's logit soft-capping, `softcap *
+      tanh(scores / softcap)` (None: off).
     remat: rematerialise each block in the backward pass (`nn.remat`).
     scan_layers: run the blocks with `nn.scan` over stacked parameters, so
       compile time does not grow with depth.
@@ -116,6 +122,8 @@ class ModelConfig:
   norm: str = "pre"
   activation: str = "gelu"
   attention_impl: str | None = None
+  attention_window: int | None = None
+  attention_softcap: float | None = None
   remat: bool = False
   scan_layers: bool = False
   scan_method: str | None = None
@@ -135,6 +143,18 @@ class ModelConfig:
       validation.check_int(name, getattr(self, name))
     for name in ("vocab_size", "output_size", "mlp_dim", "num_kv_heads"):
       validation.check_int(name, getattr(self, name), optional=True)
+    if self.attention_window is not None and (
+        isinstance(self.attention_window, bool) or not isinstance(
+            self.attention_window, int) or self.attention_window < 0):
+      raise ValueError(f"attention_window: expected an int >= 0 or None, "
+                       f"got {self.attention_window!r}")
+    if self.attention_softcap is not None and (
+        isinstance(self.attention_softcap, bool) or not isinstance(
+            self.attention_softcap, (int, float)) or not (
+                np.isfinite(self.attention_softcap)
+                and self.attention_softcap > 0)):
+      raise ValueError(f"attention_softcap: expected a positive number or "
+                       f"None, got {self.attention_softcap!r}")
     for name in ("causal", "tie_embeddings", "remat", "scan_layers"):
       validation.check_bool(name, getattr(self, name))
     validation.check_rate("dropout_rate", self.dropout_rate)
@@ -184,6 +204,13 @@ class ModelConfig:
       if self.positional == "sinusoidal" and self.model_dim % 2:
         raise ValueError("positional='sinusoidal' needs an even model_dim, "
                          f"got {self.model_dim}")
+
+  def window(self, causal: bool) -> tuple[int, int] | None:
+    """`kernels.attention`'s window for `attention_window` in a block that
+    is `causal` or not."""
+    if self.attention_window is None:
+      return None
+    return (self.attention_window, 0 if causal else self.attention_window)
 
   @property
   def head_dim(self) -> int:

@@ -74,7 +74,9 @@ class TransformerBlock(nn.Module):
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
         dropout_rate=cfg.dropout_rate, rotary=cfg.positional == "rope",
         rope_base=cfg.rope_base, attention_impl=cfg.attention_impl,
-        cache_len=cfg.max_len, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="attention")
+        window=cfg.window(self.causal), softcap=cfg.attention_softcap,
+        cache_len=cfg.max_len, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        name="attention")
     feed_forward = FeedForward(cfg, name="mlp")
     norm = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     norm_attention = nn.LayerNorm(name="norm_attention", **norm)

@@ -63,10 +63,12 @@ def test_explicit_choice_that_cannot_serve_raises():
     kernels.attention(*_qkv(q_len=4), causal=True, implementation="xla")
 
 
-def test_unsupported_head_dim_for_triton():
+@pytest.mark.parametrize("head_dim", [4, 44, 264])
+def test_unsupported_head_dim_for_triton(head_dim):
   with kernels.triton_interpret():
-    with pytest.raises(ValueError, match="head_dim 48 is not supported"):
-      kernels.attention(*_qkv(head_dim=48), implementation="triton")
+    with pytest.raises(ValueError, match=f"head_dim {head_dim} is not "
+                       "supported.*multiples of 8 from 8 to 256"):
+      kernels.attention(*_qkv(head_dim=head_dim), implementation="triton")
 
 
 def test_default_selection_on_cpu():

@@ -51,6 +51,34 @@ def test_prefill_then_steps_equal_the_full_forward(implementation, positional,
                               **tolerances.output_tol(jnp.float32))
 
 
+@pytest.mark.parametrize("implementation,window,softcap", [
+    ("xla", 2, None), ("reference", 3, 4.0), ("blockwise", 0, None),
+    ("triton", 2, 3.0)])
+def test_sliding_window_and_softcap_decode_like_the_full_forward(
+    implementation, window, softcap):
+  """The window's left edge in the cache (a segment boundary for single
+  tokens, the square mask for prefill) is the full pass's."""
+  overrides = dict(attention_window=window, attention_softcap=softcap,
+                   attention_impl=implementation)
+  if implementation == "triton":
+    config = triton_config(positional="rope", **overrides)
+    x, prompt_len, cache_len = tokens((1, 7)), 3, 8
+  else:
+    config = tiny_config(positional="rope", num_kv_heads=2, **overrides)
+    x, prompt_len, cache_len = tokens((2, 9)), 4, 12
+  model = rt.TransformerLM(config)
+  with implementation_context(implementation):
+    params = init_params(model, x)
+    expected = jax.jit(model.apply)({"params": params}, x).logits
+    logits = cached_logits(model, params, x, prompt_len, cache_len)
+    unwindowed = jax.jit(rt.TransformerLM(config.replace(
+        attention_window=None)).apply)({"params": params}, x).logits
+  chex.assert_trees_all_close(logits, expected,
+                              **tolerances.output_tol(jnp.float32))
+  # The window matters at these lengths: the model without it differs.
+  assert not np.allclose(unwindowed[:, -1], expected[:, -1], atol=1e-4)
+
+
 @pytest.mark.parametrize("backbone", ["lstm", "gru", "mingru", "minlstm",
                                       "lru"])
 @pytest.mark.parametrize("cache_len", [9, None])

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kernels
+
 import rnn_transformer as rt
 import tolerances
 from transformer_helpers import init_params
@@ -144,3 +146,35 @@ def test_bad_inputs_raise():
     init(jax.random.key(0), jnp.zeros((1, 3, FEATURES), jnp.int32))
   with pytest.raises(ValueError, match=r"decode=True is causal self-attention"):
     init(jax.random.key(0), jnp.zeros((1, 3, FEATURES)), decode=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(attention_window=-1), "attention_window"),
+    (dict(attention_window=2.5), "attention_window"),
+    (dict(attention_softcap=0.0), "attention_softcap"),
+    (dict(attention_softcap=True), "attention_softcap"),
+])
+def test_model_config_attention_window_and_softcap_are_validated(kwargs,
+                                                                 match):
+  with pytest.raises(ValueError, match=match):
+    rt.ModelConfig(model_dim=16, num_heads=2, **kwargs)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_window_and_softcap_reach_the_kernel(causal):
+  """The module with a window and softcap equals the kernel called on its
+  own projections with them; without them it differs."""
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16))
+  layer = rt.MultiHeadAttention(num_heads=2, window=(3, 0 if causal else 3),
+                                softcap=2.0)
+  params = layer.init(jax.random.key(1), x, causal=causal)
+  got = layer.apply(params, x, causal=causal)
+  plain = rt.MultiHeadAttention(num_heads=2).apply(params, x, causal=causal)
+  p = params["params"]
+  q, k, v = (jnp.einsum("btf,fhd->bthd", x, p[n]["kernel"]) + p[n]["bias"]
+             for n in ("query", "key", "value"))
+  o = kernels.attention(q, k, v, causal=causal, window=(3, 0 if causal else 3),
+                        softcap=2.0, implementation="reference")
+  want = jnp.einsum("bthd,hdf->btf", o, p["out"]["kernel"]) + p["out"]["bias"]
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+  assert not np.allclose(got, plain, atol=1e-3)

@@ -270,6 +270,23 @@ def test_train_script_trains_a_parallel_recurrence(tmp_path):
   assert (saved.model.backbone, saved.model.scan_method) == ("lru", "chunked")
 
 
+def test_train_script_takes_attention_window_and_softcap_flags(tmp_path):
+  result = _run_script([str(REPO / "scripts" / "train.py")],
+                       f"--config={REPO / 'configs' / 'first_token.py'}"
+                       ":transformer", f"--workdir={tmp_path}",
+                       "--config.train.steps=2",
+                       "--config.train.warmup_steps=1",
+                       "--config.train.batch_size=4",
+                       "--config.model.model_dim=16",
+                       "--config.model.attention_window=8",
+                       "--config.model.attention_softcap=30.0",
+                       "--config.train.progress_bar=False")
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = train.load_config(str(tmp_path))
+  assert (saved.model.attention_window, saved.model.attention_softcap) == (
+      8, 30.0)
+
+
 def test_evaluate_script_reports_and_samples_a_char_lm(tmp_path):
   text = tmp_path / "text.txt"
   text.write_text("the cat sat on the mat. " * 40)

@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 import numpy as np
 from flax.training import train_state
 
@@ -444,7 +445,11 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   results = {}
   for t in config.min_lens:
     for backbone in config.backbones:
-      results[backbone, t] = train_cell(config, backbone, t)
+      result = results[backbone, t] = train_cell(config, backbone, t)
+      logging.info("adding_1997 %s T=%d: to criterion %s, %d sequences, "
+                   "stopped by %s after %.0f s", backbone, t,
+                   result["sequences"], result["sequences_trained"],
+                   result["stopped_by"], result["seconds"])
 
   raw_rows, summary_rows, curve_rows = [], [], []
   for (backbone, t), result in results.items():
