@@ -135,7 +135,7 @@ def test_float32_kernels_are_not_required_to_use_wgmma():
 def test_one_real_compile_for_sm90():
   """A bfloat16 forward compiles for Hopper: tensor cores, no spill."""
   launches = [launch for launch in compile_gate.collect_launches(
-      [("fwd", 32, "bfloat16", False)], ["plain"])
+      [("fwd", 32, "bfloat16", False)], ["plain"], extra_head_dims=())
                 if launch.kernel == "_attn_fwd"]
   ((_, result),) = compile_gate.compile_all(launches, [90], jobs=1).items()
   assert result.error is None, result.error
@@ -201,3 +201,17 @@ def test_row_summary_takes_the_worst_variant():
   tile = block_sizes.TABLE[row]
   assert (f"| fwd | 64 | bfloat16 | True | {tile.block_m}x{tile.block_n}, "
           f"{tile.num_warps}, {tile.num_stages} | 200 / 4 / 2 |") in summary
+
+
+def test_extra_head_dims_trace_under_their_tile_rows():
+  """Head dims that are not tile widths compile in the padded tile of their
+  row, the plain variant only, in the rows' 16-bit and float32 dtypes."""
+  rows = [("fwd", 32, "bfloat16", True), ("fwd", 128, "float16", False)]
+  launches = compile_gate.collect_launches(rows, ["plain"],
+                                           extra_head_dims=(24, 80, 160))
+  dims = sorted((dict(launch.spec.constexprs)["HEAD_DIM"],
+                 dict(launch.spec.constexprs)["HEAD_DIM_PAD"], launch.row)
+                for launch in launches if launch.kernel == "_attn_fwd")
+  assert dims == [(24, 32, ("fwd", 32, "bfloat16", True)),
+                  (32, 32, ("fwd", 32, "bfloat16", True)),
+                  (128, 128, ("fwd", 128, "float16", False))]
