@@ -7,10 +7,9 @@ r"""Runs one of the seed's experiments: figure, CSV/Markdown tables, summary.
 
 The config argument is the scale: tiny (seconds, what CI runs), default
 (minutes on a 2-core CPU) or large (for a GPU). Outputs go to
-`<output_dir>/<experiment name>/`.
+`<output_dir>/<experiment name>/`; `<output_dir>/RESULTS.md` is rebuilt
+from every experiment directory there.
 """
-
-import os
 
 from absl import app
 from absl import flags
@@ -29,10 +28,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   config = _CONFIG.value
-  module = experiments.load(config.experiment)
-  output_dir = os.path.join(_OUTPUT_DIR.value, config.experiment)
-  os.makedirs(output_dir, exist_ok=True)
-  report = module.run(config, output_dir)
+  report = experiments.run(config.experiment, config, _OUTPUT_DIR.value)
   print(report.markdown())
 
 

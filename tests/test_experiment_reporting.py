@@ -64,3 +64,25 @@ def test_experiments_reject_non_positive_sizes(tmp_path, name, field, value):
   with pytest.raises(ValueError, match=rf"config.{field}: expected a positive "
                      rf"integer, got {value}"):
     module.run(config, str(tmp_path))
+
+
+def test_results_index_keeps_every_experiment_present_in_order(tmp_path):
+  for name in ("speed", "gradient_flow"):  # written out of order
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "summary.md").write_text(f"# {name}\n")
+  (tmp_path / "not_an_experiment").mkdir()
+  (tmp_path / "not_an_experiment" / "summary.md").write_text("# stray\n")
+  index = experiments.write_results_index(str(tmp_path))
+  text = open(index, encoding="utf-8").read()
+  assert text == "# gradient_flow\n\n# speed\n"
+
+
+def test_run_appends_the_wall_time_and_rebuilds_the_index(tmp_path):
+  (tmp_path / "speed").mkdir()
+  (tmp_path / "speed" / "summary.md").write_text("# speed, kept\n")
+  module = experiments.load("positional")
+  experiments.run("positional", module.get_config("tiny"), str(tmp_path))
+  summary = (tmp_path / "positional" / "summary.md").read_text()
+  assert summary.rstrip().splitlines()[-1].startswith("Wall time: ")
+  index = (tmp_path / "RESULTS.md").read_text()
+  assert index.index("# speed, kept") < index.index("# positional")

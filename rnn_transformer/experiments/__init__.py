@@ -16,6 +16,8 @@ all of them.
 """
 
 import importlib
+import os
+import time
 from types import ModuleType
 
 from rnn_transformer.experiments.reporting import Claim
@@ -40,6 +42,37 @@ EXPERIMENTS = {
 }
 
 
+def run(name: str, config, output_dir: str) -> Report:
+  """Runs experiment `name` into `<output_dir>/<name>/`, appends its wall
+  time to that `summary.md`, and rebuilds `<output_dir>/RESULTS.md`."""
+  module = load(name)
+  directory = os.path.join(output_dir, name)
+  os.makedirs(directory, exist_ok=True)
+  start = time.perf_counter()
+  report = module.run(config, directory)
+  with open(os.path.join(directory, "summary.md"), "a",
+            encoding="utf-8") as f:
+    f.write(f"\nWall time: {time.perf_counter() - start:.0f} s\n")
+  write_results_index(output_dir)
+  return report
+
+
+def write_results_index(output_dir: str) -> str:
+  """`<output_dir>/RESULTS.md`: every experiment's `summary.md` found under
+  `output_dir`, in `EXPERIMENTS` order, so running one experiment keeps the
+  others' sections."""
+  sections = []
+  for name in EXPERIMENTS:
+    path = os.path.join(output_dir, name, "summary.md")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        sections.append(f.read())
+  index = os.path.join(output_dir, "RESULTS.md")
+  with open(index, "w", encoding="utf-8") as f:
+    f.write("\n".join(sections))
+  return index
+
+
 def load(name: str) -> ModuleType:
   """The module of experiment `name`; raises ValueError for unknown names."""
   if name not in EXPERIMENTS:
@@ -48,4 +81,5 @@ def load(name: str) -> ModuleType:
   return importlib.import_module(f"rnn_transformer.experiments.{name}")
 
 
-__all__ = ["EXPERIMENTS", "SCALES", "Claim", "Report", "load"]
+__all__ = ["EXPERIMENTS", "SCALES", "Claim", "Report", "load", "run",
+           "write_results_index"]
