@@ -110,6 +110,19 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("bwd_dq", 128, "float32", True): BlockSizes(16, 16, 4, 1),
 }
 
+# Rows for head dims whose tile is padded (head_dim < its power-of-two tile,
+# the columns masked): the mask costs registers, and where the gate found
+# spills with the TABLE row these replace it (found by compiling the
+# candidates for sm_80 and sm_90, 2026-11-27): float32 forward at the 32
+# tile (hd 24: 4 B spilled on sm_80 with 4 warps) and float32 dQ at the 128
+# tile (hd 80 and 96: 16 B spilled at 255 registers; 164 with 8 warps).
+PADDED_TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
+    ("fwd", 32, "float32", False): BlockSizes(64, 32, 8, 2),
+    ("fwd", 32, "float32", True): BlockSizes(64, 32, 8, 2),
+    ("bwd_dq", 128, "float32", False): BlockSizes(16, 16, 8, 1),
+    ("bwd_dq", 128, "float32", True): BlockSizes(16, 16, 8, 1),
+}
+
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 
 
@@ -152,15 +165,19 @@ def serves_head_dim(kernel: str, head_dim: int) -> bool:
 
 
 def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
-           interpret: bool) -> BlockSizes:
+           interpret: bool, masked: bool = False) -> BlockSizes:
   """The block sizes of `kernel` for the call; KeyError if there is no row.
 
-  An `override` row wins; otherwise the interpreter uses `INTERPRET` and the
-  compiled kernels `TABLE`.
+  `head_dim` is the row's (`row_head_dim`); `masked`: the call's head_dim is
+  narrower than its tile (`padded_head_dim`), which takes a `PADDED_TABLE`
+  row where there is one. An `override` row wins; otherwise the interpreter
+  uses `INTERPRET` and the compiled kernels the tables.
   """
   key = (kernel, head_dim, np.dtype(dtype).name, causal)
   if key in _overrides:
     return _overrides[key]
   if interpret:
     return INTERPRET
+  if masked and key in PADDED_TABLE:
+    return PADDED_TABLE[key]
   return TABLE[key]

@@ -232,7 +232,9 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
                softcap=None if softcap is None else float(np.float32(softcap)),
                blocks=tuple((k, block_sizes.lookup(
                    k, block_sizes.row_head_dim(head_dim), q.dtype,
-                   mask.causal, interpret)) for k in kernels_))
+                   mask.causal, interpret,
+                   masked=block_sizes.padded_head_dim(head_dim) != head_dim))
+                            for k in kernels_))
   o, lse = _attention(st, q, k, v, key_lengths.astype(jnp.int32), q_seg,
                       kv_seg)
   if not return_residuals:
