@@ -1,6 +1,7 @@
 """The long_range experiment: scoring trick, verdict thresholds, tiny run."""
 
 import csv
+import importlib.util
 import json
 import os
 import pathlib
@@ -206,3 +207,16 @@ def test_ensembles_over_seeds_finish_in_a_subprocess():
     pytest.fail("vmapped ensemble training did not finish in 300 s (hang)")
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("done")
+
+
+def test_far_config_reaches_a_few_hundred_steps_with_curves():
+  spec = importlib.util.spec_from_file_location(
+      "long_range_far", REPO / "configs" / "experiments" / "long_range_far.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert config.experiment == "long_range"
+  assert {200, 500} <= set(config.distances)
+  assert config.curve_points > 1
+  assert config.train.steps % config.curve_points == 0
+  assert set(config.backbones) <= set(long_range.BACKBONES)
