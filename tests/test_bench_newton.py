@@ -1,35 +1,22 @@
 """scripts/bench_newton.py runs end to end on the tiny config."""
 
 import csv
-import importlib.util
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from rnn_transformer import newton_benchmark
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from script_helpers import load_config
+from script_helpers import run_bench
 
 
 def _config(arg):
-  path = REPO / "configs" / "bench_newton.py"
-  spec = importlib.util.spec_from_file_location("bench_newton", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("bench_newton", arg)
 
 
 def test_bench_newton_writes_iterations_times_and_figure(tmp_path):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  result = subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "bench_newton.py"),
-       f"--config={REPO / 'configs' / 'bench_newton.py'}:tiny",
-       f"--output_dir={tmp_path}"], capture_output=True, text=True,
-      check=False, timeout=600, env=env, cwd=tmp_path)
+  result = run_bench("bench_newton", f"--output_dir={tmp_path}",
+                     cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "load average (1 min) at start:" in result.stdout
   assert (tmp_path / "newton.png").stat().st_size > 0

@@ -1,35 +1,22 @@
 """The sequence-length sweep runs end to end on a tiny config."""
 
 import csv
-import importlib.util
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from rnn_transformer import recurrence_sweep
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from script_helpers import load_config
+from script_helpers import run_bench
 
 
 def _config(arg):
-  path = REPO / "configs" / "bench_recurrence_sweep.py"
-  spec = importlib.util.spec_from_file_location("bench_recurrence_sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("bench_recurrence_sweep", arg)
 
 
 def test_sweep_script_writes_rows_depths_and_slopes(tmp_path):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  result = subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "bench_recurrence_sweep.py"),
-       f"--config={REPO / 'configs' / 'bench_recurrence_sweep.py'}:tiny",
-       f"--output_dir={tmp_path}"], capture_output=True, text=True,
-      check=False, timeout=600, env=env, cwd=tmp_path)
+  result = run_bench("bench_recurrence_sweep", f"--output_dir={tmp_path}",
+                     cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "load average (1 min) at start:" in result.stdout
   assert "| variant | log-log slope of time |" in result.stdout

@@ -1,24 +1,14 @@
 """The recurrent benchmark script runs end to end on a tiny config."""
 
 import csv
-import os
-import pathlib
-import subprocess
-import sys
 
 from rnn_transformer import recurrent_benchmark
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from script_helpers import run_bench
 
 
 def _run_script(*flags, cwd):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  return subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "bench_recurrent.py"),
-       f"--config={REPO / 'configs' / 'bench_recurrent.py'}:tiny", *flags],
-      capture_output=True, text=True, check=False, timeout=300, cwd=cwd,
-      env=env)
+  return run_bench("bench_recurrent", *flags, cwd=cwd, timeout=300)
 
 
 def test_bench_recurrent_script_writes_a_row_per_variant(tmp_path):

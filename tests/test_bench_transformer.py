@@ -1,22 +1,12 @@
 """The Transformer benchmark script runs end to end on a tiny config."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from script_helpers import run_bench
 
 
 def _run_script(*flags, cwd):
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  return subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "bench_transformer.py"),
-       f"--config={REPO / 'configs' / 'bench_transformer.py'}:tiny", *flags],
-      capture_output=True, text=True, check=False, timeout=300, cwd=cwd,
-      env=env)
+  return run_bench("bench_transformer", *flags, cwd=cwd, timeout=300)
 
 
 def test_bench_transformer_script_times_training_and_generation(tmp_path):
