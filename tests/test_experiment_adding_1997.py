@@ -140,10 +140,21 @@ def test_verdicts_follow_the_runs():
                 ("transformer", 500): _result([None, 6000])}
   verdicts = [c.verdict for c in adding_1997.claims(seed_story, "budget")]
   assert verdicts == ["supported", "supported", "partly supported"]
+  # Past the paper's budget without meeting it: not supported.
   nothing_learns = {("rnn", 100): _result([None]),
-                    ("lstm", 500): _result([None])}
+                    ("lstm", 500): _result([None], trained=300_000)}
   verdicts = [c.verdict for c in adding_1997.claims(nothing_learns, "b")]
   assert verdicts == ["partly supported", "not supported", "not measured"]
+  # Short of the paper's budget (209,000 at T = 500): it decides nothing.
+  short = {("rnn", 100): _result([None]),
+           ("lstm", 500): _result([None], trained=135_000),
+           ("transformer", 100): _result([3000]),
+           ("transformer", 1000): _result([None], trained=4096)}
+  claims = adding_1997.claims(short, "b")
+  assert [c.verdict for c in claims] == ["partly supported", "not measured",
+                                         "partly supported"]
+  assert "fewer than the paper's 209000" in claims[1].evidence
+  assert "decide nothing" in claims[2].evidence
 
 
 def test_bad_config_raises():

@@ -312,20 +312,35 @@ def _median_sequences(result: dict[str, Any]) -> float | None:
   return float(np.median(values))
 
 
+def _short_of_the_paper(result: dict[str, Any], t: int) -> bool:
+  """No seed met the criterion and the run saw fewer sequences than the
+  paper's LSTM needed at this T: the budget cannot tell."""
+  return (not _solved(result) and t in PAPER_TABLE_7 and
+          result["sequences_trained"] < PAPER_TABLE_7[t][0])
+
+
 def _lstm_few_hundred(results, budget: str) -> reporting.Claim:
   far = sorted(t for (b, t) in results if b == "lstm" and t >= FEW_HUNDRED)
   if not far:
     return reporting.Claim(LSTM_FEW_HUNDRED, "not measured",
                            f"no lstm run at T >= {FEW_HUNDRED}")
-  parts = [f"T={t}: {_solved(results['lstm', t])}/"
-           f"{len(results['lstm', t]['sequences'])} seeds met the criterion"
-           for t in far]
+  parts = []
+  for t in far:
+    result = results["lstm", t]
+    part = (f"T={t}: {_solved(result)}/{len(result['sequences'])} seeds met "
+            f"the criterion in {result['sequences_trained']} sequences")
+    if _short_of_the_paper(result, t):
+      part += f" (fewer than the paper's {PAPER_TABLE_7[t][0]})"
+    parts.append(part)
   solved = [t for t in far if 2 * _solved(results["lstm", t]) >
             len(results["lstm", t]["sequences"])]
+  decided = [t for t in far if not _short_of_the_paper(results["lstm", t], t)]
   if len(solved) == len(far):
     verdict = "supported"
   elif solved or any(_solved(results["lstm", t]) for t in far):
     verdict = "partly supported"
+  elif not decided:
+    verdict = "not measured"
   else:
     verdict = "not supported"
   return reporting.Claim(LSTM_FEW_HUNDRED, verdict,
@@ -363,17 +378,26 @@ def _transformer_solves_all(results, budget: str) -> reporting.Claim:
                            "no transformer runs")
   solved = [t for t in lens if _median_sequences(results["transformer", t])
             is not None]
-  parts = [f"T={t}: {_solved(results['transformer', t])}/"
-           f"{len(results['transformer', t]['sequences'])} seeds, "
-           f"{results['transformer', t]['sequences_trained']} sequences "
-           f"trained, stopped by {results['transformer', t]['stopped_by']}"
-           for t in lens]
+  decided = [t for t in lens
+             if not _short_of_the_paper(results["transformer", t], t)]
+  parts = []
+  for t in lens:
+    result = results["transformer", t]
+    parts.append(f"T={t}: {_solved(result)}/{len(result['sequences'])} "
+                 f"seeds, {result['sequences_trained']} sequences trained, "
+                 f"stopped by {result['stopped_by']}")
   if len(solved) == len(lens):
     verdict = "supported"
   elif solved:
     verdict = "partly supported"
+  elif not decided:
+    verdict = "not measured"
   else:
     verdict = "not supported"
+  short = [t for t in lens if t not in decided]
+  if short:
+    parts.append(f"at T={short} it saw fewer sequences than the paper's "
+                 f"LSTM needed, so those lengths decide nothing")
   return reporting.Claim(TRANSFORMER_SOLVES_ALL, verdict,
                          "; ".join(parts) + f" ({budget})")
 
