@@ -178,13 +178,13 @@ def test_residuals_merge_two_halves_of_the_keys(implementation):
   chex.assert_trees_all_close(lse, full_lse, **tol)
 
 
-def test_rows_without_keys_have_minus_infinite_log_sum_exp():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_rows_without_keys_have_minus_infinite_log_sum_exp(implementation):
   q, k, v = _inputs(2, 8, 8, 2, 2, 32)
-  for implementation in IMPLEMENTATIONS:
-    out, lse = _run(implementation, q, k, v, return_residuals=True,
-                    key_lengths=jnp.array([0, 8], jnp.int32))
-    assert np.all(np.isneginf(lse[0])) and np.all(np.isfinite(lse[1]))
-    assert not np.any(out[0])
+  out, lse = _run(implementation, q, k, v, return_residuals=True,
+                  key_lengths=jnp.array([0, 8], jnp.int32))
+  assert np.all(np.isneginf(lse[0])) and np.all(np.isfinite(lse[1]))
+  assert not np.any(out[0])
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
