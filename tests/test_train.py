@@ -225,7 +225,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
      r"\('rnn', 'lstm', 'gru', 'mingru', 'minlstm', 'lru', 'transformer'\), "
      r"got 'cnn'"),
     ("task.name", "sorting", r"config.task.name: expected one of \['adding', "
-     r"'char_lm', 'copy', 'first_token', 'recall'\], got 'sorting'"),
+     r"'adding_1997', 'char_lm', 'copy', 'first_token', 'recall'\], got "
+     r"'sorting'"),
     ("train.batch_size", 30, r"config.train.batch_size: expected a multiple "
      r"of grad_accum_steps \(4\)"),
     ("model.positional", "alibi", r"positional: expected one of"),
