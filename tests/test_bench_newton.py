@@ -14,6 +14,7 @@ def _config(arg):
   return load_config("bench_newton", arg)
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_bench_newton_writes_iterations_times_and_figure(tmp_path):
   result = run_bench("bench_newton", f"--output_dir={tmp_path}",
                      cwd=tmp_path)

@@ -14,6 +14,7 @@ def _config(arg):
   return load_config("bench_recurrence_sweep", arg)
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_sweep_script_writes_rows_depths_and_slopes(tmp_path):
   result = run_bench("bench_recurrence_sweep", f"--output_dir={tmp_path}",
                      cwd=tmp_path)

@@ -194,6 +194,7 @@ print("done")
 """
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_ensembles_over_seeds_finish_in_a_subprocess():
   """Would have hung: vmapped inits of orthogonal recurrent kernels parked
   every XLA:CPU thread. Bounded by a timeout, in its own process."""

@@ -259,7 +259,7 @@ def test_newton_rnn_checks_the_initial_carry_against_the_cell():
 
 @pytest.mark.parametrize("cell_name,time_major,reverse,keep_order", [
     ("lstm", False, False, False),
-    ("gru", True, True, False),
+    pytest.param("gru", True, True, False, marks=pytest.mark.slow),
     ("rnn", False, True, True),
 ])
 def test_rnn_evaluation_newton_is_the_scan(cell_name, time_major, reverse,

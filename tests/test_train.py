@@ -256,6 +256,7 @@ def test_unknown_override_fails_before_compiling(tmp_path):
   assert "backbone (the config argument): expected one of" in result.stderr
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_train_script_trains_a_parallel_recurrence(tmp_path):
   result = _run_script([str(REPO / "scripts" / "train.py")],
                        f"--config={REPO / 'configs' / 'first_token.py'}:lru",
@@ -271,6 +272,7 @@ def test_train_script_trains_a_parallel_recurrence(tmp_path):
   assert (saved.model.backbone, saved.model.scan_method) == ("lru", "chunked")
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_train_script_takes_attention_window_and_softcap_flags(tmp_path):
   result = _run_script([str(REPO / "scripts" / "train.py")],
                        f"--config={REPO / 'configs' / 'first_token.py'}"
@@ -288,6 +290,7 @@ def test_train_script_takes_attention_window_and_softcap_flags(tmp_path):
       8, 30.0)
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_evaluate_script_reports_and_samples_a_char_lm(tmp_path):
   text = tmp_path / "text.txt"
   text.write_text("the cat sat on the mat. " * 40)
@@ -401,6 +404,7 @@ def test_relaunch_with_another_config_is_refused_and_changes_nothing(
                              _records(tmp_path, "eval")[-1]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow  # CI time; run with -m slow
 def test_relaunch_may_change_steps_and_cadence(tmp_path):
   config = tiny_config("lstm", steps=10)
   train.train_and_evaluate(config, str(tmp_path))
