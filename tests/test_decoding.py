@@ -30,18 +30,21 @@ DECODE_CASES = [
 ]
 
 
+def _decode_case(implementation, triton_len, **changes):
+  """`(config, tokens, prompt_len, cache_len)` of a decode test."""
+  if implementation == "triton":  # interpreted: the smallest shapes it takes
+    return (triton_config(attention_impl="triton", **changes),
+            tokens((1, triton_len)), 3, 8)
+  return (tiny_config(num_kv_heads=2, attention_impl=implementation,
+                      **changes), tokens((2, 9)), 4, 12)
+
+
 @pytest.mark.parametrize("implementation,positional,scan_layers",
                          DECODE_CASES)
 def test_prefill_then_steps_equal_the_full_forward(implementation, positional,
                                                    scan_layers):
-  if implementation == "triton":  # interpreted: the smallest shapes it takes
-    config = triton_config(positional=positional, attention_impl="triton")
-    x, prompt_len, cache_len = tokens((1, 6)), 3, 8
-  else:
-    config = tiny_config(positional=positional, num_kv_heads=2,
-                         attention_impl=implementation,
-                         scan_layers=scan_layers)
-    x, prompt_len, cache_len = tokens((2, 9)), 4, 12
+  config, x, prompt_len, cache_len = _decode_case(
+      implementation, 6, positional=positional, scan_layers=scan_layers)
   model = rt.TransformerLM(config)
   with implementation_context(implementation):
     params = init_params(model, x)
@@ -58,14 +61,9 @@ def test_sliding_window_and_softcap_decode_like_the_full_forward(
     implementation, window, softcap):
   """The window's left edge in the cache (a segment boundary for single
   tokens, the square mask for prefill) is the full pass's."""
-  overrides = dict(attention_window=window, attention_softcap=softcap,
-                   attention_impl=implementation)
-  if implementation == "triton":
-    config = triton_config(positional="rope", **overrides)
-    x, prompt_len, cache_len = tokens((1, 7)), 3, 8
-  else:
-    config = tiny_config(positional="rope", num_kv_heads=2, **overrides)
-    x, prompt_len, cache_len = tokens((2, 9)), 4, 12
+  config, x, prompt_len, cache_len = _decode_case(
+      implementation, 7, positional="rope", attention_window=window,
+      attention_softcap=softcap)
   model = rt.TransformerLM(config)
   with implementation_context(implementation):
     params = init_params(model, x)

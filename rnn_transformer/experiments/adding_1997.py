@@ -303,9 +303,13 @@ def _solved(result: dict[str, Any]) -> int:
   return sum(s is not None for s in result["sequences"])
 
 
+def _majority_met(result: dict[str, Any]) -> bool:
+  return 2 * _solved(result) > len(result["sequences"])
+
+
 def _median_sequences(result: dict[str, Any]) -> float | None:
   """Median sequences to criterion over seeds; None unless most seeds met."""
-  if 2 * _solved(result) <= len(result["sequences"]):
+  if not _majority_met(result):
     return None
   # Seeds that missed count as infinitely slow.
   values = [np.inf if s is None else s for s in result["sequences"]]
@@ -317,6 +321,17 @@ def _short_of_the_paper(result: dict[str, Any], t: int) -> bool:
   paper's LSTM needed at this T: the budget cannot tell."""
   return (not _solved(result) and t in PAPER_TABLE_7 and
           result["sequences_trained"] < PAPER_TABLE_7[t][0])
+
+
+def _verdict(solved: list[int], lens: list[int], partial: bool,
+             decided: list[int]) -> str:
+  """Supported when most seeds met the criterion at every T of `lens`;
+  partly when `partial`; not measured when no T had the paper's budget."""
+  if len(solved) == len(lens):
+    return "supported"
+  if partial:
+    return "partly supported"
+  return "not supported" if decided else "not measured"
 
 
 def _lstm_few_hundred(results, budget: str) -> reporting.Claim:
@@ -332,17 +347,10 @@ def _lstm_few_hundred(results, budget: str) -> reporting.Claim:
     if _short_of_the_paper(result, t):
       part += f" (fewer than the paper's {PAPER_TABLE_7[t][0]})"
     parts.append(part)
-  solved = [t for t in far if 2 * _solved(results["lstm", t]) >
-            len(results["lstm", t]["sequences"])]
+  solved = [t for t in far if _majority_met(results["lstm", t])]
   decided = [t for t in far if not _short_of_the_paper(results["lstm", t], t)]
-  if len(solved) == len(far):
-    verdict = "supported"
-  elif solved or any(_solved(results["lstm", t]) for t in far):
-    verdict = "partly supported"
-  elif not decided:
-    verdict = "not measured"
-  else:
-    verdict = "not supported"
+  verdict = _verdict(solved, far, any(_solved(results["lstm", t])
+                                      for t in far), decided)
   return reporting.Claim(LSTM_FEW_HUNDRED, verdict,
                          "; ".join(parts) + f" ({budget})")
 
@@ -376,8 +384,7 @@ def _transformer_solves_all(results, budget: str) -> reporting.Claim:
   if not lens:
     return reporting.Claim(TRANSFORMER_SOLVES_ALL, "not measured",
                            "no transformer runs")
-  solved = [t for t in lens if _median_sequences(results["transformer", t])
-            is not None]
+  solved = [t for t in lens if _majority_met(results["transformer", t])]
   decided = [t for t in lens
              if not _short_of_the_paper(results["transformer", t], t)]
   parts = []
@@ -386,14 +393,7 @@ def _transformer_solves_all(results, budget: str) -> reporting.Claim:
     parts.append(f"T={t}: {_solved(result)}/{len(result['sequences'])} "
                  f"seeds, {result['sequences_trained']} sequences trained, "
                  f"stopped by {result['stopped_by']}")
-  if len(solved) == len(lens):
-    verdict = "supported"
-  elif solved:
-    verdict = "partly supported"
-  elif not decided:
-    verdict = "not measured"
-  else:
-    verdict = "not supported"
+  verdict = _verdict(solved, lens, bool(solved), decided)
   short = [t for t in lens if t not in decided]
   if short:
     parts.append(f"at T={short} it saw fewer sequences than the paper's "
