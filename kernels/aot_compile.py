@@ -65,6 +65,9 @@ class CompileResult:
   tma: int | None = None
   tcgen05: int | None = None
   ptx_target: str | None = None
+  # Bytes of global scratch the kernel expects as a hidden argument (device-
+  # side TMA descriptors); jaxlib's Triton call passes a null pointer.
+  global_scratch: int | None = None
   # Read back from the driver after loading the cubin (`on_device=True`).
   device_registers: int | None = None
   device_spills: int | None = None
@@ -131,6 +134,63 @@ def count_instructions(ptx: str) -> dict[str, int]:
   return dict(wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)),
               tma=len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
               tcgen05=len(re.findall(r"\btcgen05\.mma", ptx)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopBody:
+  """SASS of one loop that issues matrix-multiply instructions: its body
+  from the branch target to the backward branch, per iteration."""
+
+  instructions: int
+  compares: int  # ISETP/FSETP/HSETP2: predicates, mostly mask arithmetic
+  selects: int  # SEL/FSEL: the masked `tl.where`s
+  mma: int  # HGMMA (sm_90) or HMMA (sm_80)
+
+
+_SASS_LINE = re.compile(
+    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[^;]*;")
+_SASS_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+
+
+def sass_loops(sass: str) -> list[LoopBody]:
+  """The loops of an `nvdisasm -c` listing that contain tensor-core MMAs,
+  in program order; each body counted once, as executed per iteration."""
+  ops, labels, pending = [], {}, []
+  for line in sass.splitlines():
+    label = _SASS_LABEL.match(line)
+    if label:
+      pending.append(label.group(1))
+      continue
+    match = _SASS_LINE.search(line)
+    if match:
+      labels.update((name, len(ops)) for name in pending)
+      pending = []
+      ops.append((match.group(2), line))
+  loops = []
+  for end, (op, line) in enumerate(ops):
+    target = re.search(r"\bBRA\b.*?(\.L_x_\d+)", line) if op == "BRA" else None
+    start = labels.get(target.group(1), end) if target else end
+    if start >= end:
+      continue
+    body = [o for o, _ in ops[start:end + 1]]
+    mma = sum(o in ("HGMMA", "HMMA") for o in body)
+    if mma:
+      loops.append(LoopBody(
+          instructions=len(body),
+          compares=sum(o in ("ISETP", "FSETP", "HSETP2") for o in body),
+          selects=sum(o in ("SEL", "FSEL") for o in body), mma=mma))
+  return loops
+
+
+def disassemble(cubin: bytes, capability: int) -> str:
+  """`nvdisasm -c` of a cubin, with the nvdisasm bundled beside ptxas."""
+  tool = os.path.join(os.path.dirname(bundled_ptxas(capability)), "nvdisasm")
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "kernel.cubin")
+    with open(path, "wb") as f:
+      f.write(cubin)
+    return subprocess.run([tool, "-c", path], check=True, capture_output=True,
+                          text=True).stdout
 
 
 def ptx_target(ptx: str) -> str | None:
@@ -203,6 +263,7 @@ def compile_and_measure(spec: CompileSpec, capability: int,
   return CompileResult(
       capability=capability, registers=registers, spill_stores=stores,
       spill_loads=loads, shared_bytes=shared, ptx_target=ptx_target(ptx),
+      global_scratch=int(getattr(compiled.metadata, "global_scratch_size", 0)),
       seconds=time.perf_counter() - start, **device, **count_instructions(ptx))
 
 

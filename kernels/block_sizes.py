@@ -11,7 +11,14 @@ rows start from the defaults of Triton's fused-attention tutorial
 head_dim 128, 3 stages; backward dK/dV 32 x 128 and dQ 128 x 32, 4 warps, 5
 stages) and move only where the gate found spills: forward head_dim 64 takes
 8 warps (4 spilled with segment ids), dK/dV takes 3 stages at head_dim 32,
-64 x 64 tiles at head_dim 64 causal (32 x 64 otherwise) and at 128 (8 warps).
+64 x 64 tiles at head_dim 128 (8 warps). The split into unmasked interior
+and masked edge loops (issue 14) holds two loop bodies per kernel and
+spilled 4-28 B on sm_80 in rows that sat at 251-255 registers; those rows
+moved (each candidate compiled for every call variant on sm_80 and sm_90):
+forward head_dim 128 to 128 x 32 (128 x 64 spilled with 1-4 stages), dK/dV
+head_dim 64 causal to 32 x 64 with 8 warps (64 x 32 spilled nothing but
+lost wgmma: 32 keys are below its 64-row minimum), dQ head_dim 64 to 8
+warps, float32 forward head_dim 256 to 2 stages.
 float32 rows run tf32x3 tensor-core dots and need small tiles (16 queries or
 keys from head_dim 64 up) to stay within 255 registers.
 Replace rows with the output of `python scripts/tune_attention.py` run on the
@@ -60,18 +67,18 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("fwd", 64, "bfloat16", True): BlockSizes(128, 64, 8, 3),
     ("fwd", 64, "float32", False): BlockSizes(64, 32, 4, 2),
     ("fwd", 64, "float32", True): BlockSizes(64, 32, 4, 2),
-    ("fwd", 128, "float16", False): BlockSizes(128, 64, 8, 3),
-    ("fwd", 128, "float16", True): BlockSizes(128, 64, 8, 3),
-    ("fwd", 128, "bfloat16", False): BlockSizes(128, 64, 8, 3),
-    ("fwd", 128, "bfloat16", True): BlockSizes(128, 64, 8, 3),
+    ("fwd", 128, "float16", False): BlockSizes(128, 32, 8, 3),
+    ("fwd", 128, "float16", True): BlockSizes(128, 32, 8, 3),
+    ("fwd", 128, "bfloat16", False): BlockSizes(128, 32, 8, 3),
+    ("fwd", 128, "bfloat16", True): BlockSizes(128, 32, 8, 3),
     ("fwd", 128, "float32", False): BlockSizes(16, 32, 4, 1),
     ("fwd", 128, "float32", True): BlockSizes(16, 32, 4, 1),
     ("fwd", 256, "float16", False): BlockSizes(64, 32, 8, 2),
     ("fwd", 256, "float16", True): BlockSizes(64, 32, 8, 2),
     ("fwd", 256, "bfloat16", False): BlockSizes(64, 32, 8, 2),
     ("fwd", 256, "bfloat16", True): BlockSizes(64, 32, 8, 2),
-    ("fwd", 256, "float32", False): BlockSizes(16, 16, 8, 1),
-    ("fwd", 256, "float32", True): BlockSizes(16, 16, 8, 1),
+    ("fwd", 256, "float32", False): BlockSizes(16, 16, 8, 2),
+    ("fwd", 256, "float32", True): BlockSizes(16, 16, 8, 2),
     ("bwd_dkdv", 32, "float16", False): BlockSizes(32, 128, 4, 3),
     ("bwd_dkdv", 32, "float16", True): BlockSizes(32, 128, 4, 3),
     ("bwd_dkdv", 32, "bfloat16", False): BlockSizes(32, 128, 4, 3),
@@ -79,9 +86,9 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("bwd_dkdv", 32, "float32", False): BlockSizes(16, 32, 4, 2),
     ("bwd_dkdv", 32, "float32", True): BlockSizes(16, 32, 4, 2),
     ("bwd_dkdv", 64, "float16", False): BlockSizes(32, 64, 4, 3),
-    ("bwd_dkdv", 64, "float16", True): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "float16", True): BlockSizes(32, 64, 8, 3),
     ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(32, 64, 4, 3),
-    ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(64, 64, 4, 3),
+    ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(32, 64, 8, 3),
     ("bwd_dkdv", 64, "float32", False): BlockSizes(16, 32, 4, 2),
     ("bwd_dkdv", 64, "float32", True): BlockSizes(16, 32, 4, 2),
     ("bwd_dkdv", 128, "float16", False): BlockSizes(64, 64, 8, 3),
@@ -96,10 +103,10 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("bwd_dq", 32, "bfloat16", True): BlockSizes(128, 32, 4, 5),
     ("bwd_dq", 32, "float32", False): BlockSizes(64, 16, 4, 2),
     ("bwd_dq", 32, "float32", True): BlockSizes(64, 16, 4, 2),
-    ("bwd_dq", 64, "float16", False): BlockSizes(128, 32, 4, 5),
-    ("bwd_dq", 64, "float16", True): BlockSizes(128, 32, 4, 5),
-    ("bwd_dq", 64, "bfloat16", False): BlockSizes(128, 32, 4, 5),
-    ("bwd_dq", 64, "bfloat16", True): BlockSizes(128, 32, 4, 5),
+    ("bwd_dq", 64, "float16", False): BlockSizes(128, 32, 8, 5),
+    ("bwd_dq", 64, "float16", True): BlockSizes(128, 32, 8, 5),
+    ("bwd_dq", 64, "bfloat16", False): BlockSizes(128, 32, 8, 5),
+    ("bwd_dq", 64, "bfloat16", True): BlockSizes(128, 32, 8, 5),
     ("bwd_dq", 64, "float32", False): BlockSizes(16, 32, 4, 1),
     ("bwd_dq", 64, "float32", True): BlockSizes(16, 32, 4, 1),
     ("bwd_dq", 128, "float16", False): BlockSizes(128, 32, 8, 3),
@@ -115,12 +122,18 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
 # spills with the TABLE row these replace it (found by compiling the
 # candidates for sm_80 and sm_90, 2026-11-27): float32 forward at the 32
 # tile (hd 24: 4 B spilled on sm_80 with 4 warps) and float32 dQ at the 128
-# tile (hd 80 and 96: 16 B spilled at 255 registers; 164 with 8 warps).
+# tile (hd 80 and 96: 16 B spilled at 255 registers; 164 with 8 warps);
+# after the interior/edge loop split also float32 dQ at the 32 tile (hd 24
+# causal, 4 B) and the float32 forward at the 256 tile (hd 160, 4 B with
+# the table's 2 stages).
 PADDED_TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("fwd", 32, "float32", False): BlockSizes(64, 32, 8, 2),
     ("fwd", 32, "float32", True): BlockSizes(64, 32, 8, 2),
     ("bwd_dq", 128, "float32", False): BlockSizes(16, 16, 8, 1),
     ("bwd_dq", 128, "float32", True): BlockSizes(16, 16, 8, 1),
+    ("bwd_dq", 32, "float32", False): BlockSizes(64, 16, 8, 2),
+    ("bwd_dq", 32, "float32", True): BlockSizes(64, 16, 8, 2),
+    ("fwd", 256, "float32", False): BlockSizes(16, 16, 8, 1),
 }
 
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}

@@ -13,7 +13,8 @@ results into failures:
 * any register spill;
 * a table row that no compiled launch used;
 * a float16/bfloat16 `tl.dot` kernel on sm_90 without `wgmma` (Hopper tensor
-  cores).
+  cores);
+* a kernel that needs global scratch memory (`kernels.tma_probe` says why).
 
 `scripts/check_kernels.py` is the command-line entry point.
 """
@@ -56,6 +57,17 @@ _TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32",
 _SEQ_LEN = 1024  # Any length > 1 traces the same kernels (lengths are scalars).
 
 RowKey = tuple[str, int, str, bool]
+
+# A TMA tile copy (`kernels.tma_probe`): not a library launch, the evidence
+# that device-side descriptors compile to TMA on sm_90 but need the global
+# scratch `check` refuses.
+TMA_PROBE = aot_compile.CompileSpec(
+    module="kernels.tma_probe", kernel="_tma_tile_copy",
+    signature=(("X", "*bf16"), ("Y", "*bf16"), ("batch", "i32"),
+               ("seq_len", "i32"), ("NUM_HEADS", "constexpr"),
+               ("HEAD_DIM", "constexpr"), ("BLOCK_M", "constexpr")),
+    constexprs=(("NUM_HEADS", 8), ("HEAD_DIM", 128), ("BLOCK_M", 128)),
+    pointer_args=(0, 1), num_warps=4, num_stages=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +243,10 @@ def check(launches: Sequence[Launch],
     if r.spill_bytes:
       failures.append(f"{where}: spills {r.spill_stores} B stored, "
                       f"{r.spill_loads} B loaded ({r.registers} registers)")
+    if r.global_scratch:
+      failures.append(f"{where}: needs {r.global_scratch} B of global "
+                      "scratch (device-side TMA descriptors), which "
+                      "jaxlib's Triton call passes as a null pointer")
     if capability == 90 and _uses_tensor_cores(launch) and not r.wgmma:
       failures.append(f"{where}: a 16-bit tl.dot kernel without wgmma")
     if launch.row is not None:

@@ -77,6 +77,11 @@ CASES = [
     ("softcap_window_gqa", 41, 41, 4, 2,
      dict(causal=True, window=(16, 0), softcap=3.0)),
     ("zero_window_causal", 20, 20, 2, 2, dict(causal=True, window=(0, 0))),
+    # Windows several blocks wide: the kernels' unmasked interior blocks lie
+    # between masked edges on both sides, with ragged ends and key lengths.
+    ("wide_window_interior", 99, 90, 2, 1, dict(window=(40, 21))),
+    ("wide_causal_window_key_lengths", 97, 97, 2, 2,
+     dict(causal=True, window=(50, 0), key_lengths=(97, 70))),
 ]
 
 

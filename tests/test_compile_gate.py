@@ -124,6 +124,9 @@ def test_check_names_every_failure_rule():
   assert "without wgmma" in text
   assert "compile error: PTXASError: boom" in text
   assert "table row ('bwd_dq', 64, 'bfloat16', True) was never compiled" in text
+  scratch = compile_gate.check(
+      launches[:1], {(0, 90): _ok(90, global_scratch=128)}, rows[:1])
+  assert len(scratch) == 1 and "128 B of global scratch" in scratch[0]
 
 
 def test_float32_kernels_are_not_required_to_use_wgmma():
@@ -144,6 +147,19 @@ def test_one_real_compile_for_sm90():
   assert result.spill_bytes == 0
   assert result.wgmma > 0
   assert 0 < result.shared_bytes <= aot_compile.SHARED_MEMORY_LIMIT[90]
+
+
+def test_tma_descriptors_compile_for_hopper_but_need_scratch_jaxlib_nulls():
+  """The evidence of `kernels.tma_probe`: a device-side descriptor copy is
+  TMA on sm_90 and needs global scratch, so the gate would refuse it."""
+  launch = compile_gate.Launch(compile_gate.TMA_PROBE, None, ("probe",))
+  results = compile_gate.compile_all([launch], [90], jobs=1)
+  result = results[(0, 90)]
+  assert result.error is None, result.error
+  assert result.tma >= 2  # one bulk tensor load, one store
+  assert result.global_scratch >= 2 * 128  # one CUtensorMap per descriptor
+  (failure,) = compile_gate.check([launch], results, rows=[])
+  assert "null pointer" in failure
 
 
 @pytest.mark.parametrize("bad", ["90", 9.0, True, 5])
