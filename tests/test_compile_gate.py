@@ -43,6 +43,29 @@ def test_count_instructions_and_target():
   assert aot_compile.arch_name(100) == "sm_100a"
 
 
+_SASS = """\
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   ISETP.GE.AND P0, PT, R2, R3, PT ;
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ ;
+        /*0030*/                   FSEL R5, R6, -INF , P0 ;
+        /*0040*/               @P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0050*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0060*/              @!P1 BRA `(.L_x_1) ;
+        /*0070*/                   BRA `(.L_x_2) ;
+.L_x_2:
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_sass_loops_counts_each_mma_loop_body_once():
+  """A backward branch closes a loop; loops without MMAs and forward
+  branches are not loops of interest."""
+  assert aot_compile.sass_loops(_SASS) == [aot_compile.LoopBody(
+      instructions=4, compares=1, selects=1, mma=1)]
+
+
 def _names(records):
   return [r.name for r in records]
 
