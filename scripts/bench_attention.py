@@ -29,8 +29,19 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling.")
 _ITERS = flags.DEFINE_integer("iters", 10 if _GPU else 3, "Timed calls.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/attention",
                                "Where attention_bench.{csv,md} go.")
+_WINDOW = flags.DEFINE_integer(
+    "window", None, "Sliding window of this many keys: (w, 0) on causal rows, "
+    "(w, w) on the others; unset: dense.")
+_CAUSAL = flags.DEFINE_list("causal", ["false", "true"],
+                            "Which masks to time: false, true or both.")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", None,
                                    "Write a jax.profiler trace here.")
+
+
+def _parse_bool(name: str, text: str) -> bool:
+  if text.lower() not in ("true", "false"):
+    raise app.UsageError(f"--{name} takes true/false values, got {text!r}")
+  return text.lower() == "true"
 
 
 def main(argv):
@@ -38,7 +49,9 @@ def main(argv):
   rows = benchmark.grid(
       [int(s) for s in _SEQ_LENS.value], [int(d) for d in _HEAD_DIMS.value],
       _IMPLS.value or benchmark.available_implementations(),
-      tokens=_TOKENS.value, num_heads=_HEADS.value, dtype=_DTYPE.value)
+      tokens=_TOKENS.value, num_heads=_HEADS.value, dtype=_DTYPE.value,
+      causal=[_parse_bool("causal", c) for c in _CAUSAL.value],
+      window=_WINDOW.value)
   trace = (jax.profiler.trace(_PROFILE_DIR.value) if _PROFILE_DIR.value
            else contextlib.nullcontext())
   with trace:

@@ -7,8 +7,12 @@
 # Keep what comes back under 8 files (the device tool's limit), e.g. by
 # tarring the folder.
 #
-# GPU_STEPS picks the steps (comma-separated, default all but tune), so a
-# short lease can run part of it:  GPU_STEPS=gpu_tests,compile_gate bash ...
+# GPU_STEPS picks the steps (comma-separated, default all but tune and
+# attention_long), so a short lease can run part of it:
+#   GPU_STEPS=gpu_tests,compile_gate bash ...
+# attention_long times issue 14's long-context rows: 64k tokens in one
+# sequence (dense, causal) and a 4096-key sliding window at 64k against dense
+# causal 8k, Triton forward and forward+backward, bfloat16, head_dim 128.
 #
 # Usage, from the repository root:
 #   bash scripts/gpu_checks.sh [OUT_DIR]          # default: $OUT, else ./out
@@ -27,8 +31,8 @@ mkdir -p "$out"
 log="$out/gpu_checks.log"
 # Limits from the first lease: the tests took 116 s, the gate 19 s, the
 # attention rows below about 90 s, the sweep about 105 s.
-: "${TESTS_S:=125}" "${GATE_S:=30}" "${ATTENTION_S:=140}" "${RECURRENT_S:=65}"
-: "${SWEEP_S:=120}" "${NEWTON_S:=80}" "${TUNE_S:=80}"
+: "${TESTS_S:=125}" "${GATE_S:=45}" "${ATTENTION_S:=140}" "${RECURRENT_S:=65}"
+: "${SWEEP_S:=120}" "${NEWTON_S:=80}" "${TUNE_S:=80}" "${LONG_S:=150}"
 : "${GPU_STEPS:=gpu_tests,compile_gate,attention_bench,recurrent_bench,recurrence_sweep,newton}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -73,7 +77,8 @@ step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q -rfE --durations=10 \
   -p no:cacheprovider tests/
 # The compile gate's ptxas figures against the driver's own n_regs/n_spills.
 step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \
-  --variants=plain,gqa --dtypes=bfloat16,float32 --head_dims=64,128 \
+  --variants=plain,gqa,window_softcap --dtypes=bfloat16,float32 \
+  --head_dims=64,128 \
   --jobs=8 --device --out="$out/compile_gate.md"
 # The reference and blockwise rows are slow and run out of memory at 16384;
 # they are CPU oracles, not GPU contenders.
@@ -90,3 +95,13 @@ step newton "$NEWTON_S" python3 scripts/bench_newton.py \
 step tune "$TUNE_S" python3 scripts/tune_attention.py --kernels=fwd \
   --head_dims=128 --dtypes=bfloat16 --block_ms=64,128 --block_ns=32,64,128 \
   --num_warps=4,8 --num_stages=2,3,4 --iters=10 --out="$out/block_sizes_tuned.txt"
+# Rows of (out subfolder, seq_len, extra flags); one process each.
+step attention_long "$LONG_S" bash -c '
+  out=$1
+  for row in "dense_64k 65536" "window_64k 65536 --window=4096" \
+      "dense_8k 8192"; do
+    set -- $row
+    python3 scripts/bench_attention.py --seq_lens="$2" --head_dims=128 \
+      --tokens=65536 --causal=true --implementations=triton --iters=5 \
+      --out_dir="$out/$1" "${@:3}" || exit 1
+  done' _ "$out"

@@ -5,6 +5,7 @@ import os
 import sys
 
 from absl import flags
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import bench_attention  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -15,6 +16,16 @@ from kernels import benchmark  # pylint: disable=g-bad-import-order
 def test_flops_convention():
   assert benchmark.flops(1, 1, 4, 8, False, False) == 4 * 16 * 8
   assert benchmark.flops(1, 1, 4, 8, True, True) == 4 * 16 * 8 / 2 * 3.5
+
+
+@pytest.mark.parametrize("seq,window", [(1, 0), (7, 3), (16, 40), (33, 8)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_pairs_count_the_brute_force_mask(seq, window, causal):
+  allowed = sum(1 for i in range(seq) for j in range(seq)
+                if i - window <= j <= i + (0 if causal else window))
+  assert benchmark.window_pairs(seq, window, causal) == allowed
+  assert benchmark.flops(2, 3, seq, 8, causal, True, window) == (
+      4 * 2 * 3 * allowed * 8 * 3.5)
 
 
 def test_main_writes_expected_rows(tmp_path):
@@ -35,3 +46,20 @@ def test_main_writes_expected_rows(tmp_path):
   assert {r["status"] for r in rows} == {"ok"}
   assert all(float(r["ms"]) > 0 and float(r["peak_mib"]) > 0 for r in rows)
   assert (tmp_path / "attention_bench.md").read_text().count("\n| xla") == 4
+
+
+def test_main_times_sliding_window_rows(tmp_path):
+  argv = ["bench", "--seq_lens=48", "--head_dims=32", "--tokens=48",
+          "--num_heads=2", "--implementations=xla,blockwise", "--warmup=0",
+          "--iters=1", "--window=8", "--causal=true", f"--out_dir={tmp_path}"]
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    bench_attention.main(argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+  with open(tmp_path / "attention_bench.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 4  # causal only, 2 passes x 2 implementations
+  assert {(r["causal"], r["window"], r["status"]) for r in rows} == {
+      ("True", "8", "ok")}
