@@ -28,18 +28,23 @@ def test_window_pairs_count_the_brute_force_mask(seq, window, causal):
       4 * 2 * 3 * allowed * 8 * 3.5)
 
 
-def test_main_writes_expected_rows(tmp_path):
-  argv = ["bench", "--seq_lens=32", "--head_dims=32", "--tokens=64",
-          "--num_heads=2", "--implementations=xla,blockwise", "--warmup=1",
-          "--iters=1", f"--out_dir={tmp_path}"]
+def _run_main(argv, out_dir):
+  """Runs the script's main with `argv`; the rows of its CSV in out_dir."""
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
   try:
     bench_attention.main(argv[:1])
   finally:
     flags.FLAGS.unparse_flags()
-  with open(tmp_path / "attention_bench.csv") as f:
-    rows = list(csv.DictReader(f))
+  with open(out_dir / "attention_bench.csv") as f:
+    return list(csv.DictReader(f))
+
+
+def test_main_writes_expected_rows(tmp_path):
+  argv = ["bench", "--seq_lens=32", "--head_dims=32", "--tokens=64",
+          "--num_heads=2", "--implementations=xla,blockwise", "--warmup=1",
+          "--iters=1", f"--out_dir={tmp_path}"]
+  rows = _run_main(argv, tmp_path)
   # 1 length x 1 head_dim x 2 causal x 2 passes x 2 implementations.
   assert len(rows) == 8
   assert {r["implementation"] for r in rows} == {"xla", "blockwise"}
@@ -52,14 +57,7 @@ def test_main_times_sliding_window_rows(tmp_path):
   argv = ["bench", "--seq_lens=48", "--head_dims=32", "--tokens=48",
           "--num_heads=2", "--implementations=xla,blockwise", "--warmup=0",
           "--iters=1", "--window=8", "--causal=true", f"--out_dir={tmp_path}"]
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
-  try:
-    bench_attention.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
-  with open(tmp_path / "attention_bench.csv") as f:
-    rows = list(csv.DictReader(f))
+  rows = _run_main(argv, tmp_path)
   assert len(rows) == 4  # causal only, 2 passes x 2 implementations
   assert {(r["causal"], r["window"], r["status"]) for r in rows} == {
       ("True", "8", "ok")}
