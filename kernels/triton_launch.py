@@ -240,7 +240,17 @@ def import_kernels(module: str, interpret: bool) -> types.ModuleType:
   interpreter, triton is first imported with TRITON_INTERPRET=1, which makes
   every kernel an `InterpretedFunction`; the variable stays set for the rest
   of the process, which then holds one mode only.
+
+  Under `recording()` either mode gives what a record needs (the kernel's
+  name and arguments). There, on a host without a GPU, a first import takes
+  the interpreter: the only mode such a host runs kernels in, so recording
+  (the compile gate) does not lock the process out of it. Lowering for
+  `cuda` in the same process then needs the compiled mode and raises.
   """
+  if (not interpret and _recorder.get() is not None
+      and "triton" not in sys.modules
+      and not any(d.platform == "gpu" for d in jax.devices())):
+    interpret = True
   if interpret and "triton" not in sys.modules:
     # Stays set: triton imports more modules lazily and checks the flag then.
     os.environ["TRITON_INTERPRET"] = "1"

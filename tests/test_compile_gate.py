@@ -230,6 +230,29 @@ def test_recording_works_where_triton_is_interpreted():
   assert run.stdout.split() == ["_attn_fwd", "kernels.triton_attention"]
 
 
+def test_recording_first_leaves_the_interpreter_usable_without_a_gpu():
+  """The gate's tracing, first in a GPU-less process, must not lock triton
+  into compiled mode: the interpreter still runs a kernel afterwards."""
+  pytest.importorskip("torch", reason="the interpreter launches need torch")
+  script = (
+      "import jax.numpy as jnp, kernels\n"
+      "from kernels import compile_gate\n"
+      "compile_gate.trace_launches(32, 'bfloat16', True, 'plain')\n"
+      "q = jnp.ones((1, 20, 2, 32))\n"
+      "with kernels.triton_interpret(True):\n"
+      "  out = kernels.attention(q, q, q, causal=True, "
+      "implementation='triton')\n"
+      "print(float(abs(out - 1.0).max()))\n")
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TRITON_INTERPRET", triton_launch.INTERPRET_ENV)}
+  run = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       text=True, cwd=root, timeout=300, check=False,
+                       env=dict(env, PYTHONPATH=str(root), JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert float(run.stdout.split()[-1]) < 1e-6  # attention over equal values
+
+
 def test_row_summary_takes_the_worst_variant():
   row = ("fwd", 64, "bfloat16", True)
   launches = [_launch(row=row), _launch(row=row), _launch(row=None)]
