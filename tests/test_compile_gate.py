@@ -277,3 +277,23 @@ def test_extra_head_dims_trace_under_their_tile_rows():
   assert dims == [(24, 32, ("fwd", 32, "bfloat16", True)),
                   (32, 32, ("fwd", 32, "bfloat16", True)),
                   (128, 128, ("fwd", 128, "float16", False))]
+
+
+@pytest.mark.slow
+def test_kernel_anatomy_script_reports_the_interior_loop_without_masks():
+  """scripts/kernel_anatomy.py on one case: the forward's interior loop body
+  has MMAs and no selects, its edge loop has the mask's selects."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  run = subprocess.run(
+      [sys.executable, "scripts/kernel_anatomy.py",
+       "--cases=64:bfloat16:causal:plain", "--archs=90", "--jobs=1"],
+      capture_output=True, text=True, cwd=root, timeout=600, check=False,
+      env=dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  (forward,) = [line for line in run.stdout.splitlines()
+                if "| _attn_fwd |" in line]
+  bodies = [[int(n) for n in body.split(" / ")]
+            for body in forward.split("|")[-2].split(",")]
+  interior, edge = bodies  # instructions / compares / selects / MMAs
+  assert interior[3] > 0 and interior[2] == 0
+  assert edge[3] > 0 and edge[2] > 0
