@@ -235,6 +235,14 @@ def assemble(ptx: str, capability: int, ptxas: str) -> str:
   return run.stderr + run.stdout
 
 
+def ptxas_resources(ptx: str, capability: int,
+                    ptxas: str | None = None) -> tuple[int, int, int]:
+  """(registers, spill store bytes, spill load bytes) of `ptx` as ptxas
+  (default: Triton's bundled one) assembles it for `capability`."""
+  return parse_ptxas_log(
+      assemble(ptx, capability, ptxas or bundled_ptxas(capability)))
+
+
 def compile_and_measure(spec: CompileSpec, capability: int,
                         ptxas: str | None = None,
                         on_device: bool = False) -> CompileResult:
@@ -249,8 +257,7 @@ def compile_and_measure(spec: CompileSpec, capability: int,
   try:
     compiled = compile_kernel(spec, capability)
     ptx, shared = compiled.asm["ptx"], int(compiled.metadata.shared)
-    registers, stores, loads = parse_ptxas_log(
-        assemble(ptx, capability, ptxas or bundled_ptxas(capability)))
+    registers, stores, loads = ptxas_resources(ptx, capability, ptxas)
     if on_device:
       compiled._init_handles()  # pylint: disable=protected-access
       device = dict(device_registers=int(compiled.n_regs),

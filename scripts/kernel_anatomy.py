@@ -46,8 +46,8 @@ def _measure(spec: aot_compile.CompileSpec, capability: int, path: str):
   if path not in sys.path:
     sys.path.insert(0, path)
   compiled = aot_compile.compile_kernel(spec, capability)
-  registers, stores, loads = aot_compile.parse_ptxas_log(aot_compile.assemble(
-      compiled.asm["ptx"], capability, aot_compile.bundled_ptxas(capability)))
+  registers, stores, loads = aot_compile.ptxas_resources(compiled.asm["ptx"],
+                                                         capability)
   loops = aot_compile.sass_loops(
       aot_compile.disassemble(compiled.asm["cubin"], capability))
   return registers, stores + loads, loops
