@@ -1,11 +1,13 @@
 """Block sizes, warps and stages of the Triton attention kernels: one table.
 
-Provenance. Speed: NOT MEASURED; no GPU has been lent to this project, so no
-row is timed. Registers: every row is gated by `scripts/check_kernels.py`,
+Provenance. Registers: every row is gated by `scripts/check_kernels.py`,
 which compiles each launch the library makes (plain, segment ids,
-grouped-query and decode calls) for sm_80 and sm_90 with triton 3.6.0 and its
-bundled ptxas 12.8 and requires zero spilled registers (BUILD_NOTES,
-"Compile gate", has the per-row figures; 2026-11-27, on a CPU). The 16-bit
+grouped-query, decode and window/soft-cap calls) for sm_80 and sm_90 with
+triton 3.6.0 and its bundled ptxas 12.8 and requires zero spilled registers
+(BUILD_NOTES, "Compile gate", has the per-row figures; 2026-11-27, on a CPU;
+on an H100 the driver's counts equal ptxas's on every row). Speed: only the
+forward head_dim 128 16-bit rows are timed (H100, `tune_attention.py`,
+2026-11-27); the rest are untimed starting points. The 16-bit
 rows start from the defaults of Triton's fused-attention tutorial
 (python/tutorials/06-fused-attention.py: forward 128 x 64, 4 warps, 8 at
 head_dim 128, 3 stages; backward dK/dV 32 x 128 and dQ 128 x 32, 4 warps, 5
@@ -15,7 +17,8 @@ stages) and move only where the gate found spills: forward head_dim 64 takes
 and masked edge loops (issue 14) holds two loop bodies per kernel and
 spilled 4-28 B on sm_80 in rows that sat at 251-255 registers; those rows
 moved (each candidate compiled for every call variant on sm_80 and sm_90):
-forward head_dim 128 to 128 x 32 (128 x 64 spilled with 1-4 stages), dK/dV
+forward head_dim 128 to 128 x 32 (128 x 64 spilled 4-8 B on sm_80 with 1-4
+stages; sm_90 keeps 128 x 64 through `CAPABILITY_TABLE`), dK/dV
 head_dim 64 causal to 32 x 64 with 8 warps (64 x 32 spilled nothing but
 lost wgmma: 32 keys are below its 64-row minimum), dQ head_dim 64 to 8
 warps, float32 forward head_dim 256 to 2 stages.
@@ -26,8 +29,9 @@ target GPU, then rerun the gate.
 
 Keys are `(kernel, head_dim, dtype name, causal)` where kernel is "fwd",
 "bwd_dkdv" or "bwd_dq"; the backward kernels have no head_dim 256 rows
-(unsupported). Under the interpreter every kernel uses `INTERPRET` unless an
-`override` names its row.
+(unsupported). `CAPABILITY_TABLE` holds rows that replace TABLE's on one
+compute capability. Under the interpreter every kernel uses `INTERPRET`
+unless an `override` names its row.
 """
 
 from __future__ import annotations
@@ -136,6 +140,24 @@ PADDED_TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("fwd", 256, "float32", False): BlockSizes(16, 16, 8, 1),
 }
 
+# Rows that replace TABLE's on one compute capability (major * 10 + minor),
+# where the portable row gives up speed to fit another architecture.
+# sm_90 (H100, H200), forward head_dim 128, 16-bit: 128 x 64 with 8 warps
+# spills 4-8 B on sm_80 (hence TABLE's 128 x 32) but takes 206-216 registers
+# and no spill on sm_90 in every call variant. On an H100 (bfloat16, batch
+# 4, 16 heads, seq 4096, median of 10, one `tune_attention.py` run each,
+# 2026-11-27): non-causal 1.476 ms (3 stages) and 1.471 ms (4 stages)
+# against 1.823 ms for TABLE's 128 x 32 x 8 x 3 (1.769 ms in
+# `bench_attention.py`), 1.2x; causal 1.013 ms against 1.051 ms.
+CAPABILITY_TABLE: dict[int, dict[tuple[str, int, str, bool], BlockSizes]] = {
+    90: {
+        ("fwd", 128, "float16", False): BlockSizes(128, 64, 8, 3),
+        ("fwd", 128, "float16", True): BlockSizes(128, 64, 8, 3),
+        ("fwd", 128, "bfloat16", False): BlockSizes(128, 64, 8, 3),
+        ("fwd", 128, "bfloat16", True): BlockSizes(128, 64, 8, 3),
+    },
+}
+
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 
 
@@ -178,13 +200,16 @@ def serves_head_dim(kernel: str, head_dim: int) -> bool:
 
 
 def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
-           interpret: bool, masked: bool = False) -> BlockSizes:
+           interpret: bool, masked: bool = False,
+           capability: int | None = None) -> BlockSizes:
   """The block sizes of `kernel` for the call; KeyError if there is no row.
 
   `head_dim` is the row's (`row_head_dim`); `masked`: the call's head_dim is
   narrower than its tile (`padded_head_dim`), which takes a `PADDED_TABLE`
-  row where there is one. An `override` row wins; otherwise the interpreter
-  uses `INTERPRET` and the compiled kernels the tables.
+  row where there is one; `capability`: the target's compute capability
+  (e.g. 90), whose `CAPABILITY_TABLE` rows replace TABLE's. An `override`
+  row wins; otherwise the interpreter uses `INTERPRET` and the compiled
+  kernels the tables.
   """
   key = (kernel, head_dim, np.dtype(dtype).name, causal)
   if key in _overrides:
@@ -193,4 +218,4 @@ def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
     return INTERPRET
   if masked and key in PADDED_TABLE:
     return PADDED_TABLE[key]
-  return TABLE[key]
+  return CAPABILITY_TABLE.get(capability, {}).get(key, TABLE[key])

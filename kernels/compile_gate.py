@@ -72,11 +72,16 @@ TMA_PROBE = aot_compile.CompileSpec(
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
-  """One distinct launch and the table rows / variants that make it."""
+  """One distinct launch, the table row and variants that make it, and the
+  compute capabilities it is made for (None: every one)."""
 
   spec: aot_compile.CompileSpec
   row: RowKey | None
   variants: tuple[str, ...]
+  capabilities: tuple[int, ...] | None = None
+
+  def targets(self, capability: int) -> bool:
+    return self.capabilities is None or capability in self.capabilities
 
   @property
   def kernel(self) -> str:
@@ -100,9 +105,11 @@ def _variant_inputs(variant: str, head_dim: int, dtype: str):
   return q, kv, seg
 
 
-def trace_launches(head_dim: int, dtype: str, causal: bool,
-                   variant: str) -> list[triton_launch.LaunchRecord]:
-  """The launches of one attention call's forward and (where supported) VJP.
+def trace_launches(head_dim: int, dtype: str, causal: bool, variant: str,
+                   capability: int | None = None
+                   ) -> list[triton_launch.LaunchRecord]:
+  """The launches of one attention call's forward and (where supported) VJP,
+  for a GPU of `capability` (its `block_sizes.CAPABILITY_TABLE` rows).
 
   Decode (q_len 1) is inference: forward only. The backward is traced where
   the kernels support it (head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM).
@@ -125,7 +132,8 @@ def trace_launches(head_dim: int, dtype: str, causal: bool,
 
   backward = (variant != "decode"
               and head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM)
-  with triton_launch.recording() as records:
+  with triton_launch.cuda_compute_capability(capability), \
+      triton_launch.recording() as records:
     jax.make_jaxpr(forward_and_vjp if backward else forward)(q, kv, kv)
   return records
 
@@ -167,11 +175,14 @@ def table_rows() -> list[RowKey]:
 
 def collect_launches(rows: Iterable[RowKey] | None = None,
                      variants: Sequence[str] = VARIANTS,
-                     extra_head_dims: Sequence[int] = EXTRA_HEAD_DIMS
+                     extra_head_dims: Sequence[int] = EXTRA_HEAD_DIMS,
+                     capabilities: Sequence[int] = (80, 90)
                      ) -> list[Launch]:
   """Distinct launches over `rows` (default: the whole table) x `variants`,
   and, variant "plain", each of `extra_head_dims` whose row (`block_sizes.
-  row_head_dim`) is among `rows`, in the rows' `EXTRA_DTYPES`."""
+  row_head_dim`) is among `rows`, in the rows' `EXTRA_DTYPES`; traced for
+  each of `capabilities`, so a `block_sizes.CAPABILITY_TABLE` row is
+  compiled for its own capability only."""
   rows = table_rows() if rows is None else list(rows)
   keys = sorted({r[1:] for r in rows})
   calls = [(hd, dt, causal, variant) for hd, dt, causal in keys
@@ -179,17 +190,23 @@ def collect_launches(rows: Iterable[RowKey] | None = None,
   calls += [(hd, dt, causal, "plain") for hd in extra_head_dims
             for row_hd, dt, causal in keys
             if row_hd == block_sizes.row_head_dim(hd) and dt in EXTRA_DTYPES]
-  found: dict[aot_compile.CompileSpec, tuple[RowKey | None, list[str]]] = {}
-  for head_dim, dtype, causal, variant in calls:
-    for record in trace_launches(head_dim, dtype, causal, variant):
-      spec = compile_spec(record)
-      kernel = TABLE_KERNEL.get(record.name)
-      row = None if kernel is None else (
-          kernel, block_sizes.row_head_dim(head_dim), dtype, causal)
-      entry = found.setdefault(spec, (row, []))
-      if variant not in entry[1]:
-        entry[1].append(variant)
-  return [Launch(spec, row, tuple(v)) for spec, (row, v) in found.items()]
+  found: dict[aot_compile.CompileSpec,
+              tuple[RowKey | None, list[str], list[int]]] = {}
+  for capability in capabilities:
+    for head_dim, dtype, causal, variant in calls:
+      for record in trace_launches(head_dim, dtype, causal, variant,
+                                   capability):
+        spec = compile_spec(record)
+        kernel = TABLE_KERNEL.get(record.name)
+        row = None if kernel is None else (
+            kernel, block_sizes.row_head_dim(head_dim), dtype, causal)
+        entry = found.setdefault(spec, (row, [], []))
+        if variant not in entry[1]:
+          entry[1].append(variant)
+        if capability not in entry[2]:
+          entry[2].append(capability)
+  return [Launch(spec, row, tuple(v), tuple(c))
+          for spec, (row, v, c) in found.items()]
 
 
 def compile_all(launches: Sequence[Launch], capabilities: Sequence[int], *,
@@ -197,13 +214,15 @@ def compile_all(launches: Sequence[Launch], capabilities: Sequence[int], *,
                 on_device: bool = False,
                 progress: Callable[[int, int], None] | None = None
                 ) -> dict[tuple[int, int], aot_compile.CompileResult]:
-  """Compiles every launch for every capability, `jobs` at a time.
+  """Compiles every launch for each of `capabilities` it targets, `jobs` at
+  a time.
 
   Returns {(launch index, capability): result}. Workers are spawned fresh
   (never forked from a process running XLA) with an empty Triton cache.
   `on_device` also loads each cubin on GPU 0 (see `aot_compile`).
   """
-  tasks = [(i, c) for i in range(len(launches)) for c in capabilities]
+  tasks = [(i, c) for i in range(len(launches)) for c in capabilities
+           if launches[i].targets(c)]
   results: dict[tuple[int, int], aot_compile.CompileResult] = {}
   with tempfile.TemporaryDirectory() as cache, \
       concurrent.futures.ProcessPoolExecutor(
@@ -336,16 +355,22 @@ def format_row_summary(
            "|" + " --- |" * (5 + len(capabilities))]
   for row in sorted({row for row, _ in worst}):
     bs = block_sizes.TABLE.get(row)
-    tile = (f"{bs.block_m}x{bs.block_n}, {bs.num_warps}, {bs.num_stages}"
-            if bs else "-")
+    tile = _tile(bs) if bs else "-"
     cells = []
     for c in capabilities:
       regs, spill, shared = worst.get((row, c), (None, None, None))
-      cells.append("-" if regs is None else
-                   f"{regs} / {spill} / {shared / 1024:.0f}")
+      # A CAPABILITY_TABLE row names its own tile in its cell.
+      own = block_sizes.CAPABILITY_TABLE.get(c, {}).get(row)
+      cells.append(("" if own is None else f"{_tile(own)}: ") +
+                   ("-" if regs is None else
+                    f"{regs} / {spill} / {shared / 1024:.0f}"))
     lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {tile} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _tile(bs: block_sizes.BlockSizes) -> str:
+  return f"{bs.block_m}x{bs.block_n}, {bs.num_warps}, {bs.num_stages}"
 
 
 def _sort_key(launch: Launch):

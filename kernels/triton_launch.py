@@ -156,6 +156,22 @@ def compute_capability() -> int | None:
   return _check_capability(COMPUTE_CAPABILITY_ENV, parsed)
 
 
+def target_capability() -> int | None:
+  """The compute capability compiled launches target: the requested one
+  (`compute_capability`), else GPU 0's (e.g. 90 for an H100), else None
+  when there is no GPU to ask."""
+  requested = compute_capability()
+  if requested is not None or jax.default_backend() != "gpu":
+    return requested
+  # A CUDA device reports e.g. "9.0"; other GPU platforms report none.
+  value = getattr(jax.devices()[0], "compute_capability", None)
+  try:
+    major, minor = str(value).split(".")[:2]
+    return int(major) * 10 + int(minor)
+  except ValueError:
+    return None
+
+
 def _installed(module: str) -> bool:
   try:
     return importlib.util.find_spec(module) is not None

@@ -226,6 +226,7 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
   kernels_ = block_sizes.KERNELS
   if head_dim > MAX_BACKWARD_HEAD_DIM:
     kernels_ = ("fwd",)  # No backward rows; the VJP raises a named error.
+  capability = None if interpret else triton_launch.target_capability()
   st = _Static(causal=mask.causal, has_segments=mask.has_segments,
                scale=float(np.float32(scale)), interpret=interpret,
                window_left=mask.window_left, window_right=mask.window_right,
@@ -233,7 +234,8 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
                blocks=tuple((k, block_sizes.lookup(
                    k, block_sizes.row_head_dim(head_dim), q.dtype,
                    mask.causal, interpret,
-                   masked=block_sizes.padded_head_dim(head_dim) != head_dim))
+                   masked=block_sizes.padded_head_dim(head_dim) != head_dim,
+                   capability=capability))
                             for k in kernels_))
   o, lse = _attention(st, q, k, v, key_lengths.astype(jnp.int32), q_seg,
                       kv_seg)

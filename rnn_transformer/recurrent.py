@@ -39,8 +39,9 @@ class Defaults(NamedTuple):
 
 
 _CPU = "2-core x86-64 (AVX-512), jax 0.10.2, 2026-11-27, BUILD_NOTES.md"
-_GPU = ("H100, jax 0.11.2, 2026-11-27, B32 T256 H256 fwd+bwd, "
-        "docs/results/gpu_h100/bench_recurrent.csv")
+_GPU = ("H100, jax 0.11.2, 2026-11-27, B32 T256 H256 fwd+bwd, 2 repeats x 10 "
+        "rounds, spread <= 0.02, docs/results/gpu_h100_lease2/"
+        "bench_recurrent.md")
 
 # By `jax.default_backend()`, then by cell class (the first name in the
 # cell's MRO that has a row; "*" otherwise). Each row from
@@ -61,9 +62,10 @@ DEFAULTS_BY_BACKEND: dict[str, dict[str, Defaults]] = {
             f"1.05, 1.49, 0.91x; hoisted 1.07, 1.35, 0.90x")),
         "*": Defaults(False, False, "not measured; per-step, as flax runs"),
     },
-    "gpu": {"*": Defaults(True, False, (
-        f"{_GPU}: hoisted 1.35/1.73/1.51x flax (rnn/lstm/gru), per-step "
-        f"1.01/1.22/1.18x; deferred weight gradients not measured on a GPU"))},
+    "gpu": {"*": Defaults(True, True, (
+        f"{_GPU}: hoisted + deferred 1.65/2.51/2.32x flax (rnn/lstm/gru), "
+        f"hoisted 1.36/1.72/1.83x, per-step + deferred 1.33/1.94/1.58x, "
+        f"per-step 1.01/1.21/1.26x; cuDNN LSTM 1.83x"))},
     "tpu": {"*": Defaults(True, False, "not measured; hoisted as cuDNN does")},
 }
 

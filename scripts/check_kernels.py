@@ -97,7 +97,8 @@ def main(argv):
                          f"{compile_gate.VARIANTS}")
   rows, capabilities = _rows(), _capabilities()
   start = time.perf_counter()
-  launches = compile_gate.collect_launches(rows, _VARIANTS.value)
+  launches = compile_gate.collect_launches(rows, _VARIANTS.value,
+                                            capabilities=capabilities)
   print(f"{len(rows)} table rows x {len(_VARIANTS.value)} variants -> "
         f"{len(launches)} distinct launches x {len(capabilities)} archs "
         f"({_versions(capabilities)})", flush=True)

@@ -53,10 +53,11 @@ def _measure(spec: aot_compile.CompileSpec, capability: int, path: str):
   return registers, stores + loads, loops
 
 
-def _launches(case: str):
+def _launches(case: str, capability: int):
   head_dim, dtype, causal, variant = case.split(":")
   for record in compile_gate.trace_launches(int(head_dim), dtype,
-                                            causal == "causal", variant):
+                                            causal == "causal", variant,
+                                            capability):
     if record.name in compile_gate.TABLE_KERNEL:
       yield case, compile_gate.compile_spec(record)
 
@@ -69,10 +70,11 @@ def main(argv):
                   os.path.join(tmp, _SOURCE_MODULE + ".py"))
     tasks = []
     for case in _CASES.value:
-      for _, spec in _launches(case):
-        if _KERNEL_SOURCE.value:
-          spec = dataclasses.replace(spec, module=_SOURCE_MODULE)
-        tasks += [(case, spec, int(arch)) for arch in _ARCHS.value]
+      for arch in map(int, _ARCHS.value):
+        for _, spec in _launches(case, arch):
+          if _KERNEL_SOURCE.value:
+            spec = dataclasses.replace(spec, module=_SOURCE_MODULE)
+          tasks.append((case, spec, arch))
     with concurrent.futures.ProcessPoolExecutor(
         _JOBS.value, mp_context=multiprocessing.get_context("spawn"),
         initializer=aot_compile.init_worker,

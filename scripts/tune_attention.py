@@ -88,6 +88,8 @@ def main(argv):
         print(f"skip {kernel} d={head_dim} {dtype} causal={causal} {cand}: "
               f"{type(e).__name__}", flush=True)
         continue
+      print(f"  {kernel} d={head_dim} {dtype} causal={causal} {cand}: "
+            f"{t * 1e3:.3f} ms", flush=True)
       if best is None or t < best[0]:
         best = (t, cand)
     if best is None:

@@ -21,11 +21,13 @@ _DTYPES = ("bfloat16", "float32")
 _HEAD_DIMS = (32, 64, 128)
 
 
-def _table_rows(head_dim: int, dtype: str, causal: bool, kernels_=None):
+def _table_rows(head_dim: int, dtype: str, causal: bool, kernels_=None,
+                capability=None):
+  """The rows a GPU of `capability` compiles (None: TABLE's)."""
   kernels_ = kernels_ or block_sizes.KERNELS
-  return {(k, head_dim, dtype, causal):
-          block_sizes.TABLE[(k, head_dim, dtype, causal)] for k in kernels_
-          if (k, head_dim, dtype, causal) in block_sizes.TABLE}
+  return {(k, head_dim, dtype, causal): block_sizes.lookup(
+      k, head_dim, dtype, causal, interpret=False, capability=capability)
+          for k in kernels_ if (k, head_dim, dtype, causal) in block_sizes.TABLE}
 
 
 def _cases(head_dim: int, dtype: str):
@@ -63,6 +65,22 @@ def _interpreter():
 def test_table_tiles_forward_and_gradients(case, dtype):
   with block_sizes.override(_table_rows(case.head_dim, dtype, case.causal)):
     _check(case, dtype)
+
+
+# `block_sizes.CAPABILITY_TABLE`'s rows, where they differ from TABLE's.
+_CAPABILITY_GRID = [
+    pytest.param(case, capability, id=f"sm{capability}-{case}")
+    for capability, rows in block_sizes.CAPABILITY_TABLE.items()
+    for (_, hd, dtype, causal) in sorted(rows)
+    if dtype == "bfloat16" and causal
+    for case in _cases(hd, dtype)[:1]]
+
+
+@pytest.mark.parametrize("case,capability", _CAPABILITY_GRID)
+def test_capability_tiles_forward_and_gradients(case, capability):
+  with block_sizes.override(_table_rows(case.head_dim, "bfloat16",
+                                        case.causal, capability=capability)):
+    _check(case, "bfloat16")
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)

@@ -5,10 +5,12 @@ The whole gate (every table row, sm_80 and sm_90) runs in CI as
 `python scripts/check_kernels.py`.
 """
 
+import concurrent.futures
 import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import pytest
@@ -202,6 +204,26 @@ def test_compute_capability_from_the_environment(monkeypatch):
     triton_launch.compute_capability()
 
 
+@pytest.mark.parametrize("reported, want", [("9.0", 90), ("8.6", 86),
+                                             (None, None)])
+def test_target_capability_asks_gpu_zero_unless_one_is_requested(
+    monkeypatch, reported, want):
+  device = mock.Mock(spec=["compute_capability"], compute_capability=reported)
+  monkeypatch.setattr(triton_launch.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(triton_launch.jax, "devices", lambda: [device])
+  assert triton_launch.target_capability() == want
+  with kernels.cuda_compute_capability(80):
+    assert triton_launch.target_capability() == 80
+
+
+def test_target_capability_without_a_gpu_is_the_requested_one():
+  if jax.default_backend() == "gpu":
+    pytest.skip("a GPU is present: its capability is the target")
+  assert triton_launch.target_capability() is None
+  with kernels.cuda_compute_capability(90):
+    assert triton_launch.target_capability() == 90
+
+
 def test_recording_returns_zeros_and_runs_nothing():
   q = jax.numpy.ones((1, 40, 2, 32), jax.numpy.float32)
   with triton_launch.recording() as records:
@@ -270,13 +292,62 @@ def test_extra_head_dims_trace_under_their_tile_rows():
   row, the plain variant only, in the rows' 16-bit and float32 dtypes."""
   rows = [("fwd", 32, "bfloat16", True), ("fwd", 128, "float16", False)]
   launches = compile_gate.collect_launches(rows, ["plain"],
-                                           extra_head_dims=(24, 80, 160))
+                                           extra_head_dims=(24, 80, 160),
+                                           capabilities=(80,))
   dims = sorted((dict(launch.spec.constexprs)["HEAD_DIM"],
                  dict(launch.spec.constexprs)["HEAD_DIM_PAD"], launch.row)
                 for launch in launches if launch.kernel == "_attn_fwd")
   assert dims == [(24, 32, ("fwd", 32, "bfloat16", True)),
                   (32, 32, ("fwd", 32, "bfloat16", True)),
                   (128, 128, ("fwd", 128, "float16", False))]
+
+
+def test_capability_rows_replace_table_rows_on_their_capability_only():
+  """`CAPABILITY_TABLE` rows: looked up for their capability, traced into
+  their own launch, compiled for that capability alone."""
+  (capability, rows), = block_sizes.CAPABILITY_TABLE.items()
+  row, tile = next(iter(rows.items()))
+  assert tile != block_sizes.TABLE[row]
+  kernel, head_dim, dtype, causal = row
+  for target, want in ((capability, tile), (None, block_sizes.TABLE[row]),
+                       (80, block_sizes.TABLE[row])):
+    assert block_sizes.lookup(kernel, head_dim, dtype, causal,
+                              interpret=False, capability=target) == want
+  assert block_sizes.lookup(kernel, head_dim, dtype, causal, interpret=True,
+                            capability=capability) == block_sizes.INTERPRET
+  launches = compile_gate.collect_launches([row], ["plain"],
+                                           extra_head_dims=(),
+                                           capabilities=(80, capability))
+  by_target = {launch.capabilities: dict(launch.spec.constexprs)
+               for launch in launches if launch.row == row}
+  assert by_target == {
+      (80,): mock.ANY, (capability,): mock.ANY}
+  assert (by_target[(capability,)]["BLOCK_M"],
+          by_target[(capability,)]["BLOCK_N"]) == (tile.block_m, tile.block_n)
+  # The backward kernels' rows are shared: one launch for both capabilities.
+  assert all(launch.capabilities == (80, capability)
+             for launch in launches if launch.row and launch.row[0] != kernel)
+  # compile_all asks for each launch on its own capabilities only.
+  with mock.patch.object(compile_gate.aot_compile, "compile_and_measure",
+                         side_effect=lambda spec, c, *_: _ok(c)), \
+      mock.patch.object(compile_gate.concurrent.futures,
+                        "ProcessPoolExecutor", _InlineExecutor):
+    results = compile_gate.compile_all(launches, [80, capability], jobs=1)
+  assert sorted(c for (i, c) in results
+                if launches[i].row == row) == [80, capability]
+  assert compile_gate.check(launches, results, [row]) == []
+
+
+class _InlineExecutor(concurrent.futures.Executor):
+  """Runs submitted calls at once, in this process."""
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def submit(self, fn, *args, **kwargs):
+    future = concurrent.futures.Future()
+    future.set_result(fn(*args, **kwargs))
+    return future
 
 
 @pytest.mark.slow
