@@ -36,6 +36,15 @@ class Defaults(NamedTuple):
   hoist_input_projection: bool  # one (batch*time, in) x (in, G*H) matmul
   defer_weight_gradients: bool  # fused_recurrence's backward
   evidence: str  # the measurement behind the choice
+  # Deferral only up to this many sequences per call (None: any batch): the
+  # per-step dW matmul is a rank-`batch` update, poor at small batches and
+  # efficient enough at large ones that one big matmul stops paying.
+  defer_max_batch: int | None = None
+
+  def defers(self, batch: int) -> bool:
+    """Whether weight gradients are deferred for `batch` sequences."""
+    return self.defer_weight_gradients and (
+        self.defer_max_batch is None or batch <= self.defer_max_batch)
 
 
 _CPU = "2-core x86-64 (AVX-512), jax 0.10.2, 2026-11-27, BUILD_NOTES.md"
@@ -53,13 +62,16 @@ DEFAULTS_BY_BACKEND: dict[str, dict[str, Defaults]] = {
         "SimpleRNNCell": Defaults(True, True, (
             f"{_CPU}: hoisted + deferred 1.44, 1.75, 1.08x flax; hoisted 1.20,"
             f" 1.29, 1.00x; per-step 1.03, 0.99, 1.03x")),
+        # Deferred up to batch 32 (B32, B8); per-step alone at B64.
         "LSTMCell": Defaults(False, True, (
             f"{_CPU}: per-step + deferred 1.01, 1.58, 1.01x flax; per-step "
             f"0.97, 0.80, 1.03x; hoisted 0.93, 1.20, 1.02x; hoisted + "
-            f"deferred 0.89, 1.48, 1.00x")),
-        "GRUCell": Defaults(False, False, (
+            f"deferred 0.89, 1.48, 1.00x"), defer_max_batch=32),
+        # Deferred at batch 8 only, the largest measured size where it won.
+        "GRUCell": Defaults(False, True, (
             f"{_CPU}: per-step 1.12, 1.02, 0.98x flax; per-step + deferred "
-            f"1.05, 1.49, 0.91x; hoisted 1.07, 1.35, 0.90x")),
+            f"1.05, 1.49, 0.91x; hoisted 1.07, 1.35, 0.90x"),
+                            defer_max_batch=8),
         "*": Defaults(False, False, "not measured; per-step, as flax runs"),
     },
     "gpu": {"*": Defaults(True, True, (
@@ -132,8 +144,8 @@ class RNN(nn.Module):
     defer_weight_gradients: for a `FusedGateCell`, differentiate with
       `fused_recurrence`'s backward: the reverse loop keeps dh_{t-1} = du_t
       W_h^T (and dx_t when not hoisted), and dW_h, dW_x, db are one matmul
-      each over all steps, as cuDNN does. None: per backend
-      (`DEFAULTS_BY_BACKEND`) where it applies.
+      each over all steps, as cuDNN does. None: per backend and batch size
+      (`DEFAULTS_BY_BACKEND`, `Defaults.defers`) where it applies.
     scan_method: for cells with a linear recurrence (`MinGRU`, `MinLSTM`,
       `LRU`: they have `scan_over_time`), "associative", "chunked" or
       "sequential" (see `linear_recurrence.linear_scan`); None: per backend
@@ -178,11 +190,11 @@ class RNN(nn.Module):
           f"step(); {type(self.cell).__name__} has neither")
     return self.hoist_input_projection
 
-  def _should_defer(self) -> bool:
+  def _should_defer(self, batch: int) -> bool:
     fused = all(hasattr(self.cell, name) for name in (
         "combine", "recurrent_kernel", "input_weights"))
     if self.defer_weight_gradients is None:
-      return fused and backend_defaults(self.cell).defer_weight_gradients
+      return fused and backend_defaults(self.cell).defers(batch)
     if self.defer_weight_gradients and not fused:
       raise ValueError(
           f"defer_weight_gradients=True needs a cell with input_weights(), "
@@ -316,7 +328,7 @@ class RNN(nn.Module):
       reset = reset & valid  # nor in forward time: the final carry stays
 
     hoist = self._should_hoist()
-    defer = self._should_defer()
+    defer = self._should_defer(inputs.shape[0])
     step_inputs = self.cell.project_inputs(inputs) if hoist else inputs
     if reverse:
       step_inputs, reset, state_perturbation = (

@@ -77,11 +77,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 REFERENCE = "flax.linen.RNN"
 
 
-def default_label(cell: str) -> str:
-  """The `VARIANTS` label `RNN(cell)` runs by default on this backend."""
+def default_label(cell: str, batch: int) -> str:
+  """The `VARIANTS` label `RNN(cell)` runs by default on this backend for
+  `batch` sequences."""
   defaults = backend_defaults(CELLS[cell][0](1))
   options = dict(hoist_input_projection=defaults.hoist_input_projection,
-                 defer_weight_gradients=defaults.defer_weight_gradients)
+                 defer_weight_gradients=defaults.defers(batch))
   (label,) = [label for label, o in VARIANTS.items() if o == options]
   return label
 
@@ -120,7 +121,7 @@ def run(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
       ratios = [ref / t for ref, t in zip(ms[REFERENCE], samples)]
       rows.append(dict(
           cell=name, implementation=label,
-          default=label == default_label(name),
+          default=label == default_label(name, config.batch),
           ms=statistics.median(samples),
           flax_over_this=statistics.median(ratios),
           ratio_min=min(ratios), ratio_max=max(ratios)))

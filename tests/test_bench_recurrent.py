@@ -32,7 +32,7 @@ def test_bench_recurrent_script_writes_a_row_per_variant(tmp_path):
   for cell in ("lstm", "gru"):
     defaults = [r["implementation"] for r in rows
                 if r["cell"] == cell and r["default"] == "True"]
-    assert defaults == [recurrent_benchmark.default_label(cell)]
+    assert defaults == [recurrent_benchmark.default_label(cell, batch=2)]
 
 
 def test_bench_recurrent_rejects_an_unknown_cell(tmp_path):

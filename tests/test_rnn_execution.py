@@ -126,6 +126,30 @@ class TestDefaults:
       assert (recurrent.backend_defaults(MyLSTM(HIDDEN), backend)
               == recurrent.backend_defaults(rt.LSTMCell(HIDDEN), backend))
 
+  def test_deferral_stops_above_its_batch_limit(self):
+    row = recurrent.Defaults(False, True, "test", defer_max_batch=8)
+    assert row.defers(1) and row.defers(8) and not row.defers(9)
+    assert recurrent.Defaults(False, True, "test").defers(10_000)
+    assert not recurrent.Defaults(False, False, "test").defers(1)
+
+  @pytest.mark.parametrize("cell_cls", CELLS)
+  @pytest.mark.parametrize("batch", [2, 33, 64])
+  def test_rnn_defers_as_its_row_says_for_the_batch(self, monkeypatch,
+                                                    cell_cls, batch):
+    calls = []
+    fused_scan = recurrent.fused_recurrence.scan
+
+    def recording_scan(*args, **kwargs):
+      calls.append(batch)
+      return fused_scan(*args, **kwargs)
+
+    monkeypatch.setattr(recurrent.fused_recurrence, "scan", recording_scan)
+    layer = rt.RNN(cell_cls(HIDDEN))
+    x = jnp.ones((batch, TIME, FEATURES))
+    jax.eval_shape(layer.init, jax.random.key(0), x)
+    want = recurrent.backend_defaults(cell_cls(HIDDEN)).defers(batch)
+    assert bool(calls) == want
+
   def test_unknown_backend_is_named(self):
     with pytest.raises(ValueError, match="backend: expected one of"):
       recurrent.backend_defaults(rt.LSTMCell(HIDDEN), "quantum")
