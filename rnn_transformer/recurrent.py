@@ -60,17 +60,16 @@ DEFAULTS_BY_BACKEND: dict[str, dict[str, Defaults]] = {
     "cpu": {  # flax / this at (B32 T256 H256), (B8 T1024 H128), (B64 T128 H512),
         # median of 3 repeats; spreads in BUILD_NOTES.md
         "SimpleRNNCell": Defaults(True, True, (
-            f"{_CPU}: hoisted + deferred 1.44, 1.75, 1.08x flax; hoisted 1.20,"
-            f" 1.29, 1.00x; per-step 1.03, 0.99, 1.03x")),
-        # Deferred up to batch 32 (B32, B8); per-step alone at B64.
+            f"{_CPU}: hoisted + deferred 1.39, 1.92, 1.05x flax; hoisted 1.18,"
+            f" 1.33, 0.96x; per-step 1.00, 0.99, 0.99x")),
         "LSTMCell": Defaults(False, True, (
-            f"{_CPU}: per-step + deferred 1.01, 1.58, 1.01x flax; per-step "
-            f"0.97, 0.80, 1.03x; hoisted 0.93, 1.20, 1.02x; hoisted + "
-            f"deferred 0.89, 1.48, 1.00x"), defer_max_batch=32),
+            f"{_CPU}: per-step + deferred 1.01, 1.50, 1.00x flax; per-step "
+            f"1.01, 0.82, 0.97x; hoisted 0.94, 1.16, 0.92x; hoisted + "
+            f"deferred 0.87, 1.41, 0.87x")),
         # Deferred at batch 8 only, the largest measured size where it won.
         "GRUCell": Defaults(False, True, (
-            f"{_CPU}: per-step 1.12, 1.02, 0.98x flax; per-step + deferred "
-            f"1.05, 1.49, 0.91x; hoisted 1.07, 1.35, 0.90x"),
+            f"{_CPU}: per-step 1.10, 1.12, 1.01x flax; per-step + deferred "
+            f"1.03, 1.57, 0.91x; hoisted 1.05, 1.45, 0.95x"),
                             defer_max_batch=8),
         "*": Defaults(False, False, "not measured; per-step, as flax runs"),
     },
