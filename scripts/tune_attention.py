@@ -4,7 +4,10 @@ For every (kernel, head_dim, dtype, causal) it times the candidates (forward
 alone for "fwd"; forward+backward for the backward kernels, the other kernels
 keeping their table rows), skips candidates that fail to compile (e.g. too
 much shared memory), and prints the winners in the format of
-`kernels/block_sizes.py`'s TABLE, also written to --out.
+`kernels/block_sizes.py`'s TABLE, also written to --out. Rows that win only
+on this GPU's compute capability belong in `block_sizes.CAPABILITY_TABLE`
+under it (the first line printed names it); rerun the compile gate either
+way.
 
   python scripts/tune_attention.py --head_dims=64,128 --dtypes=bfloat16
 """
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 
 import kernels
 from kernels import block_sizes
+from kernels import triton_launch
 
 _HEAD_DIMS = flags.DEFINE_list("head_dims", ["32", "64", "128", "256"], "")
 _DTYPES = flags.DEFINE_list("dtypes", ["float16", "bfloat16", "float32"], "")
@@ -74,7 +78,10 @@ def main(argv):
     raise app.UsageError("tune_attention.py needs a CUDA GPU")
   candidates = [block_sizes.BlockSizes(*c) for c in itertools.product(
       _ints(_BLOCK_MS), _ints(_BLOCK_NS), _ints(_WARPS), _ints(_STAGES))]
-  lines = []
+  capability = triton_launch.target_capability()
+  lines = [f"# {jax.devices()[0].device_kind}, compute capability "
+           f"{capability} (block_sizes.CAPABILITY_TABLE[{capability}])"]
+  print(lines[0], flush=True)
   for kernel, head_dim, dtype, causal in itertools.product(
       _KERNELS.value, _ints(_HEAD_DIMS), _DTYPES.value,
       (False, True)):
