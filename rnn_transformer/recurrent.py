@@ -119,7 +119,11 @@ class RNN(nn.Module):
     `[x1, x0, pad1, pad0]`), which only matters to a cell that reads padding;
   * a zero-length sequence returns its initial carry unchanged; flax returns
     the carry after the last padded step (index `seq_lengths - 1 = -1`);
-  * `reset` masks and `state_perturbation` (for gradient-flow experiments).
+  * `reset` masks and `state_perturbation` (for gradient-flow experiments);
+  * where weight gradients are deferred (`defer_weight_gradients`, on by
+    default for this library's cells where it was measured faster), forward-
+    mode autodiff (`jax.jvp`, `jax.jacfwd`) needs
+    `defer_weight_gradients=False`.
 
   Attributes:
     cell: any `flax.linen.RNNCellBase`, e.g. `SimpleRNNCell`, `LSTMCell`,
@@ -144,7 +148,11 @@ class RNN(nn.Module):
       `fused_recurrence`'s backward: the reverse loop keeps dh_{t-1} = du_t
       W_h^T (and dx_t when not hoisted), and dW_h, dW_x, db are one matmul
       each over all steps, as cuDNN does. None: per backend and batch size
-      (`DEFAULTS_BY_BACKEND`, `Defaults.defers`) where it applies.
+      (`DEFAULTS_BY_BACKEND`, `Defaults.defers`) where it applies. That
+      backward is a `jax.custom_vjp`, which JAX cannot differentiate in
+      forward mode: for `jax.jvp`/`jax.jacfwd` through the layer pass
+      False (reverse mode and forward-over-reverse, e.g. `jax.hessian`,
+      work either way).
     scan_method: for cells with a linear recurrence (`MinGRU`, `MinLSTM`,
       `LRU`: they have `scan_over_time`), "associative", "chunked" or
       "sequential" (see `linear_recurrence.linear_scan`); None: per backend

@@ -89,6 +89,25 @@ def test_deferred_weight_gradients_in_bfloat16_compute(cell_cls):
                               **tolerances.gradient_tol(jnp.bfloat16))
 
 
+@pytest.mark.parametrize("cell_cls", CELLS, ids=lambda c: c.__name__)
+def test_forward_mode_needs_deferral_off_and_agrees_with_reverse_mode(
+    cell_cls):
+  """<w, J v> by jax.jvp without deferral equals <J^T w, v> by the deferred
+  backward; with deferral, forward mode is JAX's custom_vjp TypeError (the
+  documented limit)."""
+  x = _normal(0, (BATCH, TIME, FEATURES))
+  v, w = _normal(1, x.shape), _normal(2, (BATCH, TIME, HIDDEN))
+  layer = lambda defer: rt.RNN(  # noqa: E731
+      cell_cls(HIDDEN), defer_weight_gradients=defer)
+  variables = layer(False).init(jax.random.key(0), x)
+  _, jv = jax.jvp(lambda x: layer(False).apply(variables, x), (x,), (v,))
+  _, vjp = jax.vjp(lambda x: layer(True).apply(variables, x), x)
+  (jtw,) = vjp(w)
+  np.testing.assert_allclose(jnp.vdot(w, jv), jnp.vdot(jtw, v), rtol=1e-4)
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jvp(lambda x: layer(True).apply(variables, x), (x,), (v,))
+
+
 def test_defer_weight_gradients_needs_a_fused_gate_cell():
   x = _normal(0, (BATCH, TIME, FEATURES))
   with pytest.raises(ValueError, match="defer_weight_gradients=True needs"):
