@@ -2,7 +2,9 @@
 
 Provenance. Registers: every row is gated by `scripts/check_kernels.py`,
 which compiles each launch the library makes (plain, segment ids,
-grouped-query, decode and window/soft-cap calls) for sm_80 and sm_90 with
+grouped-query, decode and window/soft-cap calls) for sm_80 and sm_90 (a
+TABLE row that a `CAPABILITY_TABLE` row replaces on one of them, for the
+other only) with
 triton 3.6.0 and its bundled ptxas 12.8 and requires zero spilled registers
 (BUILD_NOTES, "Compile gate", has the per-row figures; 2026-11-27, on a CPU;
 on an H100 the driver's counts equal ptxas's on every row). Speed: only the
@@ -218,4 +220,5 @@ def lookup(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
     return INTERPRET
   if masked and key in PADDED_TABLE:
     return PADDED_TABLE[key]
-  return CAPABILITY_TABLE.get(capability, {}).get(key, TABLE[key])
+  rows = CAPABILITY_TABLE.get(capability, {})
+  return rows[key] if key in rows else TABLE[key]

@@ -4,14 +4,15 @@ For every row of `block_sizes.TABLE` and every call variant (plain, segment
 ids, grouped-query, decode, and a local window with logit soft-capping), the
 real forward and gradient of
 `triton_ops.attention_triton` are traced with `triton_launch.recording()`, so
-the launches are exactly the library's. Each distinct launch is compiled for
-each requested compute capability (`aot_compile`), and `check` turns the
-results into failures:
+the launches are exactly the library's. Calls are traced once per compute
+capability (its `block_sizes.CAPABILITY_TABLE` rows replace TABLE's), each
+distinct launch is compiled for each requested capability that makes it
+(`aot_compile`), and `check` turns the results into failures:
 
 * a compile or ptxas error;
 * shared memory over the architecture's per-block limit;
 * any register spill;
-* a table row that no compiled launch used;
+* a table row that no compiled launch used, on any requested capability;
 * a float16/bfloat16 `tl.dot` kernel on sm_90 without `wgmma` (Hopper tensor
   cores);
 * a kernel that needs global scratch memory (`kernels.tma_probe` says why).
@@ -245,8 +246,13 @@ def _uses_tensor_cores(launch: Launch) -> bool:
 
 def check(launches: Sequence[Launch],
           results: dict[tuple[int, int], aot_compile.CompileResult],
-          rows: Iterable[RowKey] | None = None) -> list[str]:
-  """Every reason the gate fails, one line each; empty when it passes."""
+          rows: Iterable[RowKey] | None = None,
+          capabilities: Iterable[int] | None = None) -> list[str]:
+  """Every reason the gate fails, one line each; empty when it passes.
+
+  `capabilities`: those the gate was asked for (default: those in
+  `results`); every row must be compiled for each.
+  """
   failures = []
   compiled_rows = set()
   for (i, capability), r in sorted(results.items()):
@@ -270,7 +276,8 @@ def check(launches: Sequence[Launch],
       failures.append(f"{where}: a 16-bit tl.dot kernel without wgmma")
     if launch.row is not None:
       compiled_rows.add((launch.row, capability))
-  capabilities = sorted({c for _, c in results})
+  capabilities = sorted({c for _, c in results} if capabilities is None
+                        else capabilities)
   for row in (table_rows() if rows is None else rows):
     for capability in capabilities:
       if (row, capability) not in compiled_rows:

@@ -122,7 +122,10 @@ def cuda_compute_capability(capability: int | None) -> Iterator[None]:
   """Within the block, compiled kernels target `capability` (e.g. 80, 90).
 
   None restores the default: the environment variable, else GPU 0's own.
-  The value is read when a launch is traced.
+  The value is read when a launch is traced, and it also picks the block
+  sizes (`block_sizes.CAPABILITY_TABLE`): like the interpreter choice, a
+  `jax.jit` cache entry traced for one capability keeps it, so lower for
+  another through a fresh `jax.jit` (or after `jax.clear_caches()`).
   """
   if capability is not None:
     _check_capability("capability", capability)
@@ -164,7 +167,7 @@ def target_capability() -> int | None:
   if requested is not None or jax.default_backend() != "gpu":
     return requested
   # A CUDA device reports e.g. "9.0"; other GPU platforms report none.
-  value = getattr(jax.devices()[0], "compute_capability", None)
+  value = getattr(jax.local_devices()[0], "compute_capability", None)
   try:
     major, minor = str(value).split(".")[:2]
     return int(major) * 10 + int(minor)

@@ -80,7 +80,7 @@ cat "$out/env.txt"
 # CPU: pytest-xdist (in the GPU image) runs them in 6 processes.
 xdist=()
 python3 -c 'import xdist' 2>/dev/null && xdist=(-n 6)
-step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q -rfE "${xdist[@]}" \
+step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q -rfE ${xdist[@]+"${xdist[@]}"} \
   --durations=10 -p no:cacheprovider tests/
 # The compile gate's ptxas figures against the driver's own n_regs/n_spills.
 step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \

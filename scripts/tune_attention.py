@@ -79,8 +79,10 @@ def main(argv):
   candidates = [block_sizes.BlockSizes(*c) for c in itertools.product(
       _ints(_BLOCK_MS), _ints(_BLOCK_NS), _ints(_WARPS), _ints(_STAGES))]
   capability = triton_launch.target_capability()
+  where = ("TABLE" if capability is None
+           else f"TABLE or block_sizes.CAPABILITY_TABLE[{capability}]")
   lines = [f"# {jax.devices()[0].device_kind}, compute capability "
-           f"{capability} (block_sizes.CAPABILITY_TABLE[{capability}])"]
+           f"{capability}: rows for {where}"]
   print(lines[0], flush=True)
   for kernel, head_dim, dtype, causal in itertools.product(
       _KERNELS.value, _ints(_HEAD_DIMS), _DTYPES.value,

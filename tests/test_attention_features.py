@@ -253,8 +253,9 @@ def test_triton_any_head_dim_multiple_of_8(head_dim):
       jax.grad(lambda q: loss("triton", q, k, v))(q)
 
 
-# Compiled kernels at the GPU's own tiles (64-128 wide): windows several tiles
-# wide put unmasked interior blocks between the masked edges, with ragged
+# Compiled kernels at the GPU's own tiles (16-bit rows 32-128 wide, float32
+# 16-64): windows several tiles wide put unmasked interior blocks between the
+# masked edges, with ragged
 # ends, key lengths, GQA, q_len != kv_len and a padded head dim (96). The
 # oracle is the float32 reference at precision HIGHEST, itself checked
 # against `brute_force` above.

@@ -30,9 +30,9 @@ def _table_rows(head_dim: int, dtype: str, causal: bool, kernels_=None,
           for k in kernels_ if (k, head_dim, dtype, causal) in block_sizes.TABLE}
 
 
-def _cases(head_dim: int, dtype: str):
+def _cases(head_dim: int, dtype: str, capability=None):
   """Two problems per row set, sized from its largest tiles."""
-  rows = _table_rows(head_dim, dtype, True)
+  rows = _table_rows(head_dim, dtype, True, capability=capability)
   over_two_q = 2 * max(r.block_m for r in rows.values()) + 3
   over_two_kv = 2 * max(r.block_n for r in rows.values()) + 5
   return (
@@ -73,7 +73,7 @@ _CAPABILITY_GRID = [
     for capability, rows in block_sizes.CAPABILITY_TABLE.items()
     for (_, hd, dtype, causal) in sorted(rows)
     if dtype == "bfloat16" and causal
-    for case in _cases(hd, dtype)[:1]]
+    for case in _cases(hd, dtype, capability)[:1]]
 
 
 @pytest.mark.parametrize("case,capability", _CAPABILITY_GRID)

@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from rnn_transformer import recurrent_benchmark
 
 from script_helpers import run_bench
@@ -33,6 +35,18 @@ def test_bench_recurrent_script_writes_a_row_per_variant(tmp_path):
     defaults = [r["implementation"] for r in rows
                 if r["cell"] == cell and r["default"] == "True"]
     assert defaults == [recurrent_benchmark.default_label(cell, batch=2)]
+
+
+def test_default_label_follows_the_batch_limit_of_deferral():
+  """A row with `defer_max_batch` (the CPU GRU's) names a different variant
+  above the limit."""
+  row = recurrent_benchmark.backend_defaults(
+      recurrent_benchmark.CELLS["gru"][0](1))
+  if row.defer_max_batch is None:
+    pytest.skip("this backend's GRU row defers at every batch")
+  small = recurrent_benchmark.default_label("gru", row.defer_max_batch)
+  large = recurrent_benchmark.default_label("gru", row.defer_max_batch + 1)
+  assert "deferred" in small and "deferred" not in large
 
 
 def test_bench_recurrent_rejects_an_unknown_cell(tmp_path):

@@ -208,15 +208,17 @@ def test_compute_capability_from_the_environment(monkeypatch):
                                              (None, None)])
 def test_target_capability_asks_gpu_zero_unless_one_is_requested(
     monkeypatch, reported, want):
+  monkeypatch.delenv(kernels.COMPUTE_CAPABILITY_ENV, raising=False)
   device = mock.Mock(spec=["compute_capability"], compute_capability=reported)
   monkeypatch.setattr(triton_launch.jax, "default_backend", lambda: "gpu")
-  monkeypatch.setattr(triton_launch.jax, "devices", lambda: [device])
+  monkeypatch.setattr(triton_launch.jax, "local_devices", lambda: [device])
   assert triton_launch.target_capability() == want
   with kernels.cuda_compute_capability(80):
     assert triton_launch.target_capability() == 80
 
 
-def test_target_capability_without_a_gpu_is_the_requested_one():
+def test_target_capability_without_a_gpu_is_the_requested_one(monkeypatch):
+  monkeypatch.delenv(kernels.COMPUTE_CAPABILITY_ENV, raising=False)
   if jax.default_backend() == "gpu":
     pytest.skip("a GPU is present: its capability is the target")
   assert triton_launch.target_capability() is None
@@ -305,7 +307,7 @@ def test_extra_head_dims_trace_under_their_tile_rows():
 def test_capability_rows_replace_table_rows_on_their_capability_only():
   """`CAPABILITY_TABLE` rows: looked up for their capability, traced into
   their own launch, compiled for that capability alone."""
-  (capability, rows), = block_sizes.CAPABILITY_TABLE.items()
+  capability, rows = next(iter(block_sizes.CAPABILITY_TABLE.items()))
   row, tile = next(iter(rows.items()))
   assert tile != block_sizes.TABLE[row]
   kernel, head_dim, dtype, causal = row
@@ -336,6 +338,21 @@ def test_capability_rows_replace_table_rows_on_their_capability_only():
   assert sorted(c for (i, c) in results
                 if launches[i].row == row) == [80, capability]
   assert compile_gate.check(launches, results, [row]) == []
+  # A requested capability that compiled nothing of the row fails the gate.
+  (failure,) = compile_gate.check(launches, results, [row],
+                                  capabilities=[80, capability, 100])
+  assert "never compiled for sm_100" in failure
+
+
+def test_capability_rows_replace_table_rows_and_are_gated_by_default():
+  """Every CAPABILITY_TABLE key is a TABLE key (the gate traces TABLE's
+  calls) and every capability is among check_kernels.py's default --archs."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  script = (root / "scripts" / "check_kernels.py").read_text()
+  default_archs = script.split('"archs", [', 1)[1].split("]", 1)[0]
+  for capability, rows in block_sizes.CAPABILITY_TABLE.items():
+    assert set(rows) <= set(block_sizes.TABLE)
+    assert f'"{capability}"' in default_archs
 
 
 class _InlineExecutor(concurrent.futures.Executor):

@@ -152,9 +152,12 @@ class TestDefaults:
     assert not recurrent.Defaults(False, False, "test").defers(1)
 
   @pytest.mark.parametrize("cell_cls", CELLS)
-  @pytest.mark.parametrize("batch", [2, 33, 64])
+  @pytest.mark.parametrize("batch, layout", [
+      (2, {}), (33, {}), (64, {}), ((3, 3), {}), ((3, 11), {}),
+      (2, dict(time_major=True)), (33, dict(time_major=True))])
   def test_rnn_defers_as_its_row_says_for_the_batch(self, monkeypatch,
-                                                    cell_cls, batch):
+                                                    cell_cls, batch, layout):
+    """The batch is every batch axis together, in either layout."""
     calls = []
     fused_scan = recurrent.fused_recurrence.scan
 
@@ -163,10 +166,13 @@ class TestDefaults:
       return fused_scan(*args, **kwargs)
 
     monkeypatch.setattr(recurrent.fused_recurrence, "scan", recording_scan)
-    layer = rt.RNN(cell_cls(HIDDEN))
-    x = jnp.ones((batch, TIME, FEATURES))
+    layer = rt.RNN(cell_cls(HIDDEN), **layout)
+    batch_shape = batch if isinstance(batch, tuple) else (batch,)
+    x = jnp.ones((TIME, *batch_shape, FEATURES) if layout
+                 else (*batch_shape, TIME, FEATURES))
     jax.eval_shape(layer.init, jax.random.key(0), x)
-    want = recurrent.backend_defaults(cell_cls(HIDDEN)).defers(batch)
+    want = recurrent.backend_defaults(cell_cls(HIDDEN)).defers(
+        int(np.prod(batch_shape)))
     assert bool(calls) == want
 
   def test_unknown_backend_is_named(self):
