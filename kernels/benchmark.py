@@ -207,7 +207,7 @@ def cells(row: Row) -> list[str]:
     return "" if x is None else format(x, spec)
   return [row.implementation, row.pass_, str(row.seq_len), str(row.batch),
           str(row.num_heads), str(row.head_dim), str(row.causal), row.dtype,
-          "" if row.window is None else str(row.window), fmt(row.ms, ".3f"),
+          fmt(row.window, "d"), fmt(row.ms, ".3f"),
           fmt(row.tflops, ".3f"), fmt(row.peak_mib, ".1f"), row.status]
 
 
