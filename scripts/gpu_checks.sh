@@ -10,7 +10,8 @@
 #
 # GPU_STEPS picks the steps (comma-separated; default gpu_tests,
 # compile_gate, attention_bench, recurrent_bench, attention_long), so a
-# short lease can run part of it or add recurrence_sweep, newton or tune:
+# short lease can run part of it or add recurrence_sweep, newton, tune or
+# tune_bwd (the backward kernels' block sizes, head_dim 128, non-causal):
 #   GPU_STEPS=gpu_tests,compile_gate bash ...
 # attention_long times issue 14's long-context rows: 64k tokens in one
 # sequence (dense, causal) and a 4096-key sliding window at 64k against dense
@@ -36,6 +37,7 @@ log="$out/gpu_checks.log"
 # benchmark 44 s, the sweep about 105 s, the tune 26 s, attention_long 33 s.
 : "${TESTS_S:=200}" "${GATE_S:=45}" "${ATTENTION_S:=140}" "${RECURRENT_S:=65}"
 : "${SWEEP_S:=120}" "${NEWTON_S:=80}" "${TUNE_S:=60}" "${LONG_S:=90}"
+: "${TUNE_BWD_S:=150}"
 : "${GPU_STEPS:=gpu_tests,compile_gate,attention_bench,recurrent_bench,attention_long}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -112,3 +114,10 @@ step attention_long "$LONG_S" bash -c '
       --tokens=65536 --causal=true --implementations=triton --iters=5 \
       --out_dir="$out/$1" "${@:3}" || exit 1
   done' _ "$out"
+# Backward kernels, bfloat16, head_dim 128, non-causal: one grid covering the
+# dK/dV (key tile BLOCK_N outer) and dQ (query tile BLOCK_M outer) shapes,
+# timed as forward+backward with the other kernels on their table rows.
+step tune_bwd "$TUNE_BWD_S" python3 scripts/tune_attention.py \
+  --kernels=bwd_dkdv,bwd_dq --head_dims=128 --dtypes=bfloat16 --causal=false \
+  --block_ms=32,64,128 --block_ns=32,64,128 --num_warps=8 --num_stages=2,3 \
+  --iters=5 --out="$out/block_sizes_tuned_bwd.txt"

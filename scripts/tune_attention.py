@@ -41,10 +41,23 @@ _BLOCK_NS = flags.DEFINE_list("block_ns", ["16", "32", "64", "128"],
 _WARPS = flags.DEFINE_list("num_warps", ["4", "8"], "Candidate warps.")
 _STAGES = flags.DEFINE_list("num_stages", ["1", "2", "3", "4", "5"],
                             "Candidate software-pipelining stages.")
+_CAUSAL = flags.DEFINE_list("causal", ["false", "true"],
+                            "Which masks to tune: false, true or both.")
 
 
 def _ints(flag) -> list[int]:
   return [int(x) for x in flag.value]
+
+
+def _bools(flag) -> list[bool]:
+  """`flag`'s entries as bools; raises on anything but true/false."""
+  values = []
+  for x in flag.value:
+    if x.lower() not in ("true", "false"):
+      raise app.UsageError(f"--{flag.name}: expected true or false entries, "
+                           f"got {x!r}")
+    values.append(x.lower() == "true")
+  return values
 
 
 def _time(fn, *args) -> float:
@@ -85,8 +98,7 @@ def main(argv):
            f"{capability}: rows for {where}"]
   print(lines[0], flush=True)
   for kernel, head_dim, dtype, causal in itertools.product(
-      _KERNELS.value, _ints(_HEAD_DIMS), _DTYPES.value,
-      (False, True)):
+      _KERNELS.value, _ints(_HEAD_DIMS), _DTYPES.value, _bools(_CAUSAL)):
     if (kernel, head_dim, dtype, causal) not in block_sizes.TABLE:
       continue
     best = None
