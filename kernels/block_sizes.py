@@ -157,6 +157,14 @@ CAPABILITY_TABLE: dict[int, dict[tuple[str, int, str, bool], BlockSizes]] = {
         ("fwd", 128, "float16", True): BlockSizes(128, 64, 8, 3),
         ("fwd", 128, "bfloat16", False): BlockSizes(128, 64, 8, 3),
         ("fwd", 128, "bfloat16", True): BlockSizes(128, 64, 8, 3),
+        ("bwd_dkdv", 128, "float16", False): BlockSizes(32, 128, 8, 3),
+        ("bwd_dkdv", 128, "float16", True): BlockSizes(32, 128, 8, 3),
+        ("bwd_dkdv", 128, "bfloat16", False): BlockSizes(32, 128, 8, 3),
+        ("bwd_dkdv", 128, "bfloat16", True): BlockSizes(32, 128, 8, 3),
+        ("bwd_dq", 128, "float16", False): BlockSizes(128, 64, 8, 3),
+        ("bwd_dq", 128, "float16", True): BlockSizes(128, 64, 8, 3),
+        ("bwd_dq", 128, "bfloat16", False): BlockSizes(128, 64, 8, 3),
+        ("bwd_dq", 128, "bfloat16", True): BlockSizes(128, 64, 8, 3),
     },
 }
 
