@@ -8,8 +8,9 @@ other only) with
 triton 3.6.0 and its bundled ptxas 12.8 and requires zero spilled registers
 (BUILD_NOTES, "Compile gate", has the per-row figures; 2026-11-27, on a CPU;
 on an H100 the driver's counts equal ptxas's on every row). Speed: only the
-forward head_dim 128 16-bit rows are timed (H100, `tune_attention.py`,
-2026-11-27); the rest are untimed starting points. The 16-bit
+head_dim 128 16-bit rows are timed (H100, `tune_attention.py`, 2026-11-27:
+forward, and the sm_90 backward rows); the rest are untimed starting
+points. The 16-bit
 rows start from the defaults of Triton's fused-attention tutorial
 (python/tutorials/06-fused-attention.py: forward 128 x 64, 4 warps, 8 at
 head_dim 128, 3 stages; backward dK/dV 32 x 128 and dQ 128 x 32, 4 warps, 5
@@ -151,6 +152,14 @@ PADDED_TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
 # 2026-11-27): non-causal 1.476 ms (3 stages) and 1.471 ms (4 stages)
 # against 1.823 ms for TABLE's 128 x 32 x 8 x 3 (1.769 ms in
 # `bench_attention.py`), 1.2x; causal 1.013 ms against 1.051 ms.
+# Backward, head_dim 128, 16-bit: dK/dV wants 128 keys per program (two
+# 128 x 128 float32 accumulators, 128 registers a thread), which spills with
+# 64 queries but not with 32 (249 registers): 32 x 128 x 8 x 3, forward+
+# backward 5.84 ms non-causal and 3.35 ms causal against 7.67 ms for TABLE's
+# 64 x 64 (64 x 128, spilling: 5.62 and 3.24). dQ 128 x 64 x 8 x 3: 7.50 ms
+# against 7.61 ms for 128 x 32, and the best causal candidate (3.32 ms).
+# Same H100, batch 4, seq 4096, median of 5, other kernel on its row;
+# bench_attention.py: forward+backward 1.26-1.42x faster with both rows.
 CAPABILITY_TABLE: dict[int, dict[tuple[str, int, str, bool], BlockSizes]] = {
     90: {
         ("fwd", 128, "float16", False): BlockSizes(128, 64, 8, 3),
