@@ -47,6 +47,11 @@ def _replace_hidden(carry: Carry, hidden: Array) -> Carry:
   return jax.tree.unflatten(treedef, leaves[:-1] + [hidden])
 
 
+def _rows(x: Array) -> Array:
+  """`(time, batch, features)` -> `(time * batch, features)`."""
+  return x.reshape((-1, x.shape[-1]))
+
+
 def _hidden(carry: Carry) -> Array:
   return jax.tree.leaves(carry)[-1]
 
@@ -197,16 +202,19 @@ def scan(cell: Any, kernel: Array, params: tuple[Array, ...], xs: Array,
                      (d_outputs, carries_in, preactivations, valid, reset,
                       perturbation), reverse=True, unroll=unroll))
     d_projected, d_recurrents = per_step * 2 if additive else per_step
-    # dW_h = sum_t h_{t-1}^T du_t: one matmul over every (step, example).
+    # dW_h = sum_t h_{t-1}^T du_t: one matmul over every (step, example),
+    # with (step, example) flattened into one contracting axis: contracting
+    # two axes, XLA:CPU copies the (time, batch, G*H) cotangent into a
+    # transposed layout first.
     _, kernel_vjp = jax.vjp(
-        lambda k: cell.recurrent_matmul(_hidden(carries_in), k), kernel)
-    (d_kernel,) = kernel_vjp(d_recurrents)
+        lambda k: cell.recurrent_matmul(_rows(_hidden(carries_in)), k), kernel)
+    (d_kernel,) = kernel_vjp(_rows(d_recurrents))
     if input_weights is None:
       d_input_weights, d_xs = None, d_projected
     else:  # dW_x = sum_t x_t^T dp_t and db = sum_t dp_t, likewise
-      _, weights_vjp = jax.vjp(lambda k, b: cell.input_matmul(inputs, k, b),
-                               *input_weights)
-      d_input_weights, d_xs = weights_vjp(d_projected), d_x
+      _, weights_vjp = jax.vjp(
+          lambda k, b: cell.input_matmul(_rows(inputs), k, b), *input_weights)
+      d_input_weights, d_xs = weights_vjp(_rows(d_projected)), d_x
     return (d_kernel, d_params, d_input_weights, d_xs, d_initial,
             d_reset_carry, None, None, d_perturbation)
 

@@ -336,7 +336,7 @@ class RNN(nn.Module):
 
     hoist = self._should_hoist()
     defer = self._should_defer(inputs.shape[0])
-    step_inputs = self.cell.project_inputs(inputs) if hoist else inputs
+    step_inputs = inputs
     if reverse:
       step_inputs, reset, state_perturbation = (
           None if x is None else flip_sequences(x, seq_lengths)
@@ -348,6 +348,8 @@ class RNN(nn.Module):
 
     xs = tuple(time_major(x)
                for x in (step_inputs, valid, reset, state_perturbation))
+    if hoist:
+      xs = (self._project_rows(xs[0]),) + xs[1:]
 
     if defer:
       final_carry, outputs = fused_recurrence.scan(
@@ -381,6 +383,18 @@ class RNN(nn.Module):
     if reverse and keep_order:
       outputs = flip_sequences(outputs, seq_lengths)
     return final_carry, outputs
+
+  def _project_rows(self, inputs: Array) -> Array:
+    """The hoisted input projection of `(time, batch, in)` inputs, as one
+    `(time * batch, in) x (in, G*H)` matmul -> `(time, batch, G*H)`.
+
+    Projected after the flip and the time-major transpose, so those move the
+    inputs rather than the G times wider projections; and on rows, so the
+    weight gradient contracts one axis (contracting two, XLA:CPU first
+    copies the cotangent into a transposed layout).
+    """
+    rows = self.cell.project_inputs(inputs.reshape((-1, inputs.shape[-1])))
+    return rows.reshape(inputs.shape[:-1] + rows.shape[-1:])
 
   def _run_newton(self, inputs, initial_carry, seq_lengths, reset,
                   state_perturbation, reverse, keep_order):
