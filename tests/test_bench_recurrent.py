@@ -2,8 +2,8 @@
 
 import csv
 
-import pytest
 
+from rnn_transformer import recurrent
 from rnn_transformer import recurrent_benchmark
 
 from script_helpers import run_bench
@@ -37,16 +37,16 @@ def test_bench_recurrent_script_writes_a_row_per_variant(tmp_path):
     assert defaults == [recurrent_benchmark.default_label(cell, batch=2)]
 
 
-def test_default_label_follows_the_batch_limit_of_deferral():
-  """A row with `defer_max_batch` (the CPU GRU's) names a different variant
-  above the limit."""
-  row = recurrent_benchmark.backend_defaults(
-      recurrent_benchmark.CELLS["gru"][0](1))
-  if row.defer_max_batch is None:
-    pytest.skip("this backend's GRU row defers at every batch")
-  small = recurrent_benchmark.default_label("gru", row.defer_max_batch)
-  large = recurrent_benchmark.default_label("gru", row.defer_max_batch + 1)
-  assert "deferred" in small and "deferred" not in large
+def test_default_label_follows_the_batch_limit_of_deferral(monkeypatch):
+  """A row with `defer_max_batch` names a different variant above the
+  limit."""
+  row = recurrent.Defaults(False, True, "test", defer_max_batch=8)
+  monkeypatch.setattr(recurrent_benchmark, "backend_defaults",
+                      lambda cell: row)
+  small = recurrent_benchmark.default_label("gru", 8)
+  large = recurrent_benchmark.default_label("gru", 9)
+  assert small == "ours (per-step projection, deferred weight gradients)"
+  assert large == "ours (per-step projection)"
 
 
 def test_bench_recurrent_rejects_an_unknown_cell(tmp_path):
