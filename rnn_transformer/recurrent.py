@@ -47,9 +47,10 @@ class Defaults(NamedTuple):
         self.defer_max_batch is None or batch <= self.defer_max_batch)
 
 
-_CPU = "2-core x86-64 (AVX-512), jax 0.10.2, 2026-11-27, BUILD_NOTES.md"
+_CPU = ("2-core x86-64 (AVX-512), jax 0.10.2, 2026-11-27, median of three "
+        "idle runs of 3 repeats, BUILD_NOTES.md")
 _GPU = ("H100, jax 0.11.2, 2026-11-27, B32 T256 H256 fwd+bwd, 2 repeats x 10 "
-        "rounds, spread <= 0.02, docs/results/gpu_h100_lease2/"
+        "rounds, spread <= 0.02, docs/results/gpu_h100_lease3/call3/"
         "bench_recurrent.md")
 
 # By `jax.default_backend()`, then by cell class (the first name in the
@@ -57,25 +58,26 @@ _GPU = ("H100, jax 0.11.2, 2026-11-27, B32 T256 H256 fwd+bwd, 2 repeats x 10 "
 # scripts/bench_recurrent.py on an idle machine (BUILD_NOTES.md, "Recurrent
 # layers against flax"), as flax / this at B32 T256 H256.
 DEFAULTS_BY_BACKEND: dict[str, dict[str, Defaults]] = {
-    "cpu": {  # flax / this at (B32 T256 H256), (B8 T1024 H128), (B64 T128 H512),
-        # median of 3 repeats; spreads in BUILD_NOTES.md
+    "cpu": {  # flax / this at (B32 T256 H256), (B8 T1024 H128), (B64 T128 H512);
+        # spreads in BUILD_NOTES.md
         "SimpleRNNCell": Defaults(True, True, (
-            f"{_CPU}: hoisted + deferred 1.39, 1.92, 1.05x flax; hoisted 1.18,"
-            f" 1.33, 0.96x; per-step 1.00, 0.99, 0.99x")),
+            f"{_CPU}: hoisted + deferred 1.50, 1.81, 1.03x flax; per-step + "
+            f"deferred 1.28, 1.33, 1.00x; hoisted 1.18, 1.32, 1.01x; "
+            f"per-step 1.01, 1.00, 1.01x")),
         "LSTMCell": Defaults(False, True, (
-            f"{_CPU}: per-step + deferred 1.01, 1.50, 1.00x flax; per-step "
-            f"1.01, 0.82, 0.97x; hoisted 0.94, 1.16, 0.92x; hoisted + "
-            f"deferred 0.87, 1.41, 0.87x")),
+            f"{_CPU}: per-step + deferred 1.18, 1.75, 1.10x flax; hoisted + "
+            f"deferred 1.05, 1.68, 1.04x; hoisted 1.02, 1.32, 1.00x; "
+            f"per-step 1.00, 0.86, 0.99x")),
         "GRUCell": Defaults(False, True, (
-            f"{_CPU}: per-step + deferred 1.20, 1.75, 1.07x flax; per-step "
-            f"1.10, 1.03, 1.04x; hoisted 1.16, 1.51, 1.04x; hoisted + "
+            f"{_CPU}: per-step + deferred 1.18, 1.76, 1.07x flax; hoisted "
+            f"1.17, 1.51, 1.05x; per-step 1.12, 1.03, 1.04x; hoisted + "
             f"deferred 1.02, 1.70, 1.01x")),
         "*": Defaults(False, False, "not measured; per-step, as flax runs"),
     },
     "gpu": {"*": Defaults(True, True, (
-        f"{_GPU}: hoisted + deferred 1.65/2.51/2.32x flax (rnn/lstm/gru), "
-        f"hoisted 1.36/1.72/1.83x, per-step + deferred 1.33/1.94/1.58x, "
-        f"per-step 1.01/1.21/1.26x; cuDNN LSTM 1.83x"))},
+        f"{_GPU}: hoisted + deferred 1.61/2.51/2.14x flax (rnn/lstm/gru), "
+        f"hoisted 1.34/1.72/1.63x, per-step + deferred 1.31/1.95/1.52x, "
+        f"per-step 1.00/1.20/1.17x; cuDNN LSTM 1.27x"))},
     "tpu": {"*": Defaults(True, False, "not measured; hoisted as cuDNN does")},
 }
 

@@ -2,7 +2,6 @@
 
 import csv
 
-
 from rnn_transformer import recurrent
 from rnn_transformer import recurrent_benchmark
 
