@@ -242,6 +242,26 @@ def _scores(a, b, scale, softcap, DOT_PRECISION: tl.constexpr,
 
 
 @triton.jit
+def _probabilities(scores, lse, allowed, MASKED: tl.constexpr):
+  """P = exp2(scores - LSE) of the backward, with `lse` broadcast to the
+  scores' orientation; with MASKED, disallowed entries are set to -inf
+  before exp2, so they never overflow to inf."""
+  if MASKED:
+    return tl.math.exp2(tl.where(allowed, scores - lse, float("-inf")))
+  return tl.math.exp2(scores - lse)
+
+
+@triton.jit
+def _score_grad(p, dp, delta, tanh_scores, HAS_SOFTCAP: tl.constexpr):
+  """dS = P * (dP - DELTA), through the soft-cap's tanh when present;
+  `delta` broadcast to the scores' orientation."""
+  ds = p * (dp - delta)
+  if HAS_SOFTCAP:
+    ds = ds * (1.0 - tanh_scores * tanh_scores)
+  return ds
+
+
+@triton.jit
 def _fwd_key_blocks(acc, l_i, m_i, q, q_seg, offs_m, offs_d, K, V, KV_SEG,
                     kv_base, off_b, scale, softcap, q_len, kv_len, start,
                     end, mid_lo, mid_hi, hi,
@@ -422,18 +442,15 @@ def _dkdv_query_blocks(dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA,
       ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg,
                                kv_seg, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT,
                                WINDOW_RIGHT))
-      # Masked before exp2 so masked scores never overflow to inf.
-      p_t = tl.math.exp2(tl.where(ok_t, qk_t - lse[None, :], float("-inf")))
     else:  # every row sees every key of the block, so its lse is finite
       lse = tl.load(LSE + off_bh * q_len + offs_m)
       delta = tl.load(DELTA + off_bh * q_len + offs_m)
-      p_t = tl.math.exp2(qk_t - lse[None, :])
+      ok_t = None
+    p_t = _probabilities(qk_t, lse[None, :], ok_t, MASKED)
     dv += tl.dot(_operand(p_t, k.dtype, WIDEN), do,
                  input_precision=DOT_PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])
-    if HAS_SOFTCAP:
-      ds_t = ds_t * (1.0 - t_t * t_t)
+    ds_t = _score_grad(p_t, dp_t, delta[None, :], t_t, HAS_SOFTCAP)
     dk += tl.dot(_operand(ds_t, k.dtype, WIDEN), q,
                  input_precision=DOT_PRECISION)
   return dk, dv
@@ -521,6 +538,7 @@ def _dq_key_blocks(dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG,
                    WIDEN)
     qk, t = _scores(q, tl.trans(k), scale, softcap, DOT_PRECISION,
                     HAS_SOFTCAP)
+    ok = None
     if MASKED:
       kv_seg = offs_n
       if HAS_SEGMENTS:
@@ -528,13 +546,9 @@ def _dq_key_blocks(dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG,
                          other=-2)
       ok = _allowed(offs_m, offs_n, hi, q_len, kv_len, q_seg, kv_seg, CAUSAL,
                     HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT)
-      p = tl.math.exp2(tl.where(ok, qk - lse[:, None], float("-inf")))
-    else:
-      p = tl.math.exp2(qk - lse[:, None])
+    p = _probabilities(qk, lse[:, None], ok, MASKED)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-    ds = p * (dp - delta[:, None])
-    if HAS_SOFTCAP:
-      ds = ds * (1.0 - t * t)
+    ds = _score_grad(p, dp, delta[:, None], t, HAS_SOFTCAP)
     dq += tl.dot(_operand(ds, q.dtype, WIDEN), k,
                  input_precision=DOT_PRECISION)
   return dq
