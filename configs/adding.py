@@ -3,7 +3,7 @@ r"""The adding problem (Hochreiter and Schmidhuber, 1997) with any backbone.
     python scripts/train.py --config=configs/adding.py:gru --workdir=/tmp/adding_gru
 """
 
-from rnn_transformer import train_config
+from rnn_transformer.training import train_config
 
 
 def get_config(backbone: str | None = None):

@@ -9,7 +9,7 @@
 
 import ml_collections
 
-from rnn_transformer import recurrence_sweep
+from rnn_transformer.benchmarks import recurrence_sweep
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

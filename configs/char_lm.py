@@ -12,7 +12,7 @@ Linux and macOS).
 import os
 import pathlib
 
-from rnn_transformer import train_config
+from rnn_transformer.training import train_config
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 # Texts that ship with the repository (about 45,000 characters).

@@ -5,7 +5,7 @@ r"""Copy memory (Arjovsky et al., 2016) with any backbone.
         --config.task.params.delay=100 --workdir=/tmp/copy_tf
 """
 
-from rnn_transformer import train_config
+from rnn_transformer.training import train_config
 
 
 def get_config(backbone: str | None = None):

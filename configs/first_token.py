@@ -5,7 +5,7 @@ r"""Remember the first token across `distance` noise tokens; the default run.
         --config.task.params.distance=200 --workdir=/tmp/ft_rnn
 """
 
-from rnn_transformer import train_config
+from rnn_transformer.training import train_config
 
 
 def get_config(backbone: str | None = None):

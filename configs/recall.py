@@ -3,7 +3,7 @@ r"""Associative recall: key-value pairs, then a query, with any backbone.
     python scripts/train.py --config=configs/recall.py:transformer --workdir=/tmp/recall_tf
 """
 
-from rnn_transformer import train_config
+from rnn_transformer.training import train_config
 
 
 def get_config(backbone: str | None = None):

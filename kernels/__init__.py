@@ -7,10 +7,10 @@ when a Triton kernel is first traced.
 from kernels.attention import attention
 from kernels.attention import IMPLEMENTATIONS
 from kernels.backends import XLA_SCORE_BYTES_LIMIT
-from kernels.triton_launch import COMPUTE_CAPABILITY_ENV
-from kernels.triton_launch import cuda_compute_capability
-from kernels.triton_launch import INTERPRET_ENV
-from kernels.triton_launch import triton_interpret
+from kernels.triton.launch import COMPUTE_CAPABILITY_ENV
+from kernels.triton.launch import cuda_compute_capability
+from kernels.triton.launch import INTERPRET_ENV
+from kernels.triton.launch import triton_interpret
 
 __all__ = [
     "attention",

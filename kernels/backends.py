@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import block_sizes
+from kernels.triton import block_sizes
 from kernels import blockwise
 from kernels import masking
 from kernels import reference
-from kernels import triton_launch
-from kernels import triton_ops
+from kernels.triton import launch as triton_launch
+from kernels.triton import ops as triton_ops
 
 AttentionFn = Callable[..., Any]
 

@@ -1,62 +1,70 @@
 """rnn-transformer: from RNNs to Transformers in JAX.
 
-Recurrent cells (`SimpleRNNCell`, `LSTMCell`, `GRUCell`) run over time by
-`RNN` (lax.scan through Flax's lifted scan), stacked by `StackedRNN` and
-`Bidirectional`; gradient-flow probes in `gradient_flow`; recurrent
-initialisers in `initializers`.
+The package is layered; each subpackage imports only those below it
+(`tests/test_layering.py` enforces it):
 
-Transformers: `MultiHeadAttention` on the kernels of `kernels.attention`
-(grouped-query, masks, KV-cache decoding), positional encodings
-(sinusoidal, learned, rotary), `TransformerBlock`, `TransformerEncoder` and
-`TransformerLM`. `build_backbone(ModelConfig(backbone=...))` builds any of
-"rnn", "lstm", "gru", "mingru", "minlstm", "lru" or "transformer" behind one
-interface, and `generate`
-samples from any causal one through its decode cache.
+    experiments    the seed's claims as experiments (figures, verdicts)
+    benchmarks     timed comparisons behind scripts/bench_*.py
+    training       trainer, train config, tasks, metric writer
+    models         ModelConfig, backbones, Transformer LM, generation
+    layers         cells, RNN, linear cells, attention, positional encodings
+    recurrences    linear_scan, newton_scan, fused backward, sequence order
+    analysis       gradient flow, spectral radius, program depth
+    validation     argument checks shared by all of the above
 
-Recurrences linear in the hidden state (`MinGRU`, `MinLSTM`, `LRU`) are cells
-too, and `RNN` runs them over time in parallel with
-`linear_recurrence.linear_scan` (associative, chunked or sequential).
-Nonlinear cells run in parallel over time too, by Newton iterations
-(DEER / quasi-DEER): `newton_scan` / `newton_rnn` in `newton_recurrence`.
+and `kernels` (a separate top-level package: attention implementations,
+the Triton kernels and their compile gate) sits beside `recurrences`, below
+`layers`.
+
+The names below are the public API: recurrent cells (`SimpleRNNCell`,
+`LSTMCell`, `GRUCell`) run over time by `RNN` (lax.scan through Flax's lifted
+scan), stacked by `StackedRNN` and `Bidirectional`; linear cells (`MinGRU`,
+`MinLSTM`, `LRU`) that `RNN` runs in parallel over time with `linear_scan`;
+nonlinear cells in parallel by Newton iterations (`newton_scan`,
+`newton_rnn`); `MultiHeadAttention` on `kernels.attention`; positional
+encodings; `TransformerBlock`, `TransformerEncoder`, `TransformerLM`;
+`build_backbone(ModelConfig(backbone=...))` for any of "rnn", "lstm", "gru",
+"mingru", "minlstm", "lru" or "transformer", and `generate` to sample from
+any causal one.
 """
 
-from rnn_transformer import gradient_flow
-from rnn_transformer import initializers
-from rnn_transformer import linear_recurrence
-from rnn_transformer import newton_recurrence
-from rnn_transformer.attention import MultiHeadAttention
-from rnn_transformer.backbones import build_backbone
-from rnn_transformer.backbones import RecurrentBackbone
-from rnn_transformer.cells import FusedGateCell
-from rnn_transformer.cells import GRUCell
-from rnn_transformer.cells import LSTMCell
-from rnn_transformer.cells import SimpleRNNCell
-from rnn_transformer.generation import generate
-from rnn_transformer.generation import init_cache
-from rnn_transformer.linear_recurrence import linear_scan
-from rnn_transformer.linear_recurrence import log_linear_scan
-from rnn_transformer.linear_rnn import LinearRecurrentCell
-from rnn_transformer.linear_rnn import LRU
-from rnn_transformer.linear_rnn import MinGRU
-from rnn_transformer.linear_rnn import MinLSTM
-from rnn_transformer.model_config import BackboneOutput
-from rnn_transformer.model_config import ModelConfig
-from rnn_transformer.newton_recurrence import newton_rnn
-from rnn_transformer.newton_recurrence import newton_scan
-from rnn_transformer.newton_recurrence import NewtonInfo
-from rnn_transformer.positional import LearnedPositionEmbedding
-from rnn_transformer.positional import rotary_position_embedding
-from rnn_transformer.positional import sinusoidal_position_encoding
-from rnn_transformer.recurrent import Bidirectional
-from rnn_transformer.recurrent import flip_sequences
-from rnn_transformer.recurrent import RNN
-from rnn_transformer.recurrent import StackedRNN
-from rnn_transformer.spectral import spectral_radius
-from rnn_transformer.transformer import stack_block_params
-from rnn_transformer.transformer import TransformerBlock
-from rnn_transformer.transformer import TransformerEncoder
-from rnn_transformer.transformer import TransformerLM
-from rnn_transformer.transformer import unstack_block_params
+from rnn_transformer.analysis import gradient_flow
+from rnn_transformer.analysis import spectral_radius
+from rnn_transformer.layers import Bidirectional
+from rnn_transformer.layers import FusedGateCell
+from rnn_transformer.layers import GRUCell
+from rnn_transformer.layers import initializers
+from rnn_transformer.layers import LearnedPositionEmbedding
+from rnn_transformer.layers import LinearRecurrentCell
+from rnn_transformer.layers import LRU
+from rnn_transformer.layers import LSTMCell
+from rnn_transformer.layers import MinGRU
+from rnn_transformer.layers import MinLSTM
+from rnn_transformer.layers import MultiHeadAttention
+from rnn_transformer.layers import RNN
+from rnn_transformer.layers import rotary_position_embedding
+from rnn_transformer.layers import SimpleRNNCell
+from rnn_transformer.layers import sinusoidal_position_encoding
+from rnn_transformer.layers import StackedRNN
+from rnn_transformer.models import BackboneOutput
+from rnn_transformer.models import build_backbone
+from rnn_transformer.models import generate
+from rnn_transformer.models import init_cache
+from rnn_transformer.models import ModelConfig
+from rnn_transformer.models import RecurrentBackbone
+from rnn_transformer.models import stack_block_params
+from rnn_transformer.models import TransformerBlock
+from rnn_transformer.models import TransformerEncoder
+from rnn_transformer.models import TransformerLM
+from rnn_transformer.models import unstack_block_params
+from rnn_transformer.recurrences import flip_sequences
+from rnn_transformer.recurrences import linear_recurrence
+from rnn_transformer.recurrences import linear_scan
+from rnn_transformer.recurrences import log_linear_scan
+from rnn_transformer.recurrences import newton_recurrence
+from rnn_transformer.recurrences import newton_rnn
+from rnn_transformer.recurrences import newton_scan
+from rnn_transformer.recurrences import NewtonInfo
 from rnn_transformer.validation import DTypeError
 
 __all__ = [

@@ -21,8 +21,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from rnn_transformer import benchmarking
-from rnn_transformer import newton_benchmark
+from rnn_transformer.benchmarks import outputs
+from rnn_transformer.benchmarks import timing
+from rnn_transformer.benchmarks import newton_benchmark
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -45,11 +46,11 @@ def main(argv):
   del argv
   config = _CONFIG.value
   newton_benchmark.check_config(config)
-  load = benchmarking.load_average()
-  print(benchmarking.load_average_report(load), flush=True)
+  load = timing.load_average()
+  print(timing.load_average_report(load), flush=True)
   iterations = newton_benchmark.measure_iterations(config)
   times = newton_benchmark.measure_times(config)
-  title = (f"{benchmarking.device_description()}; Elman RNN, batch "
+  title = (f"{outputs.device_description()}; Elman RNN, batch "
            f"{config.batch}, hidden {config.hidden_size}, float32; "
            f"{config.repeats} repeats x {config.iters} rounds; load average "
            f"at start {load:.2f}")

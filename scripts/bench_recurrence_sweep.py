@@ -21,8 +21,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from rnn_transformer import benchmarking
-from rnn_transformer import recurrence_sweep
+from rnn_transformer.benchmarks import outputs
+from rnn_transformer.benchmarks import timing
+from rnn_transformer.benchmarks import recurrence_sweep
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -36,10 +37,10 @@ _OUTPUT_DIR = flags.DEFINE_string(
 def main(argv):
   del argv
   config = _CONFIG.value
-  load = benchmarking.load_average()
-  print(benchmarking.load_average_report(load), flush=True)
+  load = timing.load_average()
+  print(timing.load_average_report(load), flush=True)
   rows = recurrence_sweep.measure(config)
-  title = (f"{benchmarking.device_description()}; batch {config.batch}, "
+  title = (f"{outputs.device_description()}; batch {config.batch}, "
            f"hidden {config.hidden_size}, {config.dtype}, chunk "
            f"{config.chunk_size}; {config.repeats} repeats x {config.iters} "
            f"rounds; load average at start {load:.2f}")

@@ -18,8 +18,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from rnn_transformer import benchmarking
-from rnn_transformer import recurrent_benchmark
+from rnn_transformer.benchmarks import outputs
+from rnn_transformer.benchmarks import timing
+from rnn_transformer.benchmarks import recurrent_benchmark
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -32,11 +33,11 @@ _OUTPUT_DIR = flags.DEFINE_string(
 
 def main(argv):
   del argv
-  load = benchmarking.load_average_report()
+  load = timing.load_average_report()
   print(load, flush=True)
   rows = recurrent_benchmark.run(_CONFIG.value)
   config = _CONFIG.value
-  title = (f"{benchmarking.device_description()}; batch {config.batch}, "
+  title = (f"{outputs.device_description()}; batch {config.batch}, "
            f"time {config.time}, input {config.input_size}, hidden "
            f"{config.hidden_size}, {config.dtype}; {config.repeats} repeats x "
            f"{config.iters} rounds; {load}")

@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from rnn_transformer import benchmarking
-from rnn_transformer import transformer_benchmark
+from rnn_transformer.benchmarks import outputs
+from rnn_transformer.benchmarks import transformer_benchmark
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -34,7 +34,7 @@ def main(argv):
   config = _CONFIG.value
   training, generation, skipped = transformer_benchmark.run(config)
   model = config.model
-  title = (f"{benchmarking.device_description()}; {model.num_layers} layers, "
+  title = (f"{outputs.device_description()}; {model.num_layers} layers, "
            f"width {model.model_dim}, {model.num_heads} heads, mlp "
            f"{model.mlp_dim}, vocab {model.vocab_size}, {model.positional}, "
            f"{model.dtype}; training batch {config.batch}; generation batch "

@@ -1,7 +1,7 @@
 """The compile gate: compiles every Triton attention launch for real GPUs.
 
 No GPU is needed: Triton's wheel bundles ptxas. For every row of
-`kernels/block_sizes.py` and every call variant (plain, segment ids,
+`kernels/triton/block_sizes.py` and every call variant (plain, segment ids,
 grouped-query, decode, window/soft-cap) the real forward and gradient are
 traced once per `--archs` entry (whose `CAPABILITY_TABLE` rows apply), each
 distinct launch is compiled for the archs that make it, and a table of
@@ -22,8 +22,8 @@ import time
 from absl import app
 from absl import flags
 
-from kernels import aot_compile
-from kernels import compile_gate
+from kernels.gate import aot_compile
+from kernels.gate import compile_gate
 
 _ARCHS = flags.DEFINE_list(
     "archs", ["80", "90"],

@@ -6,8 +6,8 @@ r"""Evaluates a run's latest checkpoint; samples text for language models.
 from absl import app
 from absl import flags
 
-from rnn_transformer import metric_writer
-from rnn_transformer import train
+from rnn_transformer.training import metric_writer
+from rnn_transformer.training import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a training run.")
 flags.mark_flag_as_required("workdir")

@@ -6,11 +6,11 @@ its bundled ptxas, disassembles the cubin with the bundled nvdisasm, and
 prints registers, spill bytes and every tensor-core loop body: instructions,
 compares (ISETP/FSETP: mask arithmetic), selects (SEL/FSEL: masked
 `tl.where`) and MMAs per iteration. `--kernel_source` compiles another
-version of `kernels/triton_attention.py` (e.g. `git show REV:...`) with the
+version of `kernels/triton/attention.py` (e.g. `git show REV:...`) with the
 same launches and tiles, for before/after figures:
 
   PYTHONPATH=.gate-triton/3.6.0:. python scripts/kernel_anatomy.py
-  git show 3aad59e:kernels/triton_attention.py > /tmp/before.py
+  git show 3aad59e:kernels/triton/attention.py > /tmp/before.py
   PYTHONPATH=.gate-triton/3.6.0:. python scripts/kernel_anatomy.py \\
       --kernel_source=/tmp/before.py
 """
@@ -26,8 +26,8 @@ import tempfile
 from absl import app
 from absl import flags
 
-from kernels import aot_compile
-from kernels import compile_gate
+from kernels.gate import aot_compile
+from kernels.gate import compile_gate
 
 _CASES = flags.DEFINE_list(
     "cases", ["128:bfloat16:full:plain", "128:bfloat16:causal:plain",
@@ -37,7 +37,7 @@ _CASES = flags.DEFINE_list(
 _ARCHS = flags.DEFINE_list("archs", ["90"], "Compute capabilities.")
 _KERNEL_SOURCE = flags.DEFINE_string(
     "kernel_source", None,
-    "Compile this file in place of kernels/triton_attention.py.")
+    "Compile this file in place of kernels/triton/attention.py.")
 _JOBS = flags.DEFINE_integer("jobs", 2, "Parallel compile processes.")
 _SOURCE_MODULE = "anatomy_kernels"
 

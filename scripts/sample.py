@@ -12,8 +12,8 @@ import sys
 from absl import app
 from absl import flags
 
-from rnn_transformer import metric_writer
-from rnn_transformer import train
+from rnn_transformer.training import metric_writer
+from rnn_transformer.training import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a char_lm run.")
 _PROMPT = flags.DEFINE_string("prompt", "The ", "Text to continue.")

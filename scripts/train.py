@@ -20,8 +20,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from rnn_transformer import metric_writer
-from rnn_transformer import train
+from rnn_transformer.training import metric_writer
+from rnn_transformer.training import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A configs/<task>.py[:<backbone>] file.", lock_config=True)

@@ -4,7 +4,7 @@ For every (kernel, head_dim, dtype, causal) it times the candidates (forward
 alone for "fwd"; forward+backward for the backward kernels, the other kernels
 keeping their table rows), skips candidates that fail to compile (e.g. too
 much shared memory), and prints the winners in the format of
-`kernels/block_sizes.py`'s TABLE, also written to --out. Rows that win only
+`kernels/triton/block_sizes.py`'s TABLE, also written to --out. Rows that win only
 on this GPU's compute capability belong in `block_sizes.CAPABILITY_TABLE`
 under it (the first line printed names it); rerun the compile gate either
 way.
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 import kernels
-from kernels import block_sizes
-from kernels import triton_launch
+from kernels.triton import block_sizes
+from kernels.triton import launch as triton_launch
 
 _HEAD_DIMS = flags.DEFINE_list("head_dims", ["32", "64", "128", "256"], "")
 _DTYPES = flags.DEFINE_list("dtypes", ["float16", "bfloat16", "float32"], "")

@@ -14,7 +14,7 @@ import pytest
 
 import kernels
 import rnn_transformer as rt
-from rnn_transformer import train_config
+from rnn_transformer.training import train_config
 
 BAD_MODEL_FIELDS = [
     ("num_layers", "2", TypeError, r"num_layers: expected an int, got str"),

@@ -5,7 +5,7 @@ r"""Hochreiter & Schmidhuber's adding problem at the paper's lengths (T = 100,
 Table 7: the LSTM met the criterion at T = 100 after about 74,000 training
 sequences (then 1 of 2560 test sequences wrong), at T = 500 after 209,000
 (0 wrong) and at T = 1000 after 853,000 (1 wrong). The task is
-`rnn_transformer.tasks.Adding1997`, the paper's format: (value, marker)
+`rnn_transformer.training.tasks.Adding1997`, the paper's format: (value, marker)
 pairs, lengths in [T, T + T/10], X1 among the first ten pairs, X2 among the
 first T/2 - 1, target 0.5 + (X1 + X2) / 4 at the last step. The criterion is
 the paper's stopping rule: the mean squared error of the most recent
@@ -45,11 +45,13 @@ from absl import logging
 import numpy as np
 from flax.training import train_state
 
-from rnn_transformer import tasks
-from rnn_transformer import train
-from rnn_transformer import train_config
-from rnn_transformer.backbones import build_backbone
+from rnn_transformer.training import tasks
+from rnn_transformer.training import train
+from rnn_transformer.training import train_config
+from rnn_transformer.models.backbones import build_backbone
+from rnn_transformer.experiments import progress
 from rnn_transformer.experiments import reporting
+from rnn_transformer.benchmarks import outputs
 
 NAME = "adding_1997"
 BACKBONES = ("rnn", "lstm", "gru", "mingru", "lru", "transformer")
@@ -126,7 +128,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ValueError(f"config.backbones: expected names from {BACKBONES}, got "
                      f"{unknown}")
-  reporting.check_positive(config, "seeds", "model_dim", "window_sequences",
+  outputs.check_positive(config, "seeds", "model_dim", "window_sequences",
                            "test_sequences", "max_sequences", "chunk_steps",
                            "train.batch_size")
   lens = list(config.min_lens)
@@ -410,7 +412,7 @@ def claims(results: dict[tuple[str, int], dict[str, Any]],
 
 
 def _plot(config, results, output_dir: str) -> str:
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   lens = list(config.min_lens)
   fig, axes = plt.subplots(1, 1 + len(lens), figsize=(5 + 4 * len(lens), 4.2))
   ax = axes[0]
@@ -458,8 +460,8 @@ def _plot(config, results, output_dir: str) -> str:
       f"{config.model_dim}, batch {config.train.batch_size}, AdamW lr "
       f"{config.train.learning_rate:g}; budget {config.max_sequences} "
       f"sequences or {config.max_minutes:g} min per (backbone, T); "
-      f"{reporting.device_description()}", fontsize=9)
-  return reporting.save_figure(fig, output_dir, NAME)
+      f"{outputs.device_description()}", fontsize=9)
+  return outputs.save_figure(fig, output_dir, NAME)
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
@@ -467,13 +469,14 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   start = time.perf_counter()
   _validate(config)
   results = {}
-  for t in config.min_lens:
-    for backbone in config.backbones:
-      result = results[backbone, t] = train_cell(config, backbone, t)
-      logging.info("adding_1997 %s T=%d: to criterion %s, %d sequences, "
-                   "stopped by %s after %.0f s", backbone, t,
-                   result["sequences"], result["sequences_trained"],
-                   result["stopped_by"], result["seconds"])
+  grid = [(backbone, t) for t in config.min_lens
+          for backbone in config.backbones]
+  for backbone, t in progress.cells(NAME, grid, lambda c: f"{c[0]} T={c[1]}"):
+    result = results[backbone, t] = train_cell(config, backbone, t)
+    logging.info("adding_1997 %s T=%d: to criterion %s, %d sequences, "
+                 "stopped by %s after %.0f s", backbone, t,
+                 result["sequences"], result["sequences_trained"],
+                 result["stopped_by"], result["seconds"])
 
   raw_rows, summary_rows, curve_rows = [], [], []
   for (backbone, t), result in results.items():
@@ -496,18 +499,18 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
         result["sequences_trained"], result["stopped_by"],
         round(result["seconds"], 1), result["parameters"], paper[0],
         paper[1]))
-  files = reporting.write_table(
+  files = outputs.write_table(
       output_dir, NAME,
       ["backbone", "T", "seed", "sequences_to_criterion", "test_wrong",
        "test_sequences", "test_mse", "final_window_accuracy",
        "final_window_mse"], raw_rows)
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, f"{NAME}_summary",
       ["backbone", "T", "seeds_met", "median_sequences_to_criterion",
        "median_test_wrong", "test_sequences", "sequences_trained",
        "stopped_by", "seconds", "parameters", "paper_lstm_sequences",
        f"paper_lstm_wrong_of_{PAPER_TEST_SEQUENCES}"], summary_rows)
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, f"{NAME}_curves",
       ["backbone", "T", "seed", "sequences", "chunk_accuracy", "chunk_mse"],
       curve_rows)
@@ -528,7 +531,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   report = reporting.Report(
       name=(f"{NAME}: training sequences to Hochreiter & Schmidhuber's "
             f"criterion on the adding problem ({budget})"),
-      device=reporting.device_description(), figures=figures,
+      device=outputs.device_description(), figures=figures,
       claims=claims(results, budget), files=files)
   files.append(report.write(output_dir))
   files.append(os.path.join(output_dir, "summary.json"))

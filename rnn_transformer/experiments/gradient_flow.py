@@ -36,16 +36,20 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from rnn_transformer import gradient_flow
-from rnn_transformer import initializers
-from rnn_transformer import tasks
-from rnn_transformer import train
-from rnn_transformer.cells import GRUCell
-from rnn_transformer.cells import LSTMCell
-from rnn_transformer.cells import SimpleRNNCell
+from rnn_transformer.analysis import gradient_flow
+from rnn_transformer.layers import initializers
+from rnn_transformer.training import tasks
+from rnn_transformer.training import train
+from rnn_transformer.layers.cells import GRUCell
+from rnn_transformer.layers.cells import LSTMCell
+from rnn_transformer.layers.cells import SimpleRNNCell
+from rnn_transformer.experiments import progress
 from rnn_transformer.experiments import reporting
-from rnn_transformer.model_config import BackboneOutput
-from rnn_transformer.recurrent import RNN
+from rnn_transformer.models.model_config import BackboneOutput
+from rnn_transformer.layers.recurrent import RNN
+from rnn_transformer.benchmarks import outputs
+
+NAME = "gradient_flow"
 
 # ||dL/dh_1|| / ||dL/dh_T|| below this is "vanishing", above EXPLODING_RATIO
 # "exploding": three orders of magnitude either way.
@@ -86,10 +90,10 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   # 1.5^T, and their squares overflow float32 near T=100.
   seq_len = {"tiny": 30, "default": 50, "large": 50}[scale]
   config = ml_collections.ConfigDict()
-  config.experiment = "gradient_flow"
+  config.experiment = NAME
   config.seed = 0  # parameters, data stream and probe batch derive from it
   config.task = ml_collections.ConfigDict()
-  config.task.name = "adding"  # a rnn_transformer.tasks name, loss on step T
+  config.task.name = "adding"  # a rnn_transformer.training.tasks name, loss on step T
   config.task.params = ml_collections.ConfigDict(
       {"seq_len": seq_len})  # its keyword arguments
   config.hidden = {"tiny": 16, "default": 32, "large": 128}[scale]  # H
@@ -372,7 +376,7 @@ def _claims(ratios: dict[tuple[str, str], float],
 
 def _plot_norms(output_dir: str, norms: dict[tuple[str, str], np.ndarray],
                 config: ml_collections.ConfigDict) -> str:
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True,
                            layout="constrained")
   for ax, stage, title in zip(axes, ("init", "trained"), (
@@ -391,14 +395,14 @@ def _plot_norms(output_dir: str, norms: dict[tuple[str, str], np.ndarray],
     ax.legend(fontsize=8)
   axes[0].set_ylabel("||dL/dh_t|| (batch mean)")
   fig.suptitle(f"Gradient reaching h_t from a loss on step T, "
-               f"{config.task.name} task\n{reporting.device_description()}")
-  return reporting.save_figure(fig, output_dir, "gradient_norms")
+               f"{config.task.name} task\n{outputs.device_description()}")
+  return outputs.save_figure(fig, output_dir, "gradient_norms")
 
 
 def _plot_losses(output_dir: str, name: str, title: str,
                  curves: dict[str, dict[str, np.ndarray]],
                  baseline: float, panel_titles: dict[str, str]) -> str:
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 5),
                            squeeze=False, layout="constrained")
   for ax, (panel, lines) in zip(axes[0], curves.items()):
@@ -417,19 +421,19 @@ def _plot_losses(output_dir: str, name: str, title: str,
     ax.set_ylabel("training loss (log scale)")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle(f"{title}\n{reporting.device_description()}")
-  return reporting.save_figure(fig, output_dir, name)
+  fig.suptitle(f"{title}\n{outputs.device_description()}")
+  return outputs.save_figure(fig, output_dir, name)
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, plots and tabulates; returns the report with verdicts."""
-  reporting.check_positive(config, "hidden", "batch_size", "train.steps",
+  outputs.check_positive(config, "hidden", "batch_size", "train.steps",
                            "task.params.seq_len")
   task = tasks.make_task(config.task.name, **config.task.params.to_dict())
   runner = _Runner(config, task)
   baseline = task.baseline["loss"]
   norms, ratios, losses, grad_norms, rows, radii = {}, {}, {}, {}, [], {}
-  for name in MODELS:
+  for name in progress.cells(NAME, MODELS, lambda n: f"{n}: probe, train, probe"):
     params = runner.initial_params[name]
     norms[name, "init"] = runner.gradient_norms(name, params)
     radii[name, "init"] = _radius(params)
@@ -449,7 +453,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   clip_losses: dict[str, dict[str, np.ndarray]] = {}
   clip_grads: dict[str, dict[str, np.ndarray]] = {}
   clipping: dict[str, dict[str, Any]] = {}
-  for optimizer in ("sgd", "adamw"):
+  for optimizer in progress.cells(f"{NAME} clipping", ("sgd", "adamw")):
     clip_losses[optimizer], clip_grads[optimizer] = {}, {}
     for clip in (False, True):
       if optimizer == "adamw" and clip:  # the run above: same seed, data, tx
@@ -487,25 +491,25 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       {"all": {MODELS[n][2]: losses[n] for n in MODELS}}, baseline,
       {"all": f"{config.task.name}, T={task.seq_len}"}))
 
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, "gradient_ratio",
       ["model", "stage", "rho(W_hh)", "norm_dL_dh_1", "norm_dL_dh_T",
        "ratio_1_over_T", "per_step_factor", "underflow_to_step",
        "final_train_loss"], rows)
   time = task.seq_len
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, "gradient_norms",
       ["t"] + [f"{n}_{s}" for n in MODELS for s in ("init", "trained")],
       [[t + 1] + [norms[n, s][t] for n in MODELS for s in ("init", "trained")]
        for t in range(time)])
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, "training_loss", ["step"] + list(MODELS),
       [[s] + [losses[n][s] for n in MODELS]
        for s in range(config.train.steps)])
   header = ["step"] + [f"{opt}_{label}_{what}" for opt in clip_losses
                        for label in ("unclipped", "clipped")
                        for what in ("loss", "grad_norm")]
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, "clipping", header,
       [[s] + [series[opt][label][s] for opt in clip_losses
                for label in ("unclipped", "clipped")
@@ -523,7 +527,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   files += [os.path.join(output_dir, f) for f in ("summary.md",
                                                   "summary.json")]
   report = reporting.Report(
-      name="gradient_flow", device=reporting.device_description(),
+      name="gradient_flow", device=outputs.device_description(),
       figures=figures, claims=_claims(ratios, clipping, time), files=files)
   report.write(output_dir)
   return report

@@ -5,7 +5,7 @@ vanish, chapter 2), an LSTM (and GRU) carries information over a few hundred
 steps, and a Transformer connects any two positions directly (chapter 3).
 This experiment trains every backbone on the same task, `first_token`
 (remember the class token across `distance` noise tokens, see
-`rnn_transformer.tasks.FirstToken`), with the same budget (steps, batch,
+`rnn_transformer.training.tasks.FirstToken`), with the same budget (steps, batch,
 learning rate, schedule), for several seeds and distances, and scores each
 run on held-out sequences.
 
@@ -43,11 +43,13 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from rnn_transformer import tasks
-from rnn_transformer import train
-from rnn_transformer import train_config
-from rnn_transformer.backbones import build_backbone
+from rnn_transformer.training import tasks
+from rnn_transformer.training import train
+from rnn_transformer.training import train_config
+from rnn_transformer.models.backbones import build_backbone
+from rnn_transformer.experiments import progress
 from rnn_transformer.experiments import reporting
+from rnn_transformer.benchmarks import outputs
 
 NAME = "long_range"
 # minGRU and LRU (recurrences linear in h, scanned in parallel over time)
@@ -424,7 +426,7 @@ def claims(mean_accuracy: dict[str, dict[int, float]],
 
 def _plot(config: ml_collections.ConfigDict,
           accuracy: dict[tuple[str, int], np.ndarray], output_dir: str) -> str:
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   distances = np.asarray(config.distances)
   for i, backbone in enumerate(config.backbones):
@@ -452,17 +454,17 @@ def _plot(config: ml_collections.ConfigDict,
       f"Remember the first token: mean and min/max over {config.seeds} seeds\n"
       f"{train_cfg.steps} steps x batch {train_cfg.batch_size}, lr "
       f"{train_cfg.learning_rate:g}, width {config.model_dim}; "
-      f"{reporting.device_description()}", fontsize=9)
+      f"{outputs.device_description()}", fontsize=9)
   ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
   ax.grid(alpha=0.3)
-  return reporting.save_figure(fig, output_dir, NAME)
+  return outputs.save_figure(fig, output_dir, NAME)
 
 
 def _plot_curves(config: ml_collections.ConfigDict,
                  curves: dict[tuple[str, int], np.ndarray],
                  output_dir: str) -> str:
   """Held-out accuracy against updates, one panel per distance."""
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   distances = list(config.distances)
   fig, axes = plt.subplots(1, len(distances), sharey=True,
                            figsize=(4 * len(distances) + 1.5, 4))
@@ -487,8 +489,8 @@ def _plot_curves(config: ml_collections.ConfigDict,
       f"Remember the first token: learning curves, batch "
       f"{train_cfg.batch_size}, lr {train_cfg.learning_rate:g}, width "
       f"{config.model_dim}, LSTM forget bias {config.lstm_forget_bias:g}; "
-      f"{reporting.device_description()}", fontsize=9)
-  return reporting.save_figure(fig, output_dir, f"{NAME}_curves")
+      f"{outputs.device_description()}", fontsize=9)
+  return outputs.save_figure(fig, output_dir, f"{NAME}_curves")
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
@@ -505,13 +507,13 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
                      f"got {config.distances}")
   if config.seeds < 1:
     raise ValueError(f"config.seeds: expected at least 1, got {config.seeds}")
-  reporting.check_positive(config, "curve_points")
+  outputs.check_positive(config, "curve_points")
   if config.train.steps % config.curve_points:
     raise ValueError(f"config.curve_points: expected a divisor of "
                      f"config.train.steps ({config.train.steps}), got "
                      f"{config.curve_points}")
   results, seconds = {}, {}
-  for backbone in config.backbones:
+  for backbone in progress.cells(NAME, config.backbones):
     backbone_start = time.perf_counter()
     metrics = train_backbone(config, backbone)
     seconds[backbone] = time.perf_counter() - backbone_start
@@ -530,10 +532,10 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
     mean_accuracy.setdefault(backbone, {})[distance] = float(acc.mean())
     summary_rows.append((backbone, distance, float(acc.mean()),
                          float(acc.std()), float(acc.min()), float(acc.max())))
-  files = reporting.write_table(
+  files = outputs.write_table(
       output_dir, NAME, ["backbone", "distance", "seed", "accuracy",
                          "eval_loss", "final_train_loss"], raw_rows)
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, f"{NAME}_summary",
       ["backbone", "distance", "mean_accuracy", "std_accuracy",
        "min_accuracy", "max_accuracy"], summary_rows)
@@ -542,7 +544,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
                      output_dir))
   if config.curve_points > 1:
     every = config.train.steps // config.curve_points
-    files += reporting.write_table(
+    files += outputs.write_table(
         output_dir, f"{NAME}_curves",
         ["backbone", "distance", "seed", "step", "accuracy"],
         [(backbone, distance, seed, (i + 1) * every, float(acc))
@@ -568,7 +570,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       name=(f"{NAME}: accuracy against dependency distance at a fixed small "
             f"budget ({config.train.steps} steps x batch "
             f"{config.train.batch_size}, width {config.model_dim})"),
-      device=reporting.device_description(), figures=figures,
+      device=outputs.device_description(), figures=figures,
       claims=claims(mean_accuracy, chance), files=files)
   files.append(report.write(output_dir))
   files.append(os.path.join(output_dir, "summary.json"))

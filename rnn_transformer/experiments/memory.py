@@ -45,8 +45,12 @@ import numpy as np
 import kernels
 from kernels import backends
 from kernels import benchmark
-from kernels import triton_launch
+from kernels.triton import launch as triton_launch
+from rnn_transformer.experiments import progress
 from rnn_transformer.experiments import reporting
+from rnn_transformer.benchmarks import outputs
+
+NAME = "memory"
 
 # Verdict thresholds on the fitted exponent p of bytes ~ c n^p.
 EXPONENT_TOLERANCE = 0.25  # supported: |p - expected| <= this
@@ -64,7 +68,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   """Sizes per scale: "tiny" (seconds), "default" (minutes, CPU), "large"."""
   reporting.check_scale(scale)
   config = ml_collections.ConfigDict()
-  config.experiment = "memory"
+  config.experiment = NAME
   # kernels.attention implementations; "triton" is measured on CUDA GPUs only.
   config.implementations = ("reference", "blockwise", "triton")
   config.seq_lens = (512, 1024, 2048, 4096, 8192, 16384)  # n, ascending
@@ -198,18 +202,21 @@ def measure(config: ml_collections.ConfigDict
                      f"positive lengths, got {tuple(lens)}")
   limit, _ = device_memory()
   rows, skipped = [], {}
+  runnable = []
   for impl in config.implementations:
     reason = unavailable_reason(config, impl)
     if reason is not None:
       skipped[impl] = reason
-      continue
-    for seq_len in lens:
-      total = compiled_bytes(config, impl, seq_len)
-      status = ("OOM when compiled" if not math.isfinite(total) else
-                "exceeds device memory (compiled only)" if total > limit else
-                "ok")
-      rows.append(dict(implementation=impl, seq_len=seq_len,
-                       compiled_bytes=total, peak_bytes=None, status=status))
+    else:
+      runnable += [(impl, seq_len) for seq_len in lens]
+  for impl, seq_len in progress.cells(NAME, runnable,
+                                      lambda c: f"{c[0]} n={c[1]}"):
+    total = compiled_bytes(config, impl, seq_len)
+    status = ("OOM when compiled" if not math.isfinite(total) else
+              "exceeds device memory (compiled only)" if total > limit else
+              "ok")
+    rows.append(dict(implementation=impl, seq_len=seq_len,
+                     compiled_bytes=total, peak_bytes=None, status=status))
   if config.runtime_peak and jax.default_backend() == "gpu":
     runtime_peaks(config, [r for r in rows if r["status"] == "ok"])
   return rows, skipped
@@ -217,7 +224,7 @@ def measure(config: ml_collections.ConfigDict
 
 def power_fit(n: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
   """(p, log c) of the least-squares fit log y = p log n + log c."""
-  p = reporting.loglog_slope(n, y)
+  p = outputs.loglog_slope(n, y)
   return p, float(np.mean(np.log(y)) - p * np.mean(np.log(n)))
 
 
@@ -294,7 +301,7 @@ def analyse(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
       figures[f"{impl}_exponent"] = fits[impl][0]
     n, size = _series(rows, impl, "peak_bytes")
     if len(n) >= 2:
-      figures[f"{impl}_peak_exponent"] = reporting.loglog_slope(n, size)
+      figures[f"{impl}_peak_exponent"] = outputs.loglog_slope(n, size)
   lens = sorted({r["seq_len"] for r in rows}) or list(config.seq_lens)
   setting = (f"batch {config.batch} x {config.num_heads} heads x head_dim "
              f"{config.head_dim}, {config.dtype}, "
@@ -384,7 +391,7 @@ def analyse(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
 def plot(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
          extra: dict[str, Any], output_dir: str) -> str:
   """Bytes against n on log-log axes, slope guides, device memory, limit."""
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 5))
   mib = 2**20
   for impl in config.implementations:
@@ -426,15 +433,15 @@ def plot(config: ml_collections.ConfigDict, rows: Sequence[dict[str, Any]],
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(f"Attention memory, {extra['setting']}\n"
-               f"{reporting.device_description()}", fontsize=9)
-  return reporting.save_figure(fig, output_dir, "memory")
+               f"{outputs.device_description()}", fontsize=9)
+  return outputs.save_figure(fig, output_dir, "memory")
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, writes `memory.{png,csv,md}` and the summary; see module doc."""
   rows, skipped = measure(config)
   figures, claims, extra = analyse(config, rows, skipped)
-  report = reporting.Report("memory", reporting.device_description(), figures,
+  report = reporting.Report("memory", outputs.device_description(), figures,
                             claims)
   table = [[r["implementation"], r["seq_len"],
             r["compiled_bytes"] / 2**20 if math.isfinite(
@@ -443,7 +450,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
             r["status"]] for r in rows]
   table += [[impl, "", "", "", f"not measured: {reason}"]
             for impl, reason in skipped.items()]
-  report.files += reporting.write_table(
+  report.files += outputs.write_table(
       output_dir, "memory",
       ["implementation", "seq_len", "compiled_mib", "peak_mib", "status"],
       table)

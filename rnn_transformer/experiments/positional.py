@@ -29,11 +29,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rnn_transformer import positional
+from rnn_transformer.layers import positional
+from rnn_transformer.experiments import progress
 from rnn_transformer.experiments import reporting
-from rnn_transformer.model_config import ModelConfig
-from rnn_transformer.model_config import POSITIONAL_ENCODINGS
-from rnn_transformer.transformer import TransformerEncoder
+from rnn_transformer.models.model_config import ModelConfig
+from rnn_transformer.models.model_config import POSITIONAL_ENCODINGS
+from rnn_transformer.models.transformer import TransformerEncoder
+from rnn_transformer.benchmarks import outputs
+
+NAME = "positional"
 
 PAD = "<pad>"
 # Without positions the un-permuted difference must stay within float32
@@ -61,7 +65,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   """The experiment's config at `scale` ("tiny", "default" or "large")."""
   reporting.check_scale(scale)
   config = ml_collections.ConfigDict()
-  config.experiment = "positional"
+  config.experiment = NAME
   config.seed = 0  # the first seed; seeds are seed .. seed + num_seeds - 1
   config.num_seeds = {"tiny": 1, "default": 10, "large": 20}[scale]
   # "sentence / a permutation of its words", one pair per entry.
@@ -177,7 +181,8 @@ def _measure(config: ml_collections.ConfigDict, vocab_size: int, tokens,
   valid = np.arange(tokens.shape[1])[None, :] < np.asarray(lengths)[:, None]
   differences = {e: [] for e in models}
   scales = dict.fromkeys(models, 0.0)
-  for seed in range(config.seed, config.seed + config.num_seeds):
+  seeds = range(config.seed, config.seed + config.num_seeds)
+  for seed in progress.cells(NAME, seeds, lambda s: f"seed {s}"):
     features = apply(init(jax.random.key(seed)))
     for e, f in features.items():
       f = np.asarray(f, np.float64)
@@ -212,7 +217,7 @@ def _claims(worst: dict[str, float], best: dict[str, float],
 
 
 def _plot_encoding(output_dir: str, config: ml_collections.ConfigDict) -> str:
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   positions = config.heatmap_positions
   dim = config.model.model_dim
   table = np.asarray(positional.sinusoidal_position_encoding(
@@ -224,14 +229,14 @@ def _plot_encoding(output_dir: str, config: ml_collections.ConfigDict) -> str:
   ax.set_xlabel("encoding dimension i (even: sin, odd: cos)")
   ax.set_ylabel("position pos (token index)")
   ax.set_title(f"Sinusoidal position encoding, d={dim} (Vaswani et al., "
-               f"2017)\n{reporting.device_description()}")
-  return reporting.save_figure(fig, output_dir, "sinusoidal_encoding")
+               f"2017)\n{outputs.device_description()}")
+  return outputs.save_figure(fig, output_dir, "sinusoidal_encoding")
 
 
 def _plot_differences(output_dir: str, worst: dict[str, float],
                       best: dict[str, float], floor: float,
                       config: ml_collections.ConfigDict) -> str:
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
   names = list(worst)
   x = np.arange(len(names))
@@ -256,14 +261,14 @@ def _plot_differences(output_dir: str, worst: dict[str, float],
   model = config.model
   ax.set_title(f"{model.num_layers}-layer Transformer encoder (d="
                f"{model.model_dim}, same weights at init): permuted sentence "
-               f"vs permuted outputs\n{reporting.device_description()}")
+               f"vs permuted outputs\n{outputs.device_description()}")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  return reporting.save_figure(fig, output_dir, "permutation_difference")
+  return outputs.save_figure(fig, output_dir, "permutation_difference")
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   """Measures, plots and tabulates; returns the report with verdicts."""
-  reporting.check_positive(config, "num_seeds", "model.num_layers",
+  outputs.check_positive(config, "num_seeds", "model.num_layers",
                            "model.model_dim", "model.num_heads")
   pairs = sentence_pairs(config)
   vocab = vocabulary(pairs)
@@ -279,11 +284,11 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       for pair, diff in zip(pairs, seed_diffs):
         rows.append((encoding, config.seed + s, pair, diff,
                      diff / scales[encoding]))
-  files = reporting.write_table(
+  files = outputs.write_table(
       output_dir, "permutation_difference",
       ["encoding", "seed", "sentence_pair", "max_abs_difference",
        "relative_to_max_abs_output"], rows)
-  files += reporting.write_table(
+  files += outputs.write_table(
       output_dir, "vocabulary", ["word", "token_id"], list(vocab.items()))
   nonzero = [v for d in differences.values() for v in d.ravel() if v > 0]
   floor = min([EQUIVARIANT_ATOL / 10] + nonzero) / 10
@@ -302,7 +307,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   none = differences["none"]
   figures["none bit-exact cases"] = int(np.sum(none == 0))
   report = reporting.Report(
-      name="positional", device=reporting.device_description(),
+      name="positional", device=outputs.device_description(),
       figures=figures,
       claims=_claims(worst, best, int(np.sum(none == 0)), none.size),
       files=files)

@@ -41,16 +41,20 @@ import ml_collections
 import numpy as np
 
 from kernels import backends
-from rnn_transformer import benchmarking
-from rnn_transformer import newton_recurrence
-from rnn_transformer import program_depth
-from rnn_transformer import recurrent_benchmark
-from rnn_transformer.backbones import build_backbone
+from rnn_transformer.benchmarks import outputs
+from rnn_transformer.benchmarks import timing
+from rnn_transformer.recurrences import newton_recurrence
+from rnn_transformer.analysis import program_depth
+from rnn_transformer.benchmarks import recurrent_benchmark
+from rnn_transformer.models.backbones import build_backbone
+from rnn_transformer.experiments import progress
 from rnn_transformer.experiments import reporting
-from rnn_transformer.model_config import BACKBONES
-from rnn_transformer.model_config import LINEAR_BACKBONES
-from rnn_transformer.model_config import NEWTON_BACKBONES
-from rnn_transformer.model_config import ModelConfig
+from rnn_transformer.models.model_config import BACKBONES
+from rnn_transformer.models.model_config import LINEAR_BACKBONES
+from rnn_transformer.models.model_config import NEWTON_BACKBONES
+from rnn_transformer.models.model_config import ModelConfig
+
+NAME = "speed"
 
 RECURRENT = ("rnn", "lstm", "gru")
 PARALLEL = LINEAR_BACKBONES  # recurrences linear in h, scanned in parallel
@@ -69,7 +73,7 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   """Sizes per scale: "tiny" (seconds), "default" (minutes, CPU), "large"."""
   reporting.check_scale(scale)
   config = ml_collections.ConfigDict()
-  config.experiment = "speed"
+  config.experiment = NAME
   config.backbones = ("rnn", "lstm", "gru", "mingru", "lru",
                       "transformer")  # one layer each
   config.scan_method = "associative"  # of mingru/minlstm/lru (linear_scan)
@@ -100,31 +104,6 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
     config.dtype = "bfloat16"
     config.warmup, config.iters = 2, 10
   return config
-
-
-def sequential_steps(jaxpr: Any) -> int:
-  """Loop iterations that must run one after another in `jaxpr`.
-
-  Each `scan` contributes `length` times the steps of its body (at least 1);
-  a `cond` the most of its branches; other equations the steps of the
-  sub-jaxprs they call (`pjit`, `custom_vjp_call`, `remat`, ...). A `while`
-  loop has no static trip count and counts as one pass of its body. Neither
-  the models here nor `kernels.attention` use one.
-
-  Args:
-    jaxpr: a `Jaxpr` or `ClosedJaxpr`, e.g. `jax.jit(f).trace(*args).jaxpr`.
-  """
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  total = 0
-  for eqn in jaxpr.eqns:
-    inner = [sequential_steps(sub) for sub in program_depth.sub_jaxprs(eqn.params)]
-    if eqn.primitive.name == "scan":
-      total += eqn.params["length"] * max([1, *inner])
-    elif eqn.primitive.name == "cond":
-      total += max(inner, default=0)
-    else:
-      total += sum(inner)
-  return total
 
 
 def _model_config(config: ml_collections.ConfigDict, backbone: str,
@@ -194,14 +173,14 @@ def _compiled_step(model: Any, params: Any, batch: int, seq_len: int):
       lambda params, x: model.apply(params, x).features)
   traced = step.trace(params, x)
   compiled = traced.lower().compile()
-  return ((lambda: compiled(params, x)), sequential_steps(traced.jaxpr),
+  return ((lambda: compiled(params, x)), program_depth.sequential_steps(traced.jaxpr),
           program_depth.critical_path_length(traced.jaxpr))
 
 
 def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """One row per backbone and sequence length: ms, us/token, steps, depth."""
   model_configs = labels(config)
-  reporting.check_positive(config, "batch", "model_dim", "num_heads", "iters")
+  outputs.check_positive(config, "batch", "model_dim", "num_heads", "iters")
   lens = list(config.seq_lens)
   if len(lens) < 2 or lens != sorted(set(lens)) or lens[0] < 1:
     raise ValueError(f"config.seq_lens: expected at least two ascending "
@@ -213,15 +192,17 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   params = {b: jax.jit(m.init)(jax.random.key(0), x)
             for b, m in models.items()}
   calls, steps, depth = {}, {}, {}
-  for seq_len in lens:
-    for backbone, model in models.items():
-      label = f"{backbone} n={seq_len}"
-      calls[label], steps[label], depth[label] = _compiled_step(
-          model, params[backbone], config.batch, seq_len)
+  grid = [f"{backbone} n={seq_len}" for seq_len in lens for backbone in models]
+  for label in progress.cells(f"{NAME} compile", grid):
+    backbone, seq_len = label.split(" n=")
+    calls[label], steps[label], depth[label] = _compiled_step(
+        models[backbone], params[backbone], config.batch, int(seq_len))
+  print(f"{NAME}: timing {len(calls)} compiled calls in interleaved rounds "
+        f"({config.warmup} warm-up + {config.iters} each)", flush=True)
   # Every backbone at every length in one round-robin: a change of the
   # machine's background load during the run shifts all curves alike instead
   # of bending the slopes.
-  times = benchmarking.interleaved_median_seconds(
+  times = timing.interleaved_median_seconds(
       calls, warmup=config.warmup, iters=config.iters)
   rows = []
   for seq_len in lens:
@@ -234,7 +215,7 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
           attention=(attention_used(config, seq_len)
                      if backbone == "transformer" else ""),
           newton_iterations=(newton_iterations(
-              model, params[backbone], config.batch, seq_len)
+              models[backbone], params[backbone], config.batch, seq_len)
                              if backbone.endswith(NEWTON_SUFFIX) else "")))
   return rows
 
@@ -259,11 +240,11 @@ def fit_slopes(rows: Sequence[dict[str, Any]],
   for backbone in backbones:
     n, ms = _series(rows, backbone, "ms")
     k = _upper_half(len(n))
-    figures[f"{backbone}_slope"] = reporting.loglog_slope(n, ms)
-    figures[f"{backbone}_end_slope"] = reporting.loglog_slope(n[-k:], ms[-k:])
+    figures[f"{backbone}_slope"] = outputs.loglog_slope(n, ms)
+    figures[f"{backbone}_end_slope"] = outputs.loglog_slope(n[-k:], ms[-k:])
     if rows and "depth" in rows[0]:
       _, depth = _series(rows, backbone, "depth")
-      figures[f"{backbone}_depth_slope"] = reporting.loglog_slope(
+      figures[f"{backbone}_depth_slope"] = outputs.loglog_slope(
           n, np.maximum(depth, 1.0))
   return figures
 
@@ -271,7 +252,7 @@ def fit_slopes(rows: Sequence[dict[str, Any]],
 def _hardware() -> str:
   if jax.default_backend() == "cpu":
     return f"{len(os.sched_getaffinity(0))} CPU cores"
-  return reporting.device_description()
+  return outputs.device_description()
 
 
 def claims(rows: Sequence[dict[str, Any]], figures: dict[str, float],
@@ -455,7 +436,7 @@ def _parallel_claims(rows: Sequence[dict[str, Any]],
 def plot(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
          output_dir: str) -> str:
   """Time and time per token against n, log-log, one line per backbone."""
-  plt = reporting.pyplot()
+  plt = outputs.pyplot()
   fig, (ax_time, ax_token) = plt.subplots(1, 2, figsize=(11, 4.2))
   for backbone in labels(config):
     n, ms = _series(rows, backbone, "ms")
@@ -478,8 +459,8 @@ def plot(rows: Sequence[dict[str, Any]], config: ml_collections.ConfigDict,
     ax.legend()
   fig.suptitle(f"One layer, width {config.model_dim}, batch {config.batch}, "
                f"{config.dtype}: forward+backward after compilation\n"
-               f"{reporting.device_description()}")
-  return reporting.save_figure(fig, output_dir, "speed")
+               f"{outputs.device_description()}")
+  return outputs.save_figure(fig, output_dir, "speed")
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
@@ -496,9 +477,9 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       if backbone in ms:
         figures[f"{backbone}_over_transformer_at_{longest}"] = (
             ms[backbone] / ms["transformer"])
-  report = reporting.Report("speed", reporting.device_description(), figures,
+  report = reporting.Report("speed", outputs.device_description(), figures,
                             claims(rows, figures, names))
-  report.files += reporting.write_table(
+  report.files += outputs.write_table(
       output_dir, "speed",
       ["backbone", "seq_len", "ms", "us_per_token", "sequential_steps",
        "depth", "attention", "newton_iterations"],

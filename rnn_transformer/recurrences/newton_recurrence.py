@@ -1,0 +1,582 @@
+"""Nonlinear recurrences evaluated in parallel over time by Newton's method.
+
+DEER (Lim et al., ICLR 2024) and quasi-DEER (Gonzalez et al., NeurIPS 2024)
+solve `h_t = f(h_{t-1}, x_t)` for all t at once. Stack the states of all
+steps into one unknown and guess it; linearise every step around the guess,
+
+    h_t = J_t h_{t-1} + (f(h*_{t-1}, x_t) - J_t h*_{t-1}),
+    J_t = df/dh (h*_{t-1}, x_t),
+
+and solve that linear recurrence with a parallel (associative) scan; repeat
+until the residual `max |h_t - f(h_{t-1}, x_t)|` is below `tol`. Iteration k
+makes the first k steps exact whatever J is used, so any variant converges in
+at most T iterations; with contracting dynamics it takes a handful.
+
+Methods (`newton_scan(method=...)`):
+
+* "full": exact S x S Jacobians (DEER); quadratic convergence near the
+  solution, O(T S^2) memory, for small states.
+* "quasi": the diagonal of the Jacobian only (quasi-DEER), solved with
+  `linear_recurrence.linear_scan`; O(T S) memory, for large states.
+* "damped": the quasi diagonal clipped to [-1, 1] and scaled by
+  `1 - damping`, a trust region on the linearisation: products of clipped
+  Jacobians cannot overflow (the instability of DEER at spectral radius > 1),
+  and `damping=1` is the Picard (Jacobi) iteration `h_t <- f(h*_{t-1}, x_t)`.
+  Still exact in at most T iterations.
+
+Gradients go through the fixed point by the implicit function theorem
+(`jax.custom_vjp`), never through the iterations: at the solution the adjoint
+`lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1}` is itself a linear recurrence,
+solved backward in time, then one parallel VJP of f at every
+`(h*_{t-1}, x_t)` gives the gradients of the parameters, inputs and initial
+carry.
+
+The state is the carry pytree flattened per example to a vector of size S
+(`(c, h)` for an LSTM: S = 2H). Masks follow `recurrent.RNN`: steps past a
+sequence's length are the identity (J = I) and output zeros, a reset replaces
+the previous carry by the reset carry (J = 0), and `reverse` runs each
+sequence from its last valid step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_transformer import validation
+from rnn_transformer.recurrences import linear_recurrence
+from rnn_transformer.recurrences.sequence_order import flip_sequences
+
+Array = jax.Array
+Carry = Any
+StepFn = Callable[[Carry, Array], tuple[Carry, Array]]
+
+METHODS = ("full", "quasi", "damped")
+ON_FAILURE = ("fallback", "raise", "return")
+ADJOINTS = ("associative", "sequential")
+DEFAULT_MAX_ITERS = 100
+# Residual at which the iteration stops, by state dtype: about 100 ulp of an
+# O(1) state, below which a parallel scan's rounding leaves nothing to gain.
+DEFAULT_TOL = {
+    jnp.dtype(jnp.float64): 1e-10,
+    jnp.dtype(jnp.float32): 1e-5,
+    jnp.dtype(jnp.bfloat16): 5e-2,
+    jnp.dtype(jnp.float16): 5e-3,
+}
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class NewtonInfo(NamedTuple):
+  """How a `newton_scan` call went; every field a scalar array.
+
+  Attributes:
+    iterations: int32, linearised solves performed (0 when the initial guess
+      already met `tol`).
+    residual: max over batch, time and state of `|h_t - f(h_{t-1}, x_t)|` at
+      the last Newton iterate (before any fallback; NaN or inf if the
+      iteration diverged).
+    converged: bool, `residual <= tol` within `max_iters`.
+    fell_back: bool, the states come from the sequential `lax.scan` because
+      the iteration did not converge (`on_failure="fallback"`).
+  """
+  iterations: Array
+  residual: Array
+  converged: Array
+  fell_back: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+  method: str
+  max_iters: int
+  tol: float
+  damping: float
+  fallback: bool
+  adjoint: str
+
+
+class _StateLayout:
+  """Flattens a carry pytree, leaves `(..., *shape)`, to `(..., S)` and back."""
+
+  def __init__(self, example: Carry):
+    """`example`: one carry without the batch axis."""
+    leaves, self.tree = jax.tree.flatten(example)
+    self.shapes = [np.shape(leaf) for leaf in leaves]
+    self.sizes = [int(np.prod(shape)) for shape in self.shapes]
+    self.size = sum(self.sizes)
+
+  def flatten(self, carry: Carry, lead: tuple[int, ...]) -> Array:
+    leaves = jax.tree.leaves(carry)
+    return jnp.concatenate(
+        [jnp.reshape(leaf, lead + (-1,)) for leaf in leaves], axis=-1)
+
+  def unflatten(self, state: Array) -> Carry:
+    lead = state.shape[:-1]
+    splits = np.cumsum(self.sizes)[:-1]
+    parts = jnp.split(state, splits, axis=-1)
+    return jax.tree.unflatten(self.tree, [
+        jnp.reshape(part, lead + shape)
+        for part, shape in zip(parts, self.shapes)])
+
+
+def _transition(step: Callable[..., Any], layout: _StateLayout):
+  """One example's masked step on flat states (the recurrence `F_t`).
+
+  `step(carry, x, *consts) -> (carry, y)`. Returns
+  `F(consts, s_prev, x, valid, reset, s_reset) -> (s, y)` with `s_prev,
+  s_reset: (S,)` and scalar bool masks.
+  """
+  def transition(consts, s_prev, x, valid, reset, s_reset):
+    prev = jnp.where(reset, s_reset, s_prev)
+    carry, y = step(layout.unflatten(prev), x, *consts)
+    s = layout.flatten(carry, ()).astype(s_prev.dtype)
+    return jnp.where(valid, s, s_prev), jnp.where(valid, y, jnp.zeros_like(y))
+  return transition
+
+
+def _over_batch_and_time(fn):
+  """vmaps a per-example transition over `(batch, time)`; consts shared and
+  the reset state per example."""
+  over_time = jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, None))
+  return jax.vmap(over_time, in_axes=(None, 0, 0, 0, 0, 0))
+
+
+def _previous(states: Array, s0: Array) -> Array:
+  """`(batch, time, S)` states -> the state before each step."""
+  return jnp.concatenate([s0[:, None], states[:, :-1]], axis=1)
+
+
+def _full_jacobians(transition, consts, prev, xs, valid, reset, s_reset):
+  """`(f (B, T, S), J (B, T, S, S))`, J_t = dF_t/ds_{t-1} at `prev`."""
+  def states_and_jacobian(consts, s_prev, x, v, r, s_r):
+    def f(s):
+      s_new = transition(consts, s, x, v, r, s_r)[0]
+      return s_new, s_new
+    jacobian, s_new = jax.jacfwd(f, has_aux=True)(s_prev)
+    return s_new, jacobian
+  return _over_batch_and_time(states_and_jacobian)(
+      consts, prev, xs, valid, reset, s_reset)
+
+
+def _diagonal_jacobians(transition, consts, prev, xs, valid, reset, s_reset):
+  """`(f (B, T, S), diag J (B, T, S))` with O(B T S) memory.
+
+  One JVP per state coordinate (a generic cell has no cheaper diagonal), in
+  blocks of 16 so the full Jacobian is never stored.
+  """
+  batched = _over_batch_and_time(transition)
+  f, jvp = jax.linearize(
+      lambda p: batched(consts, p, xs, valid, reset, s_reset)[0], prev)
+  size = prev.shape[-1]
+
+  def column_entry(i):
+    basis = jnp.zeros((size,), prev.dtype).at[i].set(1)
+    return jvp(jnp.broadcast_to(basis, prev.shape))[..., i]
+
+  diagonal = jax.lax.map(column_entry, jnp.arange(size),
+                         batch_size=min(size, 16))
+  return f, jnp.moveaxis(diagonal, 0, -1)
+
+
+def _matrix_scan(a: Array, b: Array) -> Array:
+  """`h_t = a_t h_{t-1} + b_t` from h_{-1} = 0 with `a: (B, T, S, S)`.
+
+  A prefix scan over affine maps: `(a1, b1) then (a2, b2) = (a2 a1,
+  a2 b1 + b2)`, O(log T) depth and O(T S^2) memory.
+  """
+  def combine(first, second):
+    a1, b1 = first
+    a2, b2 = second
+    return (jnp.matmul(a2, a1, precision=_HIGHEST),
+            jnp.einsum("...ij,...j->...i", a2, b1, precision=_HIGHEST) + b2)
+  return jax.lax.associative_scan(combine, (a, b), axis=1)[1]
+
+
+def _newton_step(options, prev, f, jacobian):
+  """The states solving the recurrence linearised at `prev`."""
+  if options.method == "full":
+    b = f - jnp.einsum("btij,btj->bti", jacobian, prev, precision=_HIGHEST)
+    b = b.at[:, 0].set(f[:, 0])  # s_0 is given: step 0 is exact already
+    return _matrix_scan(jacobian, b)
+  diagonal = jacobian
+  if options.method == "damped":
+    diagonal = (1.0 - options.damping) * jnp.clip(diagonal, -1.0, 1.0)
+  b = (f - diagonal * prev).at[:, 0].set(f[:, 0])
+  return linear_recurrence.linear_scan(diagonal, b)[1]
+
+
+def _linearise(options, transition, consts, prev, xs, valid, reset, s_reset):
+  if options.method == "full":
+    return _full_jacobians(transition, consts, prev, xs, valid, reset, s_reset)
+  return _diagonal_jacobians(transition, consts, prev, xs, valid, reset,
+                             s_reset)
+
+
+def _sequential_states(transition, consts, s0, xs, valid, reset, s_reset):
+  """The oracle: `lax.scan` over time, `(B, T, S)`."""
+  over_batch = jax.vmap(transition, in_axes=(None, 0, 0, 0, 0, 0))
+
+  def body(s, inputs):
+    x, v, r = inputs
+    s = over_batch(consts, s, x, v, r, s_reset)[0]
+    return s, s
+
+  time_major = [jnp.swapaxes(a, 0, 1) for a in (xs, valid, reset)]
+  _, states = jax.lax.scan(body, s0, tuple(time_major))
+  return jnp.swapaxes(states, 0, 1)
+
+
+def _solve(transition, options, consts, s0, xs, valid, reset, s_reset):
+  """Newton iterations in a `lax.while_loop`; `(states, NewtonInfo)`."""
+  def linearise(states):
+    prev = _previous(states, s0)
+    f, jacobian = _linearise(options, transition, consts, prev, xs, valid,
+                             reset, s_reset)
+    gap = jnp.abs(states - f)
+    # XLA's max reduction may drop NaNs (all-NaN gives -inf on CPU), so a
+    # non-finite iterate (full Newton's Jacobian products overflow when the
+    # dynamics expand) is marked explicitly: its residual is NaN.
+    residual = jnp.where(jnp.all(jnp.isfinite(gap)), jnp.max(gap), jnp.nan)
+    return prev, f, jacobian, residual.astype(jnp.float32)
+
+  def cond(loop):
+    iterations, _, _, _, _, residual = loop
+    # A NaN residual (a diverged iteration) stops the loop: NaN > tol is False,
+    # and NaN <= tol is False, so it is never reported as converged.
+    return (iterations < options.max_iters) & (residual > options.tol)
+
+  def body(loop):
+    iterations, _, prev, f, jacobian, _ = loop
+    states = _newton_step(options, prev, f, jacobian)
+    return (iterations + 1, states, *linearise(states))
+
+  guess = jnp.broadcast_to(s0[:, None], (s0.shape[0], xs.shape[1],
+                                         s0.shape[-1]))
+  iterations, states, _, _, _, residual = jax.lax.while_loop(
+      cond, body, (jnp.int32(0), guess, *linearise(guess)))
+  converged = residual <= options.tol
+  fell_back = jnp.asarray(False)
+  if options.fallback:
+    fell_back = ~converged
+    states = jax.lax.cond(
+        converged, lambda: states,
+        lambda: _sequential_states(transition, consts, s0, xs, valid, reset,
+                                   s_reset))
+  return states, NewtonInfo(iterations, residual, converged, fell_back)
+
+
+def _adjoint(options, transition, consts, prev, xs, valid, reset, s_reset,
+             cotangent):
+  """`lambda_t = g_t + J_{t+1}^T lambda_{t+1}` backward from the last step."""
+  if options.adjoint == "associative":
+    _, jacobian = _full_jacobians(transition, consts, prev, xs, valid, reset,
+                                  s_reset)
+    # Reversed in time, lambda is a forward recurrence with a_t = J_{t+1}^T.
+    a = jnp.swapaxes(jacobian[:, 1:], -1, -2)
+    a = jnp.concatenate([a, jnp.zeros_like(a[:, :1])], axis=1)
+    return jnp.flip(_matrix_scan(jnp.flip(a, 1), jnp.flip(cotangent, 1)), 1)
+
+  over_batch = jax.vmap(transition, in_axes=(None, 0, 0, 0, 0, 0))
+
+  def body(carried, inputs):  # carried = J_{t+1}^T lambda_{t+1}
+    p, x, v, r, g = inputs
+    lam = g + carried
+    _, pullback = jax.vjp(
+        lambda s: over_batch(consts, s, x, v, r, s_reset)[0], p)
+    return pullback(lam)[0], lam
+
+  time_major = tuple(jnp.swapaxes(a, 0, 1)
+                     for a in (prev, xs, valid, reset, cotangent))
+  _, lam = jax.lax.scan(body, jnp.zeros_like(prev[:, 0]), time_major,
+                        reverse=True)
+  return jnp.swapaxes(lam, 0, 1)
+
+
+def _fixed_point_fwd(transition, options, consts, s0, xs, valid, reset,
+                     s_reset):
+  states, info = _solve(transition, options, consts, s0, xs, valid, reset,
+                        s_reset)
+  return (states, info), (consts, s0, xs, valid, reset, s_reset, states)
+
+
+def _fixed_point_bwd(transition, options, residuals, cotangents):
+  consts, s0, xs, valid, reset, s_reset, states = residuals
+  cotangent = cotangents[0]
+  prev = _previous(states, s0)
+  lam = _adjoint(options, transition, consts, prev, xs, valid, reset, s_reset,
+                 cotangent)
+  # One parallel VJP of every step at the solution, with cotangent lambda_t.
+  batched = _over_batch_and_time(transition)
+  _, pullback = jax.vjp(
+      lambda c, p, x, r: batched(c, p, x, valid, reset, r)[0],
+      consts, prev, xs, s_reset)
+  d_consts, d_prev, d_xs, d_reset_state = pullback(lam)
+  return d_consts, d_prev[:, 0], d_xs, None, None, d_reset_state
+
+
+_fixed_point = jax.custom_vjp(
+    lambda transition, options, *args: _solve(transition, options, *args),
+    nondiff_argnums=(0, 1))
+_fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
+def _check_options(method, max_iters, tol, on_failure, damping, adjoint,
+                   time):
+  validation.check_choice("method", method, METHODS)
+  validation.check_choice("on_failure", on_failure, ON_FAILURE)
+  if adjoint is not None:
+    validation.check_choice("adjoint", adjoint, ADJOINTS)
+  max_iters = validation.check_int("max_iters", max_iters, optional=True)
+  if tol is not None and (not isinstance(tol, numbers.Real) or isinstance(
+      tol, bool) or not tol > 0):
+    raise ValueError(f"tol: expected a positive float or None, got {tol!r}")
+  if not isinstance(damping, numbers.Real) or isinstance(damping, bool) or (
+      not 0.0 <= damping <= 1.0):
+    raise ValueError(f"damping: expected a float in [0, 1], got {damping!r}")
+  return min(time, DEFAULT_MAX_ITERS) if max_iters is None else max_iters
+
+
+def _check_carry(name: str, carry: Carry, batch: int) -> jnp.dtype:
+  leaves = jax.tree.leaves(carry)
+  if not leaves:
+    raise ValueError(f"{name}: expected a pytree of (batch, ...) arrays, got "
+                     f"{carry!r}")
+  dtypes = {jnp.result_type(leaf) for leaf in leaves}
+  if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
+    raise validation.DTypeError(
+        f"{name}: expected leaves of one floating dtype, got "
+        f"{sorted(str(d) for d in dtypes)}")
+  shapes = jax.tree.map(np.shape, carry)
+  if any(np.ndim(leaf) < 1 or np.shape(leaf)[0] != batch for leaf in leaves):
+    raise ValueError(f"{name}: expected leaves of shape (batch, ...) with "
+                     f"batch={batch}, got shapes {shapes}")
+  return next(iter(dtypes))
+
+
+def _check_like(name: str, carry: Carry, reference: Carry,
+                what: str) -> None:
+  want = jax.tree.map(np.shape, reference)
+  got = jax.tree.map(np.shape, carry)
+  if jax.tree.structure(carry) != jax.tree.structure(reference) or (
+      jax.tree.leaves(got) != jax.tree.leaves(want)):
+    raise ValueError(f"{name}: expected the structure and shapes of {what} "
+                     f"{want}, got {got}")
+
+
+def _check_step(step: StepFn, carry: Carry, x: Array) -> None:
+  """Raises unless `step(carry, x)` returns `(carry of the same shapes, y)`."""
+  try:
+    new_carry, _ = jax.eval_shape(step, carry, x)
+  except (TypeError, ValueError) as error:
+    raise ValueError(
+        f"step: expected step(carry, x) -> (new_carry, output) for one "
+        f"example's carry {jax.tree.map(np.shape, carry)} and inputs "
+        f"{np.shape(x)}; calling it raised {type(error).__name__}: "
+        f"{error}") from error
+  got = jax.tree.map(lambda s: s.shape, new_carry)
+  want = jax.tree.map(np.shape, carry)
+  if jax.tree.structure(new_carry) != jax.tree.structure(carry) or (
+      jax.tree.leaves(got) != jax.tree.leaves(want)):
+    raise ValueError(f"step: expected a new carry shaped like the carry "
+                     f"{want}, got {got}")
+
+
+def newton_scan(
+    step: StepFn,
+    inputs: Array,
+    initial_carry: Carry,
+    *,
+    seq_lengths: Array | None = None,
+    reset: Array | None = None,
+    reset_carry: Carry | None = None,
+    reverse: bool = False,
+    method: str = "full",
+    max_iters: int | None = None,
+    tol: float | None = None,
+    on_failure: str = "fallback",
+    damping: float = 0.5,
+    adjoint: str | None = None,
+) -> tuple[Carry, Array, NewtonInfo]:
+  """Runs `step` over time by Newton iterations (DEER / quasi-DEER).
+
+  The semantics are those of `recurrent.RNN` with `keep_order=True`; the
+  result equals the sequential `lax.scan` once the residual is below `tol`.
+
+  Args:
+    step: `step(carry, x) -> (new_carry, y)` for ONE example (no batch axis):
+      carry a pytree of arrays, `x: (features,)`. Differentiable; it may
+      close over parameters (they are hoisted with `jax.closure_convert` so
+      their gradients flow). Flax cells work as
+      `lambda c, x: cell.apply(variables, c, x)` (see `newton_rnn`).
+    inputs: `(batch, time, features)`, floating.
+    initial_carry: the carry before the first step, leaves `(batch, ...)` of
+      one floating dtype.
+    seq_lengths: `(batch,)` integers in [0, time]; steps t >= length keep the
+      carry and output zeros.
+    reset: `(batch, time)` bool; where true the carry is replaced by
+      `reset_carry` before that step. With `reverse`, a reset marks a
+      segment's first step in input order, as in `recurrent.RNN`.
+    reset_carry: the carry a reset restarts from, like `initial_carry`;
+      default zeros (`RNN` restarts from `cell.initialize_carry`).
+    reverse: run each sequence from its last valid step to its first;
+      padding stays at the end and outputs stay aligned with the inputs.
+    method: "full" (exact Jacobians, O(T S^2) memory), "quasi" (their
+      diagonal, O(T S)) or "damped" (the diagonal clipped to [-1, 1] and
+      scaled by `1 - damping`); see the module doc.
+    max_iters: Newton iterations at most; default `min(time, 100)`. `time`
+      iterations always suffice in exact arithmetic.
+    tol: stop once `max |h_t - f(h_{t-1}, x_t)| <= tol`; default by state
+      dtype (`DEFAULT_TOL`, 1e-5 for float32).
+    on_failure: if not converged after `max_iters`: "fallback" reruns the
+      recurrence with `lax.scan` (under `lax.cond`; `info.fell_back` says so),
+      "raise" raises ValueError (needs concrete values: not under `jit`,
+      where it raises at trace time saying so), "return" returns the last
+      iterate with `info.converged` False and its residual.
+    damping: in [0, 1], for method "damped": 0 is quasi-Newton, 1 the Picard
+      iteration.
+    adjoint: how the backward pass solves the adjoint recurrence:
+      "associative" (full Jacobians, a prefix scan: O(log T) depth, O(T S^2)
+      memory) or "sequential" (a reverse `lax.scan` of per-step VJPs: T
+      steps, O(T S) memory). Default: "associative" for method "full",
+      "sequential" otherwise. Both are exact.
+
+  Returns:
+    `(final_carry, outputs (batch, time, ...), info: NewtonInfo)`. The final
+    carry is each sequence's own last one (the first step's with `reverse`).
+  """
+  if not callable(step):
+    raise TypeError(f"step: expected a callable step(carry, x) -> "
+                    f"(carry, y), got {type(step).__name__}")
+  validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
+  validation.check_floating("inputs", inputs)
+  validation.check_time("inputs", inputs)
+  batch, time = np.shape(inputs)[:2]
+  max_iters = _check_options(method, max_iters, tol, on_failure, damping,
+                             adjoint, time)
+  reverse = validation.check_bool("reverse", reverse)
+  dtype = _check_carry("initial_carry", initial_carry, batch)
+  if reset_carry is None:
+    reset_carry = jax.tree.map(jnp.zeros_like, initial_carry)
+  else:
+    _check_like("reset_carry", reset_carry, initial_carry, "initial_carry")
+  if seq_lengths is not None:
+    validation.check_seq_lengths(seq_lengths, batch, time)
+  if reset is not None:
+    validation.check_mask("reset", reset, (batch, time), "(batch, time)")
+  one_carry = jax.tree.map(lambda leaf: leaf[0], initial_carry)
+  _check_step(step, one_carry, inputs[0, 0])
+
+  options = _Options(
+      method=method, max_iters=max_iters,
+      tol=DEFAULT_TOL.get(jnp.dtype(dtype), 1e-5) if tol is None else float(
+          tol),
+      damping=float(damping), fallback=on_failure == "fallback",
+      adjoint=adjoint or ("associative" if method == "full" else
+                          "sequential"))
+
+  steps = jnp.arange(time)[None, :]
+  valid = (jnp.ones((batch, time), bool) if seq_lengths is None else
+           steps < seq_lengths[:, None])
+  reset = jnp.zeros((batch, time), bool) if reset is None else reset
+  if reverse:  # as recurrent.RNN: a reversed segment starts before a reset
+    reset = jnp.concatenate([reset[:, 1:], jnp.zeros_like(reset[:, :1])], 1)
+    if seq_lengths is not None:
+      reset = reset & (steps + 1 < seq_lengths[:, None])
+    inputs = flip_sequences(inputs, seq_lengths)
+    reset = flip_sequences(reset, seq_lengths)
+
+  layout = _StateLayout(one_carry)
+  converted, consts = jax.closure_convert(step, one_carry, inputs[0, 0])
+  transition = _transition(converted, layout)
+  s0 = layout.flatten(initial_carry, (batch,)).astype(dtype)
+  s_reset = layout.flatten(reset_carry, (batch,)).astype(dtype)
+  states, info = _fixed_point(transition, options, tuple(consts), s0, inputs,
+                              valid, reset, s_reset)
+
+  if on_failure == "raise":
+    _raise_unless_converged(info)
+  # The outputs are one more parallel evaluation at the solution, so their
+  # gradient w.r.t. the parameters needs no custom rule.
+  _, outputs = _over_batch_and_time(transition)(
+      tuple(consts), _previous(states, s0), inputs, valid, reset, s_reset)
+  if reverse:
+    outputs = flip_sequences(outputs, seq_lengths)
+  final_carry = layout.unflatten(states[:, -1])
+  return final_carry, outputs, info
+
+
+def _raise_unless_converged(info: NewtonInfo) -> None:
+  try:
+    converged = bool(info.converged)
+  except jax.errors.ConcretizationTypeError as error:
+    raise ValueError(
+        "on_failure='raise' needs concrete values to decide, but this call "
+        "is traced (under jit, vmap or a loop); use on_failure='fallback' "
+        "(the default) or 'return' and read info.converged") from error
+  if not converged:
+    raise ValueError(
+        f"newton_scan did not converge: residual {float(info.residual):.3g} "
+        f"after {int(info.iterations)} iterations (max_iters); raise "
+        f"max_iters, try method='damped', or use on_failure='fallback'")
+
+
+def newton_rnn(
+    cell: nn.RNNCellBase,
+    variables: Any,
+    inputs: Array,
+    *,
+    initial_carry: Carry | None = None,
+    seq_lengths: Array | None = None,
+    reset: Array | None = None,
+    reverse: bool = False,
+    **options: Any,
+) -> tuple[Carry, Array, NewtonInfo]:
+  """`newton_scan` of a flax cell with its variables: `recurrent.RNN` in
+  parallel over time.
+
+  Cells with `project_inputs`/`step` (those of `rnn_transformer.layers.cells`) have
+  their input projection computed once for all steps, outside the Newton
+  iterations, as `RNN` hoists it.
+
+  Args:
+    cell: a `flax.linen.RNNCellBase`, e.g. `SimpleRNNCell`, `GRUCell`,
+      `LSTMCell` or one of flax's cells.
+    variables: the cell's variables, `{"params": ...}` (as from
+      `cell.init`, or `RNN`'s `variables["params"]["cell"]` wrapped).
+    inputs: `(batch, time, features)`, floating.
+    initial_carry: default `cell.initialize_carry` (zeros); resets restart
+      from `cell.initialize_carry`, as in `RNN`.
+    seq_lengths, reset, reverse: as in `newton_scan`.
+    **options: `method`, `max_iters`, `tol`, `on_failure`, `damping`,
+      `adjoint` of `newton_scan`.
+
+  Returns:
+    `(final_carry, outputs (batch, time, hidden), info)`.
+  """
+  validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
+  validation.check_floating("inputs", inputs)
+  default_carry = cell.initialize_carry(jax.random.key(0),
+                                        np.shape(inputs[:, 0]))
+  if initial_carry is None:
+    initial_carry = default_carry
+  else:
+    _check_like("initial_carry", initial_carry, default_carry,
+                f"{type(cell).__name__}'s carry")
+  if hasattr(cell, "project_inputs") and hasattr(cell, "step"):
+    inputs = cell.apply(variables, inputs, method=cell.project_inputs)
+
+    def step(carry, projected):
+      return cell.apply(variables, carry, projected, method=cell.step)
+  else:
+    def step(carry, x):
+      return cell.apply(variables, carry, x)
+  return newton_scan(step, inputs, initial_carry, seq_lengths=seq_lengths,
+                     reset=reset, reset_carry=default_carry, reverse=reverse,
+                     **options)

@@ -1,0 +1,163 @@
+"""Training configs: one builder for every (task x backbone) pair, and checks.
+
+`configs/<task>.py:<backbone>` files call `task_config`, so no config is
+copied per backbone. `validate` runs before anything is compiled and names
+the offending field and its valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from rnn_transformer.models import model_config
+from rnn_transformer.training import tasks
+
+# Per-backbone model defaults, small enough for a 2-core CPU.
+_MODEL_DEFAULTS = {
+    "rnn": dict(num_layers=1, model_dim=128),
+    "lstm": dict(num_layers=1, model_dim=128),
+    "gru": dict(num_layers=1, model_dim=128),
+    # No nonlinearity acts across time inside a linear recurrence: the
+    # papers stack layers (two here) for it.
+    "mingru": dict(num_layers=2, model_dim=128),
+    "minlstm": dict(num_layers=2, model_dim=128),
+    "lru": dict(num_layers=2, model_dim=128),
+    "transformer": dict(num_layers=2, model_dim=64, num_heads=4,
+                        positional="sinusoidal"),
+}
+# Fields the task decides, not the user.
+_TASK_OWNED = ("vocab_size", "output_size", "causal")
+
+
+def task_config(task: str, backbone: str | None, **task_params
+                ) -> ml_collections.ConfigDict:
+  """The config for `task` trained with `backbone` ("transformer" if None)."""
+  backbone = backbone or "transformer"
+  if backbone not in model_config.BACKBONES:
+    raise ValueError(f"backbone (the config argument): expected one of "
+                     f"{model_config.BACKBONES}, got {backbone!r}")
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # parameters, data stream and dropout all derive from it
+
+  config.task = ml_collections.ConfigDict()
+  config.task.name = task  # one of rnn_transformer.training.tasks.TASKS
+  config.task.params = ml_collections.ConfigDict(task_params)  # its arguments
+
+  config.model = ml_collections.ConfigDict()
+  fields = {f.name: f.default for f in dataclasses.fields(
+      model_config.ModelConfig) if f.name not in _TASK_OWNED}
+  fields.update(backbone=backbone, **_MODEL_DEFAULTS[backbone])
+  fields["dtype"] = "float32"  # compute dtype; "bfloat16" for mixed precision
+  fields["param_dtype"] = "float32"
+  for name, value in fields.items():
+    # Optional fields get a placeholder of their type so overrides parse.
+    config.model[name] = value
+  config.model.attention_impl = ml_collections.config_dict.placeholder(str)
+  config.model.num_kv_heads = ml_collections.config_dict.placeholder(int)
+  config.model.mlp_dim = ml_collections.config_dict.placeholder(int)
+  config.model.scan_method = ml_collections.config_dict.placeholder(str)
+  config.model.attention_window = ml_collections.config_dict.placeholder(int)
+  config.model.attention_softcap = ml_collections.config_dict.placeholder(
+      float)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 2000  # optimizer updates
+  config.train.batch_size = 64  # global batch, split over devices
+  config.train.grad_accum_steps = 1  # micro-batches per update
+  config.train.learning_rate = 3e-3  # peak, after linear warmup
+  config.train.warmup_steps = 100  # linear warmup, then cosine decay to 0
+  config.train.weight_decay = 1e-4  # AdamW decoupled weight decay
+  config.train.grad_clip_norm = 1.0  # global-norm clipping; <= 0 disables
+  config.train.log_every = 50  # steps between metric records
+  config.train.eval_every = 500  # steps between evaluations
+  config.train.eval_batches = 4  # held-out batches per evaluation
+  config.train.checkpoint_every = 500  # steps between checkpoints
+  config.train.keep_checkpoints = 3  # most recent checkpoints kept
+  config.train.sample_chars = 200  # characters sampled at eval (char_lm)
+  config.train.progress_bar = True  # terminal progress bar on process 0
+  return config
+
+
+def model_config_for(config: ml_collections.ConfigDict,
+                     task: tasks.Task) -> model_config.ModelConfig:
+  """The backbone config: the user's `config.model` plus what the task owns."""
+  fields = config.model.to_dict()
+  for name in ("dtype", "param_dtype"):
+    fields[name] = None if fields[name] is None else jax.numpy.dtype(
+        fields[name])
+  return model_config.ModelConfig(
+      **fields, vocab_size=task.vocab_size, output_size=task.output_size,
+      causal=True)
+
+
+def _named(section: str, error: Exception) -> ValueError:
+  """`error` re-raised with its field's full path, `config.model.dtype: ...`.
+
+  Library errors start with the argument's name (`dtype: expected ...`);
+  others get the section as a prefix.
+  """
+  message = str(error)
+  head = message.split(":", 1)[0]
+  if head.isidentifier():
+    return ValueError(f"{section}.{message}")
+  return ValueError(f"{section}: {message}")
+
+
+def _positive(config, path: str) -> None:
+  section, name = path.split(".")
+  value = config[section][name]
+  if not isinstance(value, int) or value < 1:
+    raise ValueError(f"config.{path}: expected a positive integer, got "
+                     f"{value!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> tuple[
+    tasks.Task, model_config.ModelConfig]:
+  """Checks `config` and builds its task and model config, before compiling.
+
+  Raises ValueError naming the field (`config.model.backbone`, ...) and the
+  valid choices or range.
+  """
+  if config.task.name not in tasks.TASKS:
+    raise ValueError(f"config.task.name: expected one of {sorted(tasks.TASKS)}, "
+                     f"got {config.task.name!r}")
+  try:
+    task = tasks.make_task(config.task.name, **config.task.params.to_dict())
+  except TypeError as e:  # an argument the task does not take
+    raise ValueError(f"config.task.params: {e}") from e
+  except ValueError as e:
+    raise _named("config.task.params", e) from e
+  for path in ("train.steps", "train.batch_size", "train.grad_accum_steps",
+               "train.log_every", "train.eval_every", "train.eval_batches",
+               "train.checkpoint_every", "train.keep_checkpoints"):
+    _positive(config, path)
+  for name in ("dtype", "param_dtype"):
+    value = config.model[name]
+    if value not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"config.model.{name}: expected one of ('float32', "
+                       f"'bfloat16', 'float16'), got {value!r}")
+  train = config.train
+  if train.learning_rate <= 0:
+    raise ValueError(f"config.train.learning_rate: expected > 0, got "
+                     f"{train.learning_rate}")
+  if not 0 <= train.warmup_steps < train.steps:  # optax decays over the rest
+    raise ValueError(f"config.train.warmup_steps: expected a value in [0, "
+                     f"steps={train.steps}), got {train.warmup_steps}")
+  per_update = train.batch_size // train.grad_accum_steps
+  if train.batch_size % train.grad_accum_steps or (
+      per_update % jax.device_count()):
+    raise ValueError(
+        f"config.train.batch_size: expected a multiple of grad_accum_steps "
+        f"({train.grad_accum_steps}) x devices ({jax.device_count()}), got "
+        f"{train.batch_size}")
+  try:
+    model = model_config_for(config, task)
+  except (TypeError, ValueError) as e:
+    raise _named("config.model", e) from e
+  if model.backbone == "transformer" and task.seq_len > model.max_len:
+    raise ValueError(f"config.model.max_len: expected at least the task's "
+                     f"sequence length {task.seq_len}, got {model.max_len}")
+  return task, model
