@@ -9,6 +9,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -27,23 +28,27 @@ def median_seconds(fn: Callable[..., Any], *args: Any, warmup: int = 2,
   return statistics.median(samples)
 
 
-def interleaved_median_seconds(calls: dict[str, Callable[[], Any]],
-                               warmup: int = 2,
-                               iters: int = 10) -> dict[str, float]:
+def interleaved_median_seconds(
+    calls: dict[str, Callable[[], Any]], warmup: int = 2, iters: int = 10,
+    rounds: Callable[[list[str]], Iterable[str]] | None = None
+) -> dict[str, float]:
   """Median wall time of each zero-argument call, timed round-robin.
 
   Interleaving (A, B, C, A, B, C, ...) exposes every variant to the same
   background load, so their ratios stay meaningful on a shared machine.
+  `warmup` untimed rounds come first. `rounds`, when given, wraps the list
+  of round labels ("warm-up 1", ..., "round 1", ...) and yields them back,
+  e.g. to report progress.
   """
-  for call in calls.values():
-    for _ in range(warmup):
-      jax.block_until_ready(call())
+  labels = ([f"warm-up {i + 1}" for i in range(warmup)] +
+            [f"round {i + 1}" for i in range(iters)])
   samples = {label: [] for label in calls}
-  for _ in range(iters):
+  for round_label in (labels if rounds is None else rounds(labels)):
     for label, call in calls.items():
       start = time.perf_counter()
       jax.block_until_ready(call())
-      samples[label].append(time.perf_counter() - start)
+      if round_label.startswith("round"):
+        samples[label].append(time.perf_counter() - start)
   return {label: statistics.median(s) for label, s in samples.items()}
 
 

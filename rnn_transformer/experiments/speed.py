@@ -203,7 +203,8 @@ def measure(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   # machine's background load during the run shifts all curves alike instead
   # of bending the slopes.
   times = timing.interleaved_median_seconds(
-      calls, warmup=config.warmup, iters=config.iters)
+      calls, warmup=config.warmup, iters=config.iters,
+      rounds=lambda labels: progress.cells(f"{NAME} timing", labels))
   rows = []
   for seq_len in lens:
     for backbone in models:
