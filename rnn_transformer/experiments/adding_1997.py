@@ -27,15 +27,28 @@ its held-out wrong count of `test_sequences`.
 Seeds are `jax.vmap`-ed in one compiled chunk of `chunk_steps` updates; the
 host checks the criterion after every chunk, at every step of it.
 
+A run can be stopped and resumed: with `checkpoint_dir` set, each (backbone,
+T) saves its vmapped train state and the host's bookkeeping (step, criterion
+window, curve, wall time so far) with orbax every `checkpoint_every_minutes`,
+and its result when it ends. A relaunch skips finished cells and continues
+the others from their last checkpoint; the batches are keyed by update step,
+so a resumed run trains on exactly the sequences an uninterrupted one would.
+
     python scripts/experiment.py --config=configs/experiments/adding_1997.py \
-        --output_dir=docs/results/adding_1997
+        --output_dir=docs/results
+    # the paper's budget for the LSTM at T = 500 and 1000 (hours on a CPU;
+    # stop it at any time and relaunch the same command to continue):
+    python scripts/experiment.py --config=configs/experiments/adding_1997.py:paper \
+        --output_dir=docs/results/paper
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -43,6 +56,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 import numpy as np
+import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from rnn_transformer.training import tasks
@@ -72,14 +86,25 @@ TRANSFORMER_SOLVES_ALL = ("A Transformer connects any two positions directly: "
                           "it solves every length")
 
 
-def get_config(scale: str = "default") -> ml_collections.ConfigDict:
-  """The experiment at `scale`: "tiny" (seconds), "default", "large".
+SCALES = reporting.SCALES + ("paper",)
 
-  "default" is what fits a 2-core CPU in under an hour: two seeds, each
-  (backbone, T) capped at `max_minutes`; "large" (a GPU) gives every run
-  the paper's budget of sequences and more.
+
+def get_config(scale: str = "default") -> ml_collections.ConfigDict:
+  """The experiment at `scale`: "tiny", "default", "large" or "paper".
+
+  "tiny" takes seconds. "default" is what fits a 2-core CPU in under an
+  hour: two seeds, each (backbone, T) capped at `max_minutes`. "large" (a
+  GPU) gives every run the paper's budget of sequences and more. "paper" is
+  the LSTM alone at T = 500 (2 seeds) and T = 1000 (1 seed), each with twice
+  the sequences Table 7 reports and no practical wall-time cap, checkpointed
+  so that it can run across sessions (hours on a 2-core CPU).
+
+  `seeds` and `max_sequences` are one number for every T, or a tuple with
+  one entry per `min_lens`.
   """
-  scale = reporting.check_scale(scale)
+  if scale not in SCALES:
+    raise ValueError(f"scale (the config argument): expected one of "
+                     f"{SCALES}, got {scale!r}")
   config = ml_collections.ConfigDict()
   config.experiment = NAME
   config.scale = scale
@@ -98,6 +123,9 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
   config.max_sequences = 1_000_000  # training budget per run
   config.max_minutes = 3.0  # wall budget per (backbone, T), all seeds
   config.chunk_steps = 64  # updates per compiled chunk between checks
+  # "" disables checkpoints; a relative path is under the output directory.
+  config.checkpoint_dir = ""
+  config.checkpoint_every_minutes = 2.0
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32  # sequences per update
   config.train.learning_rate = 1e-2  # AdamW peak; cosine decay over budget
@@ -120,7 +148,26 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
     config.seeds = 5
     config.max_sequences = 4_000_000
     config.max_minutes = 120.0
+  elif scale == "paper":
+    config.backbones = ("lstm",)
+    config.min_lens = (500, 1000)
+    # Per-T tuples; a ConfigDict field keeps the type it was created with.
+    del config["seeds"], config["max_sequences"]
+    config.seeds = (2, 1)
+    config.max_sequences = tuple(2 * PAPER_TABLE_7[t][0]
+                                 for t in config.min_lens)
+    config.max_minutes = 600.0
+    config.checkpoint_dir = "checkpoints"
   return config
+
+
+def per_len(config: ml_collections.ConfigDict, field: str,
+            min_len: int) -> int:
+  """`config.<field>` (`seeds` or `max_sequences`) at T = `min_len`."""
+  value = config[field]
+  if isinstance(value, Sequence):
+    return int(value[list(config.min_lens).index(min_len)])
+  return int(value)
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
@@ -128,13 +175,25 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ValueError(f"config.backbones: expected names from {BACKBONES}, got "
                      f"{unknown}")
-  outputs.check_positive(config, "seeds", "model_dim", "window_sequences",
-                           "test_sequences", "max_sequences", "chunk_steps",
-                           "train.batch_size")
+  outputs.check_positive(config, "model_dim", "window_sequences",
+                         "test_sequences", "chunk_steps", "train.batch_size")
   lens = list(config.min_lens)
   if not lens or len(set(lens)) != len(lens):
     raise ValueError(f"config.min_lens: expected distinct lengths, got "
                      f"{config.min_lens}")
+  for field in ("seeds", "max_sequences"):
+    value = config[field]
+    values = list(value) if isinstance(value, Sequence) else [value]
+    if isinstance(value, Sequence) and len(values) != len(lens):
+      raise ValueError(f"config.{field}: expected one positive integer or "
+                       f"one per config.min_lens ({len(lens)}), got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+               for v in values):
+      raise ValueError(f"config.{field}: expected positive integers, got "
+                       f"{value!r}")
+  if not config.checkpoint_every_minutes > 0:
+    raise ValueError(f"config.checkpoint_every_minutes: expected a positive "
+                     f"number, got {config.checkpoint_every_minutes!r}")
   for min_len in lens:  # the task names what it needs
     tasks.Adding1997(min_len=min_len)
   if not config.max_minutes > 0:
@@ -155,7 +214,8 @@ def _backbone_config(config: ml_collections.ConfigDict, backbone: str,
     cell.model.max_len = min_len + min_len // 10
   cell.train.update(config.train.to_dict())
   # The schedule decays over the whole budget; a run usually stops earlier.
-  cell.train.steps = -(-config.max_sequences // config.train.batch_size)
+  cell.train.steps = -(-per_len(config, "max_sequences", min_len) //
+                       config.train.batch_size)
   return cell
 
 
@@ -216,7 +276,8 @@ class _Runs:
       metrics = jax.lax.map(one, jnp.arange(test_chunks))
       return metrics["mse"].mean(), metrics["accuracy"].mean()
 
-    keys = [jax.random.key(seed) for seed in range(config.seeds)]
+    keys = [jax.random.key(seed)
+            for seed in range(per_len(config, "seeds", min_len))]
     sample = task.batch(jax.random.key(0), 1)["inputs"]
     params = train.init_params_per_key(
         model, [jax.random.fold_in(k, 1) for k in keys], sample)
@@ -230,29 +291,172 @@ class _Runs:
                           for x in jax.tree.leaves(params))
 
 
+def _trajectory(config: ml_collections.ConfigDict, backbone: str,
+                min_len: int) -> dict[str, Any]:
+  """What a resumed (backbone, T) must share with the run it continues:
+  every setting that shapes its trajectory. The wall-time budget and the
+  checkpointing may change between launches."""
+  settings = {
+      "backbone": backbone, "T": min_len,
+      "seeds": per_len(config, "seeds", min_len),
+      "max_sequences": per_len(config, "max_sequences", min_len),
+      "model_dim": config.model_dim, "num_heads": config.num_heads,
+      "lstm_forget_bias": config.lstm_forget_bias,
+      "window_sequences": config.window_sequences,
+      "test_sequences": config.test_sequences,
+      "chunk_steps": config.chunk_steps, "train": config.train.to_dict()}
+  return json.loads(json.dumps(settings))  # as `cell.json` stores it
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes `value` atomically: a kill leaves the old file or the new one."""
+  temporary = path + ".tmp"
+  with open(temporary, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
+
+
+class CellCheckpoints:
+  """Checkpoints of one (backbone, T) under `directory`.
+
+  `cell.json` holds the cell's `_trajectory` settings, `state/<step>/` the
+  orbax checkpoints (the vmapped train state and the host's bookkeeping,
+  saved together), `result.json` the result once the cell has ended.
+  Raises `train.WorkdirMismatchError` when `directory` belongs to a cell with
+  other settings; nothing is written then.
+  """
+
+  def __init__(self, directory: str, trajectory: dict[str, Any]):
+    self.directory = directory
+    path = os.path.join(directory, "cell.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+      differ = sorted(k for k in set(saved) | set(trajectory)
+                      if saved.get(k) != trajectory.get(k))
+      if differ:
+        changes = "; ".join(f"{k}: saved {saved.get(k)!r}, now "
+                            f"{trajectory.get(k)!r}" for k in differ)
+        raise train.WorkdirMismatchError(
+            f"config.checkpoint_dir: {directory} holds a run with other "
+            f"settings ({changes}); only max_minutes and the checkpoint "
+            f"settings may change on a resume. Use another checkpoint_dir; "
+            f"nothing was modified.", tuple(differ))
+    else:
+      os.makedirs(directory, exist_ok=True)
+      _write_json(path, trajectory)
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(directory, "state")),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, enable_async_checkpointing=False))
+
+  def result(self) -> dict[str, Any] | None:
+    """The ended cell's result, or None while it has not ended."""
+    path = os.path.join(self.directory, "result.json")
+    if not os.path.exists(path):
+      return None
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+
+  def restore(self, state: train_state.TrainState
+              ) -> tuple[train_state.TrainState, dict[str, Any]] | None:
+    """The latest saved state (shaped like `state`) and bookkeeping."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    target = {"params": state.params, "opt_state": state.opt_state,
+              "step": state.step}
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, target)),
+        progress=ocp.args.JsonRestore()))
+    saved = restored["state"]
+    return (state.replace(params=saved["params"],
+                          opt_state=saved["opt_state"], step=saved["step"]),
+            restored["progress"])
+
+  def save(self, step: int, state: train_state.TrainState,
+           progress: dict[str, Any]) -> None:
+    if self.manager.latest_step() == step:
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": state.params,
+                                     "opt_state": state.opt_state,
+                                     "step": state.step}),
+        progress=ocp.args.JsonSave(progress)), force=True)
+    self.manager.wait_until_finished()
+
+  def finish(self, result: dict[str, Any]) -> None:
+    _write_json(os.path.join(self.directory, "result.json"), result)
+
+  def close(self) -> None:
+    self.manager.close()
+
+
 def train_cell(config: ml_collections.ConfigDict, backbone: str,
-               min_len: int) -> dict[str, Any]:
+               min_len: int,
+               checkpoints: CellCheckpoints | None = None) -> dict[str, Any]:
   """Trains every seed of (backbone, T) to the criterion or the budget.
+
+  With `checkpoints`, an ended cell's saved result is returned as it is
+  (unless it stopped by `max_minutes` and the budget has grown since), and
+  an unfinished one continues from its latest checkpoint; the state and
+  bookkeeping are saved every `config.checkpoint_every_minutes` and at the
+  end.
 
   Returns:
     A dict with per-seed lists `sequences` (training sequences to criterion,
     or None), `test_wrong`, `test_mse`, `final_window_accuracy`,
     `final_window_mse`, the learning `curve` (per chunk: sequences seen and
     the per-seed mean accuracy of that chunk), `sequences_trained`,
-    `seconds`, `stopped_by` ("criterion", "sequences" or "minutes") and
-    `parameters`.
+    `seconds` (over every launch), `stopped_by` ("criterion", "sequences"
+    or "minutes"), `parameters` and `resumed_at` (sequences trained when
+    this launch started; 0 for a fresh cell).
   """
+  if checkpoints is not None:
+    ended = checkpoints.result()
+    if ended is not None and not (
+        ended["stopped_by"] == "minutes" and
+        ended["seconds"] < 60.0 * config.max_minutes):
+      return ended
   start = time.perf_counter()
   runs = _Runs(config, backbone, min_len)
-  batch_size, seeds = config.train.batch_size, config.seeds
+  batch_size = config.train.batch_size
+  seeds = per_len(config, "seeds", min_len)
+  max_sequences = per_len(config, "max_sequences", min_len)
   window_steps = -(-config.window_sequences // batch_size)
   history = [collections.deque(maxlen=window_steps + config.chunk_steps)
              for _ in range(seeds)]
   met: list[int | None] = [None] * seeds
-  test: list[tuple[float, float] | None] = [None] * seeds
-  curve, step, stopped_by = [], 0, "sequences"
+  test: list[list[float] | None] = [None] * seeds
+  curve, step, seconds_before = [], 0, 0.0
   state = runs.state
+  restored = None if checkpoints is None else checkpoints.restore(state)
+  if restored is not None:
+    state, saved = restored
+    step, met, test, curve = (saved["step"], saved["met"], saved["test"],
+                              saved["curve"])
+    seconds_before = saved["seconds"]
+    for seed in range(seeds):
+      history[seed].extend(map(tuple, saved["history"][seed]))
+  resumed_at = step * batch_size
+
+  def bookkeeping():
+    return {"step": step, "met": met, "test": test, "curve": curve,
+            "history": [[list(map(float, h)) for h in seed_history]
+                        for seed_history in history],
+            "seconds": seconds_before + time.perf_counter() - start}
+
+  last_save = time.perf_counter()
   while True:
+    if all(m is not None for m in met):
+      stopped_by = "criterion"
+      break
+    if step * batch_size >= max_sequences:
+      stopped_by = "sequences"
+      break
     state, (mse, accuracy) = runs.chunk(state, runs.keys, step)
     mse, accuracy = np.asarray(mse), np.asarray(accuracy)
     newly = []
@@ -263,29 +467,36 @@ def train_cell(config: ml_collections.ConfigDict, backbone: str,
         recent = np.asarray(history[seed])  # updates step - len .. step - 1
         end = criterion_met(recent[:, 0], recent[:, 1], window_steps)
         if end is not None:
-          met[seed] = step - len(recent) + end
+          met[seed] = int(step - len(recent) + end)
           newly.append(seed)
-    curve.append((step * batch_size, accuracy.mean(axis=1).tolist(),
-                  mse.mean(axis=1).tolist()))
+    curve.append([step * batch_size, accuracy.mean(axis=1).tolist(),
+                  mse.mean(axis=1).tolist()])
     if newly:  # held-out test of the parameters at the end of this chunk
       test_mse, test_accuracy = map(np.asarray, runs.test(state.params,
                                                           runs.keys))
       for seed in newly:
-        test[seed] = (float(test_mse[seed]), float(test_accuracy[seed]))
-    if all(m is not None for m in met):
-      stopped_by = "criterion"
-      break
-    if step * batch_size >= config.max_sequences:
-      break
-    if time.perf_counter() - start >= 60.0 * config.max_minutes:
+        test[seed] = [float(test_mse[seed]), float(test_accuracy[seed])]
+    if checkpoints is not None and time.perf_counter() - last_save >= 60.0 * (
+        config.checkpoint_every_minutes):
+      checkpoints.save(step, state, bookkeeping())
+      last_save = time.perf_counter()
+      logging.info("adding_1997 %s T=%d: checkpoint at %d sequences, last "
+                   "chunk accuracy %s, MSE %s, criterion met by seeds %s",
+                   backbone, min_len, step * batch_size,
+                   np.round(accuracy.mean(axis=1), 3).tolist(),
+                   np.round(mse.mean(axis=1), 4).tolist(),
+                   [i for i, m in enumerate(met) if m is not None])
+    # Every launch trains at least one chunk, so its window is never empty.
+    if seconds_before + time.perf_counter() - start >= 60.0 * (
+        config.max_minutes) and not all(m is not None for m in met):
       stopped_by = "minutes"
       break
   test_mse, test_accuracy = map(np.asarray, runs.test(state.params, runs.keys))
   for seed in range(seeds):
     if test[seed] is None:
-      test[seed] = (float(test_mse[seed]), float(test_accuracy[seed]))
+      test[seed] = [float(test_mse[seed]), float(test_accuracy[seed])]
   window = [np.asarray(h)[-window_steps:] for h in history]
-  return {
+  result = {
       "sequences": [None if m is None else (m + 1) * batch_size for m in met],
       "test_wrong": [int(round((1.0 - acc) * runs.test_sequences))
                      for _, acc in test],
@@ -295,10 +506,15 @@ def train_cell(config: ml_collections.ConfigDict, backbone: str,
       "final_window_mse": [float(w[:, 0].mean()) for w in window],
       "curve": curve,
       "sequences_trained": step * batch_size,
-      "seconds": time.perf_counter() - start,
+      "seconds": seconds_before + time.perf_counter() - start,
       "stopped_by": stopped_by,
       "parameters": runs.parameters,
+      "resumed_at": resumed_at,
   }
+  if checkpoints is not None:
+    checkpoints.save(step, state, bookkeeping())
+    checkpoints.finish(result)
+  return result
 
 
 def _solved(result: dict[str, Any]) -> int:
@@ -348,6 +564,12 @@ def _lstm_few_hundred(results, budget: str) -> reporting.Claim:
             f"the criterion in {result['sequences_trained']} sequences")
     if _short_of_the_paper(result, t):
       part += f" (fewer than the paper's {PAPER_TABLE_7[t][0]})"
+    if _solved(result) < len(result["sequences"]):
+      plateau = tasks.Adding1997(min_len=t).baseline
+      part += (f"; last window accuracy "
+               f"{np.mean(result['final_window_accuracy']):.3f}, MSE "
+               f"{np.mean(result['final_window_mse']):.4f} (predicting 0.5: "
+               f"{plateau['accuracy']:.3f}, {plateau['mse']:.4f})")
     parts.append(part)
   solved = [t for t in far if _majority_met(results["lstm", t])]
   decided = [t for t in far if not _short_of_the_paper(results["lstm", t], t)]
@@ -452,16 +674,27 @@ def _plot(config, results, output_dir: str) -> str:
     ax.set_ylim(0.0, 1.02)
     ax.set_xlabel("training sequences")
     ax.set_ylabel("training accuracy (|error| < 0.04)")
-    ax.set_title(f"T = {t}: mean, min-max over {config.seeds} seeds",
-                 fontsize=9)
+    ax.set_title(f"T = {t}: mean, min-max over "
+                 f"{per_len(config, 'seeds', t)} seeds", fontsize=9)
     ax.grid(alpha=0.3)
   fig.suptitle(
-      f"Adding problem (Hochreiter & Schmidhuber 1997): width "
-      f"{config.model_dim}, batch {config.train.batch_size}, AdamW lr "
-      f"{config.train.learning_rate:g}; budget {config.max_sequences} "
-      f"sequences or {config.max_minutes:g} min per (backbone, T); "
+      f"Adding problem (Hochreiter & Schmidhuber 1997), AdamW lr "
+      f"{config.train.learning_rate:g}; {budget_text(config)};\n"
       f"{outputs.device_description()}", fontsize=9)
   return outputs.save_figure(fig, output_dir, NAME)
+
+
+def budget_text(config: ml_collections.ConfigDict) -> str:
+  """The budget as the report and the figure state it."""
+  lens = list(config.min_lens)
+  if isinstance(config.max_sequences, Sequence):
+    sequences = ", ".join(f"{per_len(config, 'max_sequences', t)} at T={t}"
+                          for t in lens)
+  else:
+    sequences = f"{config.max_sequences}"
+  return (f"budget {sequences} sequences or {config.max_minutes:g} min per "
+          f"(backbone, T), batch {config.train.batch_size}, width "
+          f"{config.model_dim}")
 
 
 def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
@@ -471,34 +704,52 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
   results = {}
   grid = [(backbone, t) for t in config.min_lens
           for backbone in config.backbones]
+  checkpoint_root = (os.path.join(output_dir, config.checkpoint_dir)
+                     if config.checkpoint_dir else None)
   for backbone, t in progress.cells(NAME, grid, lambda c: f"{c[0]} T={c[1]}"):
-    result = results[backbone, t] = train_cell(config, backbone, t)
-    logging.info("adding_1997 %s T=%d: to criterion %s, %d sequences, "
-                 "stopped by %s after %.0f s", backbone, t,
-                 result["sequences"], result["sequences_trained"],
+    checkpoints = None
+    if checkpoint_root:
+      checkpoints = CellCheckpoints(
+          os.path.join(checkpoint_root, f"{backbone}_T{t}"),
+          _trajectory(config, backbone, t))
+    try:
+      result = results[backbone, t] = train_cell(config, backbone, t,
+                                                 checkpoints)
+    finally:
+      if checkpoints is not None:
+        checkpoints.close()
+    logging.info("adding_1997 %s T=%d: to criterion %s, %d sequences "
+                 "(%d of them before this launch), stopped by %s after "
+                 "%.0f s", backbone, t, result["sequences"],
+                 result["sequences_trained"], result.get("resumed_at", 0),
                  result["stopped_by"], result["seconds"])
 
   raw_rows, summary_rows, curve_rows = [], [], []
   for (backbone, t), result in results.items():
-    for seed in range(config.seeds):
+    seeds = len(result["sequences"])
+    for seed in range(seeds):
       raw_rows.append((backbone, t, seed, result["sequences"][seed] or "",
                        result["test_wrong"][seed], result["test_sequences"],
                        result["test_mse"][seed],
                        result["final_window_accuracy"][seed],
                        result["final_window_mse"][seed]))
     for sequences, accuracy, mse in result["curve"]:
-      for seed in range(config.seeds):
+      for seed in range(seeds):
         curve_rows.append((backbone, t, seed, sequences, accuracy[seed],
                            mse[seed]))
     paper = PAPER_TABLE_7.get(t, ("", ""))
     median = _median_sequences(result)
+    plateau = tasks.Adding1997(min_len=t).baseline
     summary_rows.append((
-        backbone, t, f"{_solved(result)}/{config.seeds}",
+        backbone, t, f"{_solved(result)}/{seeds}",
         "" if median is None else int(median),
         int(np.median(result["test_wrong"])), result["test_sequences"],
         result["sequences_trained"], result["stopped_by"],
-        round(result["seconds"], 1), result["parameters"], paper[0],
-        paper[1]))
+        round(result["seconds"], 1), result["parameters"],
+        round(float(np.mean(result["final_window_accuracy"])), 4),
+        round(float(np.mean(result["final_window_mse"])), 5),
+        round(float(plateau["accuracy"]), 4), round(float(plateau["mse"]), 5),
+        paper[0], paper[1]))
   files = outputs.write_table(
       output_dir, NAME,
       ["backbone", "T", "seed", "sequences_to_criterion", "test_wrong",
@@ -508,7 +759,9 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       output_dir, f"{NAME}_summary",
       ["backbone", "T", "seeds_met", "median_sequences_to_criterion",
        "median_test_wrong", "test_sequences", "sequences_trained",
-       "stopped_by", "seconds", "parameters", "paper_lstm_sequences",
+       "stopped_by", "seconds", "parameters", "final_window_accuracy",
+       "final_window_mse", "plateau_accuracy", "plateau_mse",
+       "paper_lstm_sequences",
        f"paper_lstm_wrong_of_{PAPER_TEST_SEQUENCES}"], summary_rows)
   files += outputs.write_table(
       output_dir, f"{NAME}_curves",
@@ -516,9 +769,7 @@ def run(config: ml_collections.ConfigDict, output_dir: str) -> reporting.Report:
       curve_rows)
   files.append(_plot(config, results, output_dir))
 
-  budget = (f"budget {config.max_sequences} sequences or "
-            f"{config.max_minutes:g} min per (backbone, T), batch "
-            f"{config.train.batch_size}, width {config.model_dim}")
+  budget = budget_text(config)
   figures: dict[str, Any] = {"seeds": config.seeds,
                              "max_sequences": config.max_sequences,
                              "max_minutes": config.max_minutes}

@@ -2,6 +2,7 @@
 that trains every backbone to Hochreiter & Schmidhuber's criterion."""
 
 import csv
+import json
 import os
 
 import jax
@@ -12,6 +13,7 @@ from experiment_helpers import assert_wrote
 from experiment_helpers import run_tiny
 from rnn_transformer.experiments import adding_1997
 from rnn_transformer.training import tasks
+from rnn_transformer.training import train
 
 
 @pytest.mark.parametrize("min_len", [24, 100])
@@ -129,7 +131,8 @@ def test_tiny_run_writes_tables_figure_and_verdicts(tiny_run):
 def _result(sequences, trained=1000, accuracy=0.5):
   return {"sequences": sequences, "sequences_trained": trained,
           "stopped_by": "sequences", "final_window_accuracy":
-          [accuracy] * len(sequences)}
+          [accuracy] * len(sequences), "final_window_mse":
+          [0.04] * len(sequences)}
 
 
 def test_verdicts_follow_the_runs():
@@ -165,4 +168,137 @@ def test_bad_config_raises():
   config = adding_1997.get_config("tiny")
   config.min_lens = (10,)
   with pytest.raises(ValueError, match="min_len"):
+    adding_1997.run(config, "/tmp/unused")
+
+
+def _tiny_cell_config(max_sequences=640):
+  config = adding_1997.get_config("tiny")
+  config.max_sequences = max_sequences  # 5 chunks of 8 x 16
+  config.max_minutes = 30.0
+  config.checkpoint_every_minutes = 1e-9  # a checkpoint after every chunk
+  return config
+
+
+def _checkpoints(config, directory, backbone="lstm", min_len=24):
+  return adding_1997.CellCheckpoints(
+      str(directory), adding_1997._trajectory(config, backbone, min_len))
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_a_stopped_cell_resumes_where_it_left_off(tmp_path, monkeypatch):
+  config = _tiny_cell_config()
+  whole = adding_1997.train_cell(config, "lstm", 24)
+  # Interrupt a checkpointed run during its fourth chunk, as a kill would.
+  real_runs = adding_1997._Runs
+
+  class StoppingRuns(real_runs):
+    def __init__(self, *args):
+      super().__init__(*args)
+      real_chunk, self.calls = self.chunk, 0
+
+      def chunk(*chunk_args):
+        self.calls += 1
+        if self.calls == 4:
+          raise _Interrupted
+        return real_chunk(*chunk_args)
+      self.chunk = chunk
+
+  monkeypatch.setattr(adding_1997, "_Runs", StoppingRuns)
+  checkpoints = _checkpoints(config, tmp_path)
+  with pytest.raises(_Interrupted):
+    adding_1997.train_cell(config, "lstm", 24, checkpoints)
+  checkpoints.close()
+  assert checkpoints.result() is None
+  monkeypatch.setattr(adding_1997, "_Runs", real_runs)
+  checkpoints = _checkpoints(config, tmp_path)
+  resumed = adding_1997.train_cell(config, "lstm", 24, checkpoints)
+  checkpoints.close()
+  assert resumed["resumed_at"] == 3 * 8 * 16  # three chunks were saved
+  # The same sequences in the same order: the same trajectory, exactly.
+  for key in ("sequences", "test_wrong", "test_mse", "final_window_accuracy",
+              "final_window_mse", "curve", "sequences_trained",
+              "stopped_by"):
+    assert resumed[key] == whole[key], key
+  assert resumed["sequences_trained"] == config.max_sequences
+
+
+def test_an_ended_cell_is_not_trained_again(tmp_path, monkeypatch):
+  config = _tiny_cell_config(max_sequences=128)
+  checkpoints = _checkpoints(config, tmp_path)
+  first = adding_1997.train_cell(config, "rnn", 24, checkpoints)
+  checkpoints.close()
+
+  def refuse(*args):
+    raise AssertionError("an ended cell was trained again")
+
+  monkeypatch.setattr(adding_1997, "_Runs", refuse)
+  checkpoints = _checkpoints(config, tmp_path)
+  again = adding_1997.train_cell(config, "rnn", 24, checkpoints)
+  checkpoints.close()
+  assert again == json.loads(json.dumps(first))
+
+
+def test_a_cell_stopped_by_minutes_continues_when_the_budget_grows(tmp_path):
+  config = _tiny_cell_config()
+  config.max_minutes = 1e-9  # stops after its first check
+  checkpoints = _checkpoints(config, tmp_path)
+  first = adding_1997.train_cell(config, "lstm", 24, checkpoints)
+  checkpoints.close()
+  assert first["stopped_by"] == "minutes"
+  config.max_minutes = 30.0  # not part of the trajectory: may change
+  checkpoints = _checkpoints(config, tmp_path)
+  second = adding_1997.train_cell(config, "lstm", 24, checkpoints)
+  checkpoints.close()
+  assert second["resumed_at"] == first["sequences_trained"]
+  assert second["sequences_trained"] == config.max_sequences
+  assert second["seconds"] > first["seconds"]
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
+  config = _tiny_cell_config()
+  _checkpoints(config, tmp_path).close()
+  config.train.learning_rate = 1e-3
+  with pytest.raises(train.WorkdirMismatchError,
+                     match="train.*learning_rate.*0.01") as error:
+    _checkpoints(config, tmp_path)
+  assert error.value.fields == ("train",)
+
+
+def test_the_paper_scale_gives_twice_table_7_per_length():
+  config = adding_1997.get_config("paper")
+  assert config.backbones == ("lstm",) and config.lstm_forget_bias == 5.0
+  assert [adding_1997.per_len(config, "seeds", t) for t in (500, 1000)] == [
+      2, 1]
+  assert [adding_1997.per_len(config, "max_sequences", t)
+          for t in (500, 1000)] == [418_000, 1_706_000]
+  assert config.checkpoint_dir
+  assert "418000 at T=500, 1706000 at T=1000" in adding_1997.budget_text(
+      config)
+
+
+def test_run_checkpoints_per_cell_and_reads_them_back(tmp_path, monkeypatch):
+  config = adding_1997.get_config("tiny")
+  config.backbones, config.max_sequences = ("rnn",), 128
+  config.checkpoint_dir = "ckpt"
+  adding_1997.run(config, str(tmp_path))
+  assert (tmp_path / "ckpt" / "rnn_T24" / "result.json").exists()
+  monkeypatch.setattr(adding_1997, "_Runs", None)  # would fail if called
+  report = adding_1997.run(config, str(tmp_path))
+  assert report.figures["rnn_T24_seeds_met"] in (0, 1, 2)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("seeds", (2, 1), "one per config.min_lens"),
+    ("seeds", 0, "positive integers"),
+    ("max_sequences", (0,), "positive integers"),
+    ("checkpoint_every_minutes", 0.0, "positive number"),
+])
+def test_bad_per_length_settings_raise(field, value, match):
+  config = adding_1997.get_config("tiny")  # one length: T = 24
+  del config[field]
+  config[field] = value
+  with pytest.raises(ValueError, match=f"config.{field}.*{match}"):
     adding_1997.run(config, "/tmp/unused")
