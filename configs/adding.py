@@ -8,5 +8,6 @@ from rnn_transformer.training import train_config
 
 def get_config(backbone: str | None = None):
   config = train_config.task_config("adding", backbone, seq_len=50)
-  config.model.max_len = 64
+  if config.model.backbone == "transformer":  # recurrent models have no limit
+    config.model.max_len = 64
   return config

@@ -10,5 +10,6 @@ from rnn_transformer.training import train_config
 
 def get_config(backbone: str | None = None):
   config = train_config.task_config("copy", backbone, delay=20)
-  config.model.max_len = 64  # delay + 20 steps
+  if config.model.backbone == "transformer":  # recurrent models have no limit
+    config.model.max_len = 64  # delay + 20 steps
   return config

@@ -10,7 +10,8 @@ from rnn_transformer.training import train_config
 
 def get_config(backbone: str | None = None):
   config = train_config.task_config("first_token", backbone, distance=50)
-  config.model.max_len = 256
+  if config.model.backbone == "transformer":  # recurrent models have no limit
+    config.model.max_len = 256
   config.train.steps = 300
   config.train.warmup_steps = 30
   config.train.log_every = 25

@@ -9,5 +9,6 @@ from rnn_transformer.training import train_config
 def get_config(backbone: str | None = None):
   config = train_config.task_config("recall", backbone, num_pairs=8,
                                     num_keys=16, num_values=16)
-  config.model.max_len = 32
+  if config.model.backbone == "transformer":  # recurrent models have no limit
+    config.model.max_len = 32
   return config

@@ -90,8 +90,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     v: values, same shape as `k`. q, k and v share one dtype of float16,
       bfloat16 or float32; accumulation is float32, the output has their dtype.
     causal: query `i` sees key `j` only if `j <= i + kv_len - q_len` (aligned
-      at the bottom-right, as in decoding; the usual lower triangle when
-      `q_len == kv_len`).
+      at the bottom-right, as in decoding and FlashAttention >= 2.1; the
+      usual lower triangle when `q_len == kv_len`). tokamax aligns causal
+      cross-attention at the top-left (`j <= i`) instead. To get that here:
+      with `q_len <= kv_len` no query sees a key past `q_len - 1`, so pass
+      `k[:, :q_len], v[:, :q_len]` with `causal=True`; with `q_len > kv_len`
+      pass `causal=False, window=(None, q_len - kv_len)`.
     key_lengths: `(batch,)` integer; keys at positions `>= key_lengths[b]` are
       padding.
     segment_ids: `(batch, seq)` integer when `q_len == kv_len`, or a pair
@@ -106,7 +110,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     softcap: Gemma 2's logit soft-capping: the scaled scores become
       `softcap * tanh(scores / softcap)` before masking (exact backward).
     return_residuals: also return the log-sum-exp of each row's capped,
-      masked scores, `(batch, num_heads, q_len)` float32, natural log,
+      masked scores, `(batch, num_heads, q_len)` float32 whatever the input
+      dtype (`jax.nn.dot_product_attention(return_residual=True)` gives it
+      in the input dtype: `lse.astype(q.dtype)` matches that), natural log,
       `-inf` for a row without any allowed key. Partial attentions over
       disjoint key sets merge with it: `o = sum_i exp(lse_i - lse) o_i`,
       `lse = logaddexp(lse_1, lse_2, ...)`. Differentiable.
@@ -160,6 +166,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     scale = 1.0 / math.sqrt(head_dim)
   if not isinstance(scale, (int, float)) or isinstance(scale, bool):
     raise TypeError(f"scale must be a Python float, got {type(scale)}")
+  if not math.isfinite(scale):
+    raise ValueError(f"scale must be finite, got {scale}")
+  if not isinstance(causal, (bool, np.bool_)):
+    raise TypeError(f"causal must be a bool, got {type(causal).__name__} "
+                    f"{causal!r}")
   window_left, window_right = _check_window(window)
   softcap = _check_softcap(softcap)
   if not isinstance(return_residuals, (bool, np.bool_)):

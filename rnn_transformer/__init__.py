@@ -21,7 +21,8 @@ The names below are the public API: recurrent cells (`SimpleRNNCell`,
 scan), stacked by `StackedRNN` and `Bidirectional`; linear cells (`MinGRU`,
 `MinLSTM`, `LRU`) that `RNN` runs in parallel over time with `linear_scan`;
 nonlinear cells in parallel by Newton iterations (`newton_scan`,
-`newton_rnn`); `MultiHeadAttention` on `kernels.attention`; positional
+`newton_rnn`); `params_from_flax` maps flax's per-gate cell parameters
+onto the fused layout; `MultiHeadAttention` on `kernels.attention`; positional
 encodings; `TransformerBlock`, `TransformerEncoder`, `TransformerLM`;
 `build_backbone(ModelConfig(backbone=...))` for any of "rnn", "lstm", "gru",
 "mingru", "minlstm", "lru" or "transformer", and `generate` to sample from
@@ -44,6 +45,7 @@ from rnn_transformer.layers import MultiHeadAttention
 from rnn_transformer.layers import RNN
 from rnn_transformer.layers import rotary_position_embedding
 from rnn_transformer.layers import SimpleRNNCell
+from rnn_transformer.layers import params_from_flax
 from rnn_transformer.layers import sinusoidal_position_encoding
 from rnn_transformer.layers import StackedRNN
 from rnn_transformer.models import BackboneOutput
@@ -101,6 +103,7 @@ __all__ = [
     "newton_recurrence",
     "newton_rnn",
     "newton_scan",
+    "params_from_flax",
     "rotary_position_embedding",
     "sinusoidal_position_encoding",
     "spectral_radius",

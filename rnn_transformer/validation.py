@@ -46,6 +46,24 @@ def check_int(name: str, value: Any, *, minimum: int = 1,
   return int(value)
 
 
+def check_real(name: str, value: Any, *, positive: bool = False,
+               optional: bool = False) -> float | None:
+  """`value` as a finite float (> 0 when `positive`; None when `optional`).
+
+  Python and numpy reals pass; bools and strings raise TypeError.
+  """
+  if value is None and optional:
+    return None
+  if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    expected = "a number or None" if optional else "a number"
+    raise TypeError(f"{name}: expected {expected}, got "
+                    f"{type(value).__name__} {value!r}")
+  if not np.isfinite(value) or (positive and not value > 0):
+    what = "a positive finite number" if positive else "a finite number"
+    raise ValueError(f"{name}: expected {what}, got {value}")
+  return float(value)
+
+
 def check_rate(name: str, value: Any) -> float:
   """`value`, a real number in [0, 1) (a dropout rate)."""
   if not isinstance(value, numbers.Real) or isinstance(value, bool):

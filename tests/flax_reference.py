@@ -6,41 +6,13 @@ gradients gives the gradients our layout must produce.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 import rnn_transformer as rt
 
 
-def _concat(params, names, leaf):
-  return jnp.concatenate([params[n][leaf] for n in names], axis=-1)
-
-
 def cell_params_from_flax(ours: type, flax_params: dict) -> dict:
   """Flax cell params (no 'params' prefix) -> our cell's params."""
-  if ours is rt.SimpleRNNCell:
-    return {
-        "input_projection": {"kernel": flax_params["i"]["kernel"],
-                             "bias": flax_params["i"]["bias"]},
-        "recurrent_projection": {"kernel": flax_params["h"]["kernel"]},
-    }
-  if ours is rt.LSTMCell:
-    return {
-        "input_projection": {
-            "kernel": _concat(flax_params, ["ii", "if", "ig", "io"], "kernel"),
-            "bias": _concat(flax_params, ["hi", "hf", "hg", "ho"], "bias")},
-        "recurrent_projection": {
-            "kernel": _concat(flax_params, ["hi", "hf", "hg", "ho"], "kernel")},
-    }
-  if ours is rt.GRUCell:
-    return {
-        "input_projection": {
-            "kernel": _concat(flax_params, ["ir", "iz", "in"], "kernel"),
-            "bias": _concat(flax_params, ["ir", "iz", "in"], "bias")},
-        "recurrent_projection": {
-            "kernel": _concat(flax_params, ["hr", "hz", "hn"], "kernel")},
-        "candidate_bias": flax_params["hn"]["bias"],
-    }
-  raise ValueError(f"no flax counterpart for {ours}")
+  return rt.params_from_flax(ours, flax_params)
 
 
 # (our cell, flax cell) pairs that must agree.

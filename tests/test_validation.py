@@ -173,9 +173,9 @@ def test_attention_module_names_inputs_kv_and_key_lengths():
 
 def test_backbones_name_lengths():
   for backbone in ("lstm", "transformer"):
+    heads = {"num_heads": 1} if backbone == "transformer" else {}
     model = rt.build_backbone(rt.ModelConfig(
-        backbone=backbone, vocab_size=5, model_dim=4, num_heads=1,
-        causal=False))
+        backbone=backbone, vocab_size=5, model_dim=4, causal=False, **heads))
     with pytest.raises(ValueError, match=r"^lengths: expected values in "
                        r"\[0, 3\]"):
       model.init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32),

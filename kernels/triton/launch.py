@@ -102,7 +102,10 @@ def recording() -> Iterator[list[LaunchRecord]]:
 @contextlib.contextmanager
 def triton_interpret(enabled: bool = True) -> Iterator[None]:
   """Within the block, Triton kernels run (or not) under the interpreter."""
-  token = _interpret_override.set(enabled)
+  if not isinstance(enabled, (bool, np.bool_)):
+    raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} "
+                    f"{enabled!r}")
+  token = _interpret_override.set(bool(enabled))
   try:
     yield
   finally:
@@ -137,8 +140,12 @@ def cuda_compute_capability(capability: int | None) -> Iterator[None]:
 
 
 def _check_capability(name: str, capability: Any) -> int:
-  if (not isinstance(capability, (int, np.integer))
-      or isinstance(capability, bool) or not 30 <= capability < 1000):
+  if not isinstance(capability, (int, np.integer)) or isinstance(
+      capability, bool):
+    raise TypeError(f"{name} must be a CUDA compute capability as an int "
+                    f"such as 80 or 90, got {type(capability).__name__} "
+                    f"{capability!r}")
+  if not 30 <= capability < 1000:
     raise ValueError(f"{name} must be a CUDA compute capability as an int "
                      f"such as 80 or 90, got {capability!r}")
   return int(capability)
@@ -155,7 +162,9 @@ def compute_capability() -> int | None:
   try:
     parsed = int(value)
   except ValueError:
-    parsed = value
+    raise ValueError(f"{COMPUTE_CAPABILITY_ENV} must be a CUDA compute "
+                     f"capability as an int such as 80 or 90, got "
+                     f"{value!r}") from None
   return _check_capability(COMPUTE_CAPABILITY_ENV, parsed)
 
 

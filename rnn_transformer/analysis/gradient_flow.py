@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_transformer.analysis.spectral import spectral_radius
 
@@ -46,6 +47,9 @@ def hidden_state_gradient_norms(
   Returns:
     `(batch, time)`: the Euclidean norm over hidden features of dL/dh_t.
   """
+  if not callable(loss_of_perturbation):
+    raise TypeError(f"loss_of_perturbation: expected a callable, got "
+                    f"{type(loss_of_perturbation).__name__}")
   if len(perturbation_shape) != 3:
     raise ValueError(
         f"perturbation_shape: expected (batch, time, hidden), got "
@@ -76,6 +80,15 @@ def rnn_hidden_state_gradient_norms(
   Returns:
     `(batch, time)` gradient norms, in input time order.
   """
+  if not isinstance(rnn, nn.Module) or not hasattr(rnn, "cell"):
+    raise TypeError(f"rnn: expected an RNN layer (with a .cell), got "
+                    f"{type(rnn).__name__}")
+  if np.ndim(inputs) != 3:
+    raise ValueError(f"inputs: expected rank 3 (batch, time, features), got "
+                     f"shape {np.shape(inputs)}")
+  if not callable(loss_fn):
+    raise TypeError(f"loss_fn: expected a callable, got "
+                    f"{type(loss_fn).__name__}")
   batch, time = inputs.shape[:2]
   carry = rnn.cell.initialize_carry(jax.random.key(0), inputs[:, 0].shape)
   hidden = jax.tree.leaves(carry)[-1].shape[-1]

@@ -108,15 +108,17 @@ def get_config(scale: str = "default") -> ml_collections.ConfigDict:
 
 def _model_config(config: ml_collections.ConfigDict, backbone: str,
                   newton: bool = False) -> ModelConfig:
-  return ModelConfig(
-      backbone=backbone, num_layers=1, model_dim=config.model_dim,
-      num_heads=config.num_heads, max_len=max(config.seq_lens),
-      dtype=jnp.dtype(config.dtype),
-      scan_method=config.scan_method if backbone in PARALLEL else None,
-      evaluation="newton" if newton else "scan",
-      newton_method=config.newton_method,
-      attention_impl=(None if config.attention_impl == "auto" else
-                      config.attention_impl))
+  fields = dict(backbone=backbone, num_layers=1, model_dim=config.model_dim,
+                dtype=jnp.dtype(config.dtype))
+  if backbone == "transformer":
+    fields.update(num_heads=config.num_heads, max_len=max(config.seq_lens),
+                  attention_impl=(None if config.attention_impl == "auto"
+                                  else config.attention_impl))
+  if backbone in PARALLEL:
+    fields.update(scan_method=config.scan_method)
+  if newton:
+    fields.update(evaluation="newton", newton_method=config.newton_method)
+  return ModelConfig(**fields)
 
 
 def labels(config: ml_collections.ConfigDict) -> dict[str, ModelConfig]:

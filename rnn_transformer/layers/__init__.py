@@ -19,6 +19,7 @@ from rnn_transformer.layers.cells import FusedGateCell
 from rnn_transformer.layers.cells import GRUCell
 from rnn_transformer.layers.cells import LSTMCell
 from rnn_transformer.layers.cells import SimpleRNNCell
+from rnn_transformer.layers.cells import params_from_flax
 from rnn_transformer.layers.linear_rnn import LinearRecurrentCell
 from rnn_transformer.layers.linear_rnn import LRU
 from rnn_transformer.layers.linear_rnn import MinGRU
@@ -44,6 +45,7 @@ __all__ = [
     "RNN",
     "SimpleRNNCell",
     "StackedRNN",
+    "params_from_flax",
     "rotary_position_embedding",
     "sinusoidal_position_encoding",
 ]

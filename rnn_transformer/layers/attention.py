@@ -11,10 +11,14 @@ Decoding keeps keys and values in the `cache` collection:
 * `cache_index`: int32 scalar, the number of positions written so far (one
   index for the whole batch).
 
-The first decode call on a module without a cache creates it, `cache_len`
-long (the `cache_len` attribute; None: that call's `q_len`), and then
-processes its tokens through it like any later call, so its outputs are
-right and the cache holds its tokens. An all-zero cache is the empty cache
+`init(..., decode=True)` follows flax (`MultiHeadDotProductAttention`, the
+lm1b example's `initialize_cache`): it creates the empty cache, `cache_len`
+long (the `cache_len` attribute; None: the dummy's `q_len`), and writes
+nothing to it (index 0, keys and values zero); its output is the causal
+attention of its inputs without the cache. Outside init, the first decode call
+on a module without a cache creates it the same way and then processes its
+tokens through it like any later call, so its outputs are right and the cache
+holds its tokens. An all-zero cache is the empty cache
 (`rnn_transformer.init_cache` builds one of any length).
 
 A decode call with `q_len` new tokens writes their (rotated) keys and values at
@@ -136,8 +140,9 @@ class MultiHeadAttention(nn.Module):
       positions: `(batch or 1, q_len)` absolute positions for the rotary
         embedding (default: `arange(q_len)`, or the cache positions when
         decoding). Keys share the queries' positions in self-attention.
-      decode: self-attention through the KV cache (see the module doc); a
-        call without a cache creates one and processes its tokens.
+      decode: self-attention through the KV cache (see the module doc).
+        Under `init` it only creates the empty cache, as in flax; an `apply`
+        without a cache creates one and processes its tokens.
       deterministic: disables dropout.
 
     Returns:
@@ -180,7 +185,13 @@ class MultiHeadAttention(nn.Module):
     k = projection(num_kv_heads, "key")(inputs_kv)      # (b, k, h_kv, d)
     v = projection(num_kv_heads, "value")(inputs_kv)
 
-    cache = self._cache(k, v) if decode else None
+    cache = None
+    if decode:
+      cache = self._cache(k, v)
+      if self.is_initializing():
+        # flax's convention: init returns the empty cache, so its inputs (a
+        # dummy that only fixes the shapes) must not be written to it.
+        cache = None
     if positions is None:
       positions = jnp.arange(q_len)[None, :]
       if cache is not None:

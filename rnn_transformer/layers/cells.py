@@ -14,6 +14,13 @@ parameter it reads as an argument (`elementwise_params()`), so
 `fused_recurrence` can differentiate a whole sequence of steps by hand. Kernels are stored
 transposed, as `flax.linen.Dense` does: the seed's `W_hh h` is
 `h @ recurrent_kernel`, with the gates side by side along the last axis.
+
+Parameter layout, unlike flax: flax.linen's cells keep one `Dense` per gate
+and side (`ii`, `if`, `ig`, `io`, `hi`, ... for the LSTM); these keep two
+fused kernels, `input_projection` `(in, G*H)` with the gate biases and
+`recurrent_projection` `(H, G*H)`, gates in flax's order. The cells compute
+the same function: `params_from_flax(LSTMCell, flax_params)` converts a flax
+checkpoint, and `tests/layers/test_recurrent.py` checks the equality.
 """
 
 from collections.abc import Callable
@@ -61,6 +68,10 @@ class FusedGateCell(nn.RNNCellBase):
   carry_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
   def __post_init__(self):
+    if not hasattr(type(self), "num_gates"):
+      raise TypeError(
+          f"{type(self).__name__}: an abstract base without num_gates; use "
+          f"SimpleRNNCell, LSTMCell or GRUCell, or subclass it")
     validation.check_int("features", self.features)
     validation.check_float_dtype("dtype", self.dtype, optional=True)
     validation.check_float_dtype("param_dtype", self.param_dtype)
@@ -293,3 +304,60 @@ class GRUCell(FusedGateCell):
     n = self.activation_fn(x_n + r * (h_n + candidate_bias))
     h = (1.0 - z) * n + z * h
     return h, h
+
+
+# flax.linen's per-gate Dense layers, in our fused order, for each cell:
+# (input-side names, recurrent-side names, which side holds the gate biases).
+_FLAX_GATES = {
+    "SimpleRNNCell": (("i",), ("h",), "input"),
+    "LSTMCell": (("ii", "if", "ig", "io"), ("hi", "hf", "hg", "ho"),
+                 "recurrent"),
+    "GRUCell": (("ir", "iz", "in"), ("hr", "hz", "hn"), "input"),
+}
+
+
+def params_from_flax(cell_type: type, flax_params: Any) -> dict[str, Any]:
+  """Maps a flax.linen cell's parameters onto this library's fused layout.
+
+  flax's `SimpleCell`, `LSTMCell` / `OptimizedLSTMCell` and `GRUCell` keep
+  one `Dense` per gate and side (`ii`, `if`, ..., `hi`, `hf`, ...); ours
+  keep one `(in, G*H)` input kernel with the gate biases and one `(H, G*H)`
+  recurrent kernel, gates side by side in flax's order (plus the GRU's
+  separate `candidate_bias`, flax's `hn` bias). With the mapped parameters
+  our cell computes flax's cell exactly (`tests/layers/test_recurrent.py`).
+
+  Args:
+    cell_type: `SimpleRNNCell`, `LSTMCell` or `GRUCell`.
+    flax_params: the flax cell's parameters without the `params` prefix,
+      e.g. `variables["params"]` of `nn.LSTMCell(H).init(...)`.
+
+  Returns:
+    Parameters for `cell_type(H)` (no `params` prefix).
+  """
+  name = getattr(cell_type, "__name__", type(cell_type).__name__)
+  if name not in _FLAX_GATES or not (isinstance(cell_type, type) and
+                                     issubclass(cell_type, FusedGateCell)):
+    raise ValueError(f"cell_type: expected one of {sorted(_FLAX_GATES)}, "
+                     f"got {cell_type!r}")
+  inputs, recurrent, bias_side = _FLAX_GATES[name]
+  needed = inputs + recurrent
+  if not hasattr(flax_params, "keys") or not set(needed) <= set(flax_params):
+    got = sorted(flax_params) if hasattr(flax_params, "keys") else type(
+        flax_params).__name__
+    raise ValueError(f"flax_params: expected flax's {name} parameters with "
+                     f"sub-layers {list(needed)} (no 'params' prefix), got "
+                     f"{got}")
+
+  def concat(names, leaf):
+    return jnp.concatenate([flax_params[n][leaf] for n in names], axis=-1)
+
+  params = {
+      "input_projection": {
+          "kernel": concat(inputs, "kernel"),
+          "bias": concat(inputs if bias_side == "input" else recurrent,
+                         "bias")},
+      "recurrent_projection": {"kernel": concat(recurrent, "kernel")},
+  }
+  if name == "GRUCell":
+    params["candidate_bias"] = flax_params["hn"]["bias"]
+  return params

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnn_transformer import validation
 from rnn_transformer.analysis.spectral import spectral_radius
 
 Initializer = Callable[..., jax.Array]
@@ -27,13 +28,22 @@ def _check_square(shape: tuple[int, ...], name: str) -> None:
         f"{name}: expected a square (hidden, hidden) shape, got {shape}")
 
 
+def _check_scale(name: str, value: float) -> None:
+  validation.check_real(name, value)
+  if value < 0:
+    raise ValueError(f"{name}: expected a number >= 0 (the spectral radius), "
+                     f"got {value}")
+
+
 def orthogonal(scale: float = 1.0) -> Initializer:
   """A random orthogonal matrix times `scale`: spectral radius `scale`."""
+  _check_scale("scale", scale)
   return nn.initializers.orthogonal(scale)
 
 
 def identity(scale: float = 1.0) -> Initializer:
   """`scale * I`, the IRNN initialisation (with ReLU activation)."""
+  _check_scale("scale", scale)
   def init(key, shape, dtype=jnp.float32):
     del key
     _check_square(tuple(shape), "identity initializer")
@@ -43,8 +53,7 @@ def identity(scale: float = 1.0) -> Initializer:
 
 def gaussian_spectral_radius(radius: float) -> Initializer:
   """Gaussian matrix rescaled so its spectral radius is exactly `radius`."""
-  if radius <= 0:
-    raise ValueError(f"radius: expected a positive spectral radius, got {radius}")
+  validation.check_real("radius", radius, positive=True)
 
   def init(key, shape, dtype=jnp.float32):
     _check_square(tuple(shape), "gaussian_spectral_radius initializer")
@@ -61,6 +70,8 @@ def per_gate(init: Initializer, num_gates: int) -> Initializer:
   matmul; initialising block by block keeps each gate's recurrent matrix
   e.g. orthogonal, as in separate-matrix implementations.
   """
+  validation.check_int("num_gates", num_gates)
+
   def fused_init(key, shape, dtype=jnp.float32):
     fan_in, fused = shape
     if fused % num_gates:

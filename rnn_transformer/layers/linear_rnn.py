@@ -59,6 +59,17 @@ class LinearRecurrentCell(nn.RNNCellBase):
   param_dtype: Any = jnp.float32
   precision: Any = None
 
+  def __post_init__(self):
+    if type(self).coefficients is LinearRecurrentCell.coefficients:
+      raise TypeError(
+          f"{type(self).__name__}: an abstract base without coefficients(); "
+          f"use MinGRU, MinLSTM or LRU, or subclass it and define "
+          f"coefficients(inputs) -> (a, b)")
+    validation.check_int("features", self.features)
+    validation.check_float_dtype("dtype", self.dtype, optional=True)
+    validation.check_float_dtype("param_dtype", self.param_dtype)
+    super().__post_init__()
+
   @property
   def scans_in_log_space(self) -> bool:
     """Whether `coefficients` returns log a and log b (a, b, h > 0)."""
@@ -158,6 +169,10 @@ class MinGRU(LinearRecurrentCell):
   """
   log_space: bool = False
 
+  def __post_init__(self):
+    validation.check_bool("log_space", self.log_space)
+    super().__post_init__()
+
   @property
   def scans_in_log_space(self) -> bool:
     return self.log_space
@@ -189,6 +204,10 @@ class MinLSTM(LinearRecurrentCell):
   `h: (..., H)`.
   """
   log_space: bool = False
+
+  def __post_init__(self):
+    validation.check_bool("log_space", self.log_space)
+    super().__post_init__()
 
   @property
   def scans_in_log_space(self) -> bool:
@@ -277,12 +296,18 @@ class LRU(LinearRecurrentCell):
   def carry_dtype(self) -> Any:
     return jnp.result_type(self.param_dtype, jnp.complex64)
 
-  def setup(self):
+  def __post_init__(self):
+    validation.check_int("state_size", self.state_size, optional=True)
+    for name in ("r_min", "r_max", "max_phase"):
+      validation.check_real(name, getattr(self, name))
     if not 0.0 <= self.r_min <= self.r_max <= 1.0:
       raise ValueError(f"r_min, r_max: expected 0 <= r_min <= r_max <= 1, got "
                        f"r_min={self.r_min}, r_max={self.r_max}")
-    if self.max_phase <= 0:
+    if not self.max_phase > 0:
       raise ValueError(f"max_phase: expected > 0, got {self.max_phase}")
+    super().__post_init__()
+
+  def setup(self):
     n = self.state_features
     self.nu_log = self.param("nu_log", _ring_nu_log_init(self.r_min, self.r_max),
                              (n,), self.param_dtype)

@@ -18,6 +18,13 @@ from rnn_transformer import validation
 Array = jax.Array
 
 
+def _check_integer_positions(positions: Array) -> None:
+  dtype = jnp.result_type(positions)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise validation.DTypeError(
+        f"positions: expected integer positions, got dtype {dtype}")
+
+
 def sinusoidal_position_encoding(positions: Array, features: int,
                                  max_timescale: float = 10_000.0) -> Array:
   """The sin/cos encoding of Vaswani et al. (2017), section 3.5.
@@ -33,8 +40,11 @@ def sinusoidal_position_encoding(positions: Array, features: int,
   Returns:
     `(..., time, features)` float32.
   """
+  validation.check_int("features", features)
   if features % 2:
     raise ValueError(f"features: expected an even width, got {features}")
+  validation.check_real("max_timescale", max_timescale, positive=True)
+  _check_integer_positions(positions)
   inv_freq = max_timescale ** (-np.arange(0, features, 2) / features)
   angles = jnp.asarray(positions, jnp.float32)[..., None] * jnp.asarray(
       inv_freq, jnp.float32)
@@ -56,18 +66,29 @@ class LearnedPositionEmbedding(nn.Module):
   embedding_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   param_dtype: jnp.dtype = jnp.float32
 
+  def __post_init__(self):
+    validation.check_int("max_len", self.max_len)
+    validation.check_int("features", self.features)
+    validation.check_float_dtype("param_dtype", self.param_dtype)
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, positions: Array) -> Array:
     """`positions: (..., time)` integers in `[0, max_len)` -> `(..., time, features)`."""
+    _check_integer_positions(positions)
+    if np.ndim(positions) == 0:
+      raise ValueError(f"positions: expected shape (..., time), got a "
+                       f"scalar {positions!r}")
     if np.shape(positions)[-1] > self.max_len:
       raise ValueError(
-          f"sequence length {np.shape(positions)[-1]} exceeds max_len "
-          f"{self.max_len} of the learned position embedding")
+          f"positions: sequence length {np.shape(positions)[-1]} exceeds "
+          f"max_len {self.max_len} of the learned position embedding")
     if validation.is_concrete(positions) and np.size(positions):
       largest = int(np.max(positions))
       if largest >= self.max_len:
-        raise ValueError(f"position {largest} exceeds the learned position "
-                         f"embedding's max_len {self.max_len}")
+        raise ValueError(f"positions: position {largest} exceeds the "
+                         f"learned position embedding's max_len "
+                         f"{self.max_len}")
     table = self.param("embedding", self.embedding_init,
                        (self.max_len, self.features), self.param_dtype)
     return jnp.take(table, positions, axis=0)
@@ -92,10 +113,18 @@ def rotary_position_embedding(x: Array, positions: Array,
   Returns:
     The rotated `x`, same shape and dtype (computed in float32).
   """
+  validation.check_rank("x", x, 4, "(batch, time, heads, head_dim)")
   head_dim = x.shape[-1]
   if head_dim % 2:
     raise ValueError(f"x: rotary embedding needs an even head_dim, got shape "
                      f"{x.shape}")
+  validation.check_real("base", base, positive=True)
+  _check_integer_positions(positions)
+  batch, time = x.shape[:2]
+  if np.ndim(positions) != 2 or np.shape(positions)[1] != time or np.shape(
+      positions)[0] not in (1, batch):
+    raise ValueError(f"positions: expected shape (batch or 1, time) = "
+                     f"({batch} or 1, {time}), got {np.shape(positions)}")
   half = head_dim // 2
   inv_freq = base ** (-np.arange(half) / half)
   angles = jnp.asarray(positions, jnp.float32)[..., None] * jnp.asarray(

@@ -11,6 +11,7 @@ iterations (`newton_recurrence`).
 """
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -185,6 +186,27 @@ class RNN(nn.Module):
   chunk_size: int = linear_recurrence.DEFAULT_CHUNK_SIZE
   evaluation: str = "scan"
   newton: Mapping[str, Any] | None = None
+
+  def __post_init__(self):
+    check_cell("cell", self.cell)
+    for name in ("reverse", "keep_order", "return_carry", "time_major"):
+      validation.check_bool(name, getattr(self, name))
+    for name in ("hoist_input_projection", "defer_weight_gradients"):
+      if getattr(self, name) is not None:
+        validation.check_bool(name, getattr(self, name))
+    validation.check_int("num_batch_dims", self.num_batch_dims, optional=True)
+    validation.check_int("unroll", self.unroll)
+    validation.check_int("chunk_size", self.chunk_size)
+    if self.scan_method is not None:
+      validation.check_choice("scan_method", self.scan_method,
+                              linear_recurrence.METHODS)
+    validation.check_choice("evaluation", self.evaluation, EVALUATIONS)
+    if self.newton is not None:
+      if not isinstance(self.newton, Mapping):
+        raise TypeError(f"newton: expected a mapping of newton_scan options "
+                        f"or None, got {type(self.newton).__name__}")
+      newton_recurrence.check_options("newton", self.newton)
+    super().__post_init__()
 
   def _should_hoist(self) -> bool:
     splittable = hasattr(self.cell, "project_inputs") and hasattr(
@@ -515,6 +537,17 @@ class _Layout(NamedTuple):
         lambda leaf: leaf.reshape(self.batch_shape + leaf.shape[1:]), carry)
 
 
+def check_cell(name: str, cell: Any) -> None:
+  """Raises TypeError unless `cell` is a recurrent cell (`nn.RNNCellBase`)."""
+  if isinstance(cell, (RNN, Bidirectional)):
+    raise TypeError(f"{name}: expected a cell (e.g. LSTMCell(64)), got the "
+                    f"layer {type(cell).__name__}; pass its cell")
+  if not isinstance(cell, nn.RNNCellBase):
+    raise TypeError(f"{name}: expected a recurrent cell (an nn.RNNCellBase "
+                    f"such as LSTMCell, GRUCell, MinGRU), got "
+                    f"{type(cell).__name__}")
+
+
 def concatenate_features(forward: Array, backward: Array) -> Array:
   return jnp.concatenate([forward, backward], axis=-1)
 
@@ -531,6 +564,32 @@ class Bidirectional(nn.Module):
   backward_rnn: RNN
   merge_fn: Callable[[Array, Array], Array] = concatenate_features
   return_carry: bool = False
+
+  def __post_init__(self):
+    for name in ("forward_rnn", "backward_rnn"):
+      layer = getattr(self, name)
+      if isinstance(layer, nn.RNNCellBase):
+        raise TypeError(f"{name}: expected an RNN layer, got the cell "
+                        f"{type(layer).__name__}; wrap it: RNN(cell)")
+      if not isinstance(layer, nn.Module) or isinstance(layer, Bidirectional):
+        raise TypeError(f"{name}: expected an RNN layer (RNN(cell)), got "
+                        f"{type(layer).__name__}")
+      if not isinstance(layer, RNN):
+        # A user's own layer must take RNN's call interface.
+        parameters = inspect.signature(type(layer).__call__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                        for p in parameters.values())
+        missing = [] if takes_any else [
+            p for p in ("initial_carry", "seq_lengths", "reset", "reverse",
+                        "return_carry") if p not in parameters]
+        if missing:
+          raise TypeError(f"{name}: expected an RNN layer (RNN(cell)); "
+                          f"{type(layer).__name__} takes no {missing}")
+    if not callable(self.merge_fn):
+      raise TypeError(f"merge_fn: expected a callable (forward, backward) -> "
+                      f"outputs, got {type(self.merge_fn).__name__}")
+    validation.check_bool("return_carry", self.return_carry)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, inputs: Array, *, initial_carry: tuple[Carry, Carry] |
@@ -581,11 +640,25 @@ class StackedRNN(nn.Module):
   evaluation: str = "scan"
   newton: Mapping[str, Any] | None = None
 
-  def setup(self):
+  def __post_init__(self):
+    if isinstance(self.cells, nn.Module) or not isinstance(self.cells,
+                                                           Sequence):
+      raise TypeError(f"cells: expected a sequence of cells, one per layer, "
+                      f"got {type(self.cells).__name__}")
     if not self.cells:
       raise ValueError("cells: expected at least one cell, got none")
+    for index, cell in enumerate(self.cells):
+      check_cell(f"cells[{index}]", cell)
+    validation.check_bool("bidirectional", self.bidirectional)
     validation.check_rate("dropout_rate", self.dropout_rate)
     validation.check_int("unroll", self.unroll)
+    if self.scan_method is not None:
+      validation.check_choice("scan_method", self.scan_method,
+                              linear_recurrence.METHODS)
+    validation.check_choice("evaluation", self.evaluation, EVALUATIONS)
+    super().__post_init__()
+
+  def setup(self):
     rnn = functools.partial(
         RNN, unroll=self.unroll,
         hoist_input_projection=self.hoist_input_projection,
@@ -610,6 +683,7 @@ class StackedRNN(nn.Module):
                reset: Array | None = None, deterministic: bool = True,
                return_carry: bool = False) -> Any:
     """`inputs: (batch, time, features)` -> `(batch, time, hidden_last)`."""
+    validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
     if initial_carry is not None and len(initial_carry) != len(self.layers):
       raise ValueError(
           f"initial_carry: expected one carry per layer ({len(self.layers)}), "

@@ -30,6 +30,7 @@ from rnn_transformer.layers.recurrent import StackedRNN
 from rnn_transformer.models.embedding import Embedder
 from rnn_transformer.models.model_config import BackboneOutput
 from rnn_transformer.models.model_config import ModelConfig
+from rnn_transformer.models.model_config import check_module_config
 from rnn_transformer.models.transformer import TransformerEncoder
 from rnn_transformer.models.transformer import TransformerLM
 
@@ -44,10 +45,19 @@ class RecurrentBackbone(nn.Module):
 
   Causal configs run the layers left to right and decode with the carry of
   every layer kept in the `cache` collection (`cache/carry`), so a prompt and
-  then single tokens continue exactly where the previous call stopped.
+  then single tokens continue exactly where the previous call stopped. As in
+  flax, `init(rng, dummy, decode=True)` returns the empty cache (the zero
+  initial carry, equal to `rnn_transformer.init_cache`) without running the
+  dummy into it; an `apply` without a cache starts from that carry and
+  processes its tokens.
   Bidirectional configs (`causal=False`) make every layer `Bidirectional`.
   """
   config: ModelConfig
+
+  def __post_init__(self):
+    check_module_config("RecurrentBackbone", self.config,
+                        tuple(RECURRENT_CELLS))
+    super().__post_init__()
 
   @property
   def max_len(self) -> None:
@@ -79,8 +89,7 @@ class RecurrentBackbone(nn.Module):
                        dropout_rate=cfg.dropout_rate,
                        scan_method=cfg.scan_method,
                        evaluation=cfg.evaluation,
-                       newton=({"method": cfg.newton_method}
-                               if cfg.evaluation == "newton" else None),
+                       newton=cfg.newton_options,
                        name="rnn")
     carry = None
     if decode:  # created as the initial carry if absent: zeros
@@ -95,7 +104,7 @@ class RecurrentBackbone(nn.Module):
     carries, x = stack(
         x, initial_carry=None if carry is None else carry.value,
         seq_lengths=lengths, deterministic=deterministic, return_carry=True)
-    if decode:
+    if decode and not self.is_initializing():  # init: the empty cache (flax)
       carry.value = carries
     return BackboneOutput(features=x, logits=embedder.decode(x))
 

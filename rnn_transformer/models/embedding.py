@@ -15,22 +15,23 @@ from rnn_transformer.models.model_config import ModelConfig
 Array = jax.Array
 
 
-def check_tokens(tokens: Array, vocab_size: int) -> None:
+def check_tokens(tokens: Array, vocab_size: int, name: str = "inputs") -> None:
   """`tokens`: `(batch, time)` integers in `[0, vocab_size)`.
 
   The range is checked only when the values are concrete (not under jit).
+  `name` is the caller's argument (`inputs`, `prompt`).
   """
-  validation.check_rank("inputs", tokens, 2, "(batch, time) token ids")
+  validation.check_rank(name, tokens, 2, "(batch, time) token ids")
   dtype = jnp.result_type(tokens)
   if not jnp.issubdtype(dtype, jnp.integer):
     raise validation.DTypeError(
-        f"inputs: expected integer token ids (the model has vocab_size="
+        f"{name}: expected integer token ids (the model has vocab_size="
         f"{vocab_size}), got dtype {dtype}")
   if validation.is_concrete(tokens) and np.size(tokens):
     values = np.asarray(tokens)
     if values.min() < 0 or values.max() >= vocab_size:
       raise ValueError(
-          f"inputs: token ids must be in [0, vocab_size={vocab_size}), got "
+          f"{name}: token ids must be in [0, vocab_size={vocab_size}), got "
           f"min {values.min()} and max {values.max()}")
 
 

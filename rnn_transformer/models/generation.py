@@ -5,7 +5,10 @@ The decode-step protocol, met by `TransformerLM` and the causal
 
 * `init_cache(model, batch, cache_len)` is the empty `cache` collection (K/V
   and indices, or the recurrent carry) for up to `cache_len` positions; it is
-  all zeros;
+  all zeros. Flax's habit, `model.init(rng, dummy, decode=True)['cache']`
+  with a `(batch, n)` dummy of any length, gives the same empty cache
+  (`model.max_len` positions): init creates the cache without writing the
+  dummy to it;
 * `model.apply({'params': p, 'cache': c}, tokens, decode=True,
   mutable=['cache'])` consumes `tokens: (batch, n)` after everything cached and
   returns `(BackboneOutput, {'cache': c'})`;
@@ -101,7 +104,10 @@ def init_cache(model: nn.Module, batch: int,
 
   Returns:
     The `cache` collection, all zeros: no position written yet (index 0),
-    and for recurrent backbones the zero initial carry.
+    and for recurrent backbones the zero initial carry. With the default
+    `cache_len` it equals flax's `model.init(rng, dummy,
+    decode=True)['cache']` for a `(batch, n)` dummy of any length, which is
+    empty too; this function builds it without running the model.
   """
   config = _check_decoder(model)
   batch = _check_int("batch", batch, 1, None)
@@ -175,7 +181,7 @@ def generate(model: nn.Module, params: Any, prompt: Array,
     tokens.
   """
   config = _check_decoder(model)
-  embedding.check_tokens(prompt, config.vocab_size)
+  embedding.check_tokens(prompt, config.vocab_size, name="prompt")
   if prompt.shape[1] < 1:
     raise ValueError(f"prompt: expected at least one token, got shape "
                      f"{prompt.shape}")

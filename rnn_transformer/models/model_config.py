@@ -28,9 +28,42 @@ BACKBONES = ("rnn", "lstm", "gru", "mingru", "minlstm", "lru", "transformer")
 LINEAR_BACKBONES = ("mingru", "minlstm", "lru")
 # Backbones whose nonlinear cells `RNN(evaluation="newton")` can evaluate.
 NEWTON_BACKBONES = ("rnn", "lstm", "gru")
+# Fields only some backbones read, with those backbones. Any other backbone
+# refuses a value other than the field's default instead of ignoring it.
+_TRANSFORMER_ONLY = ("num_heads", "num_kv_heads", "mlp_dim", "max_len",
+                     "positional", "rope_base", "norm", "activation",
+                     "attention_impl", "attention_window", "attention_softcap",
+                     "remat", "scan_layers")
+FIELD_BACKBONES = {
+    **{name: ("transformer",) for name in _TRANSFORMER_ONLY},
+    "scan_method": LINEAR_BACKBONES,
+    "evaluation": NEWTON_BACKBONES,
+    "newton_method": NEWTON_BACKBONES,  # and evaluation "newton"
+    "forget_bias": ("lstm",),
+}
+DEFAULT_NEWTON_METHOD = "quasi"
 POSITIONAL_ENCODINGS = ("none", "sinusoidal", "learned", "rope")
 NORMS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu")
+
+
+def check_module_config(module: str, config: Any,
+                        backbones: tuple[str, ...],
+                        causal: bool | None = None) -> None:
+  """Raises unless `config` is a `ModelConfig` that `module` can build:
+  its backbone among `backbones` and, when given, its `causal` matching."""
+  if not isinstance(config, ModelConfig):
+    raise TypeError(f"config: expected a ModelConfig for {module} (build "
+                    f"one with ModelConfig(...) or ModelConfig.from_mapping("
+                    f"a_dict)), got {type(config).__name__}")
+  if config.backbone not in backbones:
+    raise ValueError(f"config.backbone: {module} builds {backbones}, got "
+                     f"{config.backbone!r}; build_backbone(config) picks the "
+                     f"module for any backbone")
+  if causal is not None and config.causal != causal:
+    raise ValueError(f"config.causal: {module} is {'' if causal else 'not '}"
+                     f"causal, got causal={config.causal}; build_backbone("
+                     f"config) picks TransformerLM or TransformerEncoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +117,14 @@ class ModelConfig:
       "newton" (parallel over time by Newton iterations, `RNN(evaluation=
       "newton")`; exact at convergence, falls back to the scan otherwise).
     newton_method: with evaluation "newton": "full", "quasi" or "damped"
-      (`newton_recurrence.newton_scan`).
+      (`newton_recurrence.newton_scan`); None: "quasi".
+
+  A field that only some backbones read (`FIELD_BACKBONES`: the attention
+  fields, `max_len`, `remat` and `scan_layers` for the Transformer;
+  `scan_method` for the linear recurrences; `evaluation` and
+  `newton_method` for the classic cells; `forget_bias` for the LSTM) must
+  keep its default with any other backbone: a config never trains with a
+  setting silently ignored.
     forget_bias: initial forget-gate bias of "lstm" cells (`LSTMCell`):
       1.0 as in Jozefowicz et al. (2015); larger values start the memory
       closer to the original LSTM's constant error carousel (no forget
@@ -115,7 +155,7 @@ class ModelConfig:
   scan_layers: bool = False
   scan_method: str | None = None
   evaluation: str = "scan"
-  newton_method: str = "quasi"
+  newton_method: str | None = None
   forget_bias: float = 1.0
 
   def __post_init__(self):
@@ -149,10 +189,6 @@ class ModelConfig:
         self.forget_bias, bool) or not np.isfinite(self.forget_bias):
       raise ValueError(f"forget_bias: expected a finite number, got "
                        f"{self.forget_bias!r}")
-    if self.forget_bias != 1.0 and self.backbone != "lstm":
-      raise ValueError(f"forget_bias: only for backbone 'lstm', got "
-                       f"forget_bias={self.forget_bias!r} with backbone="
-                       f"{self.backbone!r}")
     if not isinstance(self.rope_base, (int, float)) or isinstance(
         self.rope_base, bool) or not self.rope_base > 0:
       raise ValueError(f"rope_base: expected a positive number, got "
@@ -163,20 +199,13 @@ class ModelConfig:
     object.__setattr__(self, "param_dtype", validation.check_float_dtype(
         "param_dtype", self.param_dtype))
     if self.scan_method is not None:
-      if self.backbone not in LINEAR_BACKBONES:
-        raise ValueError(
-            f"scan_method: only for backbones {LINEAR_BACKBONES}, got "
-            f"scan_method={self.scan_method!r} with backbone="
-            f"{self.backbone!r}")
       validation.check_choice("scan_method", self.scan_method,
                               linear_recurrence.METHODS)
     validation.check_choice("evaluation", self.evaluation, EVALUATIONS)
-    validation.check_choice("newton_method", self.newton_method,
-                            newton_recurrence.METHODS)
-    if self.evaluation != "scan" and self.backbone not in NEWTON_BACKBONES:
-      raise ValueError(
-          f"evaluation: {self.evaluation!r} only for backbones "
-          f"{NEWTON_BACKBONES}, got backbone={self.backbone!r}")
+    if self.newton_method is not None:
+      validation.check_choice("newton_method", self.newton_method,
+                              newton_recurrence.METHODS)
+    self._check_fields_the_backbone_reads()
     if self.tie_embeddings and (self.vocab_size is None or self.output_size
                                 not in (None, self.vocab_size)):
       raise ValueError(
@@ -191,6 +220,28 @@ class ModelConfig:
       if self.positional == "sinusoidal" and self.model_dim % 2:
         raise ValueError("positional='sinusoidal' needs an even model_dim, "
                          f"got {self.model_dim}")
+
+  def _check_fields_the_backbone_reads(self) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    for name, users in FIELD_BACKBONES.items():
+      value = getattr(self, name)
+      if self.backbone not in users and value != defaults[name]:
+        raise ValueError(
+            f"{name}: only for backbones {users}, got {name}={value!r} with "
+            f"backbone={self.backbone!r}, which would ignore it (leave it at "
+            f"its default {defaults[name]!r})")
+    if self.newton_method is not None and self.evaluation != "newton":
+      raise ValueError(
+          f"newton_method: only with evaluation='newton', got newton_method="
+          f"{self.newton_method!r} with evaluation={self.evaluation!r}, which "
+          f"would ignore it (leave it None)")
+
+  @property
+  def newton_options(self) -> dict[str, Any] | None:
+    """`RNN(newton=...)` for this config: None unless evaluation "newton"."""
+    if self.evaluation != "newton":
+      return None
+    return {"method": self.newton_method or DEFAULT_NEWTON_METHOD}
 
   def window(self, causal: bool) -> tuple[int, int] | None:
     """`kernels.attention`'s window for `attention_window` in a block that

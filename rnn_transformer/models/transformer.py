@@ -26,6 +26,7 @@ from rnn_transformer.layers.attention import MultiHeadAttention
 from rnn_transformer.models.embedding import Embedder
 from rnn_transformer.models.model_config import BackboneOutput
 from rnn_transformer.models.model_config import ModelConfig
+from rnn_transformer.models.model_config import check_module_config
 
 Array = jax.Array
 
@@ -63,6 +64,12 @@ class TransformerBlock(nn.Module):
   causal: bool = False
   decode: bool = False
   deterministic: bool = True
+
+  def __post_init__(self):
+    check_module_config("TransformerBlock", self.config, ("transformer",))
+    for name in ("causal", "decode", "deterministic"):
+      validation.check_bool(name, getattr(self, name))
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: Array, positions: Array | None = None,
@@ -104,6 +111,11 @@ class _Transformer(nn.Module):
   config: ModelConfig
   causal: ClassVar[bool] = False
 
+  def __post_init__(self):
+    check_module_config(type(self).__name__, self.config, ("transformer",),
+                        causal=self.causal)
+    super().__post_init__()
+
   @property
   def max_len(self) -> int:
     """The longest sequence, and decode cache, the model accepts."""
@@ -117,7 +129,8 @@ class _Transformer(nn.Module):
     index = self.variable("cache", "position_index",
                           lambda: jnp.zeros((), jnp.int32))
     positions = positions + index.value
-    index.value = index.value + time
+    if not self.is_initializing():  # init only creates the empty cache
+      index.value = index.value + time
     return positions
 
   @nn.compact
@@ -132,10 +145,14 @@ class _Transformer(nn.Module):
       lengths: `(batch,)` valid lengths; later positions are padding, never
         attended to (their own outputs are unspecified).
       decode: run through the KV cache, `time` new tokens after those already
-        cached (language model only). A call without a `cache` collection
-        creates an empty one of `config.max_len` positions and processes
-        its tokens through it (`rnn_transformer.init_cache` makes shorter
-        ones); `cache` must be mutable.
+        cached (language model only). As in flax, `init(rng, dummy,
+        decode=True)` returns the empty cache of `config.max_len` positions
+        (every index 0, keys and values zero, whatever the dummy's length;
+        its output is the plain forward of the dummy), equal to
+        `rnn_transformer.init_cache(model, batch)`. An `apply` without a
+        `cache` collection creates that empty cache and processes its tokens
+        through it (`rnn_transformer.init_cache` makes shorter ones);
+        `cache` must be mutable.
       deterministic: disables dropout (needs a 'dropout' rng when False).
 
     Returns:

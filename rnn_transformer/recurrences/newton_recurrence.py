@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -59,6 +60,9 @@ Carry = Any
 StepFn = Callable[[Carry, Array], tuple[Carry, Array]]
 
 METHODS = ("full", "quasi", "damped")
+# The keyword options of `newton_scan` a caller of `newton_rnn` or
+# `RNN(evaluation="newton", newton=...)` may set.
+OPTIONS = ("method", "max_iters", "tol", "on_failure", "damping", "adjoint")
 ON_FAILURE = ("fallback", "raise", "return")
 ADJOINTS = ("associative", "sequential")
 DEFAULT_MAX_ITERS = 100
@@ -388,6 +392,15 @@ def _check_step(step: StepFn, carry: Carry, x: Array) -> None:
                      f"{want}, got {got}")
 
 
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+  """Raises TypeError naming any key of `options` that `newton_scan` does
+  not take (`OPTIONS`); `name` is the caller's argument."""
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    raise TypeError(f"{name}: unknown newton_scan options {unknown}; "
+                    f"expected names from {OPTIONS}")
+
+
 def newton_scan(
     step: StepFn,
     inputs: Array,
@@ -560,6 +573,17 @@ def newton_rnn(
   Returns:
     `(final_carry, outputs (batch, time, hidden), info)`.
   """
+  check_options("options", options)
+  if not isinstance(cell, nn.RNNCellBase):
+    raise TypeError(f"cell: expected a recurrent cell (an nn.RNNCellBase "
+                    f"such as GRUCell), got {type(cell).__name__}")
+  if not isinstance(variables, Mapping) or "params" not in variables:
+    got = (f"keys {sorted(variables)}" if isinstance(variables, Mapping)
+           else type(variables).__name__)
+    raise ValueError(
+        f"variables: expected the cell's variables {{'params': ...}} (as "
+        f"cell.init returns, or {{'params': rnn_variables['params']['cell']}}"
+        f"), got {got}")
   validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
   validation.check_floating("inputs", inputs)
   default_carry = cell.initialize_carry(jax.random.key(0),

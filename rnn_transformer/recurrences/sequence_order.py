@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from rnn_transformer import validation
 
 Array = jax.Array
 
@@ -15,8 +18,12 @@ def flip_sequences(x: Array, seq_lengths: Array | None) -> Array:
   place at the end (flax's `flip_sequences` reverses it too). Its own
   inverse.
   """
+  if np.ndim(x) < 2:
+    raise ValueError(f"x: expected shape (batch, time, ...), got "
+                     f"{np.shape(x)}")
   if seq_lengths is None:
     return jnp.flip(x, axis=1)
+  validation.check_seq_lengths(seq_lengths, x.shape[0], x.shape[1])
   time = x.shape[1]
   steps = jnp.arange(time)[None, :]
   lengths = seq_lengths[:, None]

@@ -59,6 +59,7 @@ def task_config(task: str, backbone: str | None, **task_params
   config.model.num_kv_heads = ml_collections.config_dict.placeholder(int)
   config.model.mlp_dim = ml_collections.config_dict.placeholder(int)
   config.model.scan_method = ml_collections.config_dict.placeholder(str)
+  config.model.newton_method = ml_collections.config_dict.placeholder(str)
   config.model.attention_window = ml_collections.config_dict.placeholder(int)
   config.model.attention_softcap = ml_collections.config_dict.placeholder(
       float)

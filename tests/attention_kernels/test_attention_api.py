@@ -101,3 +101,54 @@ def test_import_does_not_load_triton_or_torch():
   import subprocess  # pylint: disable=g-import-not-at-top
   subprocess.run([sys.executable, "-c", code], check=True,
                  env={"PYTHONPATH": ":".join(sys.path)})
+
+
+def _random_qkv(q_len, kv_len, dtype=jnp.float32):
+  keys = jax.random.split(jax.random.key(7), 3)
+  q = jax.random.normal(keys[0], (2, q_len, 2, 16), dtype)
+  k = jax.random.normal(keys[1], (2, kv_len, 2, 16), dtype)
+  v = jax.random.normal(keys[2], (2, kv_len, 2, 16), dtype)
+  return q, k, v
+
+
+def _masked_reference(q, k, v, allowed):
+  """softmax(QK^T / sqrt(d) masked by `allowed: (q_len, kv_len)`) V."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1])
+  scores = jnp.where(allowed, scores, -jnp.inf)
+  return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "blockwise"])
+@pytest.mark.parametrize("q_len,kv_len", [(3, 7), (7, 3)])
+def test_causal_aligns_bottom_right_and_the_top_left_recipe_holds(
+    implementation, q_len, kv_len):
+  q, k, v = _random_qkv(q_len, kv_len)
+  i, j = jnp.arange(q_len)[:, None], jnp.arange(kv_len)[None, :]
+  ours = kernels.attention(q, k, v, causal=True,
+                           implementation=implementation)
+  bottom_right = (j <= i + kv_len - q_len)
+  rows = bottom_right.any(axis=1)  # a row with no key gives zeros
+  want = jnp.where(rows[None, :, None, None],
+                   _masked_reference(q, k, v, bottom_right), 0.0)
+  assert jnp.allclose(ours, want, atol=1e-5)
+  # tokamax's top-left alignment (j <= i), by the documented recipe.
+  if q_len <= kv_len:
+    top_left = kernels.attention(q, k[:, :q_len], v[:, :q_len], causal=True,
+                                 implementation=implementation)
+  else:
+    top_left = kernels.attention(q, k, v, window=(None, q_len - kv_len),
+                                 implementation=implementation)
+  assert jnp.allclose(top_left, _masked_reference(q, k, v, j <= i),
+                      atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_the_log_sum_exp_is_float32_for_every_input_dtype(dtype):
+  q, k, v = _random_qkv(5, 5, dtype)
+  out, lse = kernels.attention(q, k, v, causal=True, return_residuals=True,
+                               implementation="reference")
+  assert out.dtype == dtype and lse.dtype == jnp.float32
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32),
+                      k.astype(jnp.float32)) / 4.0
+  scores = jnp.where(jnp.tril(jnp.ones((5, 5), bool)), scores, -jnp.inf)
+  assert jnp.allclose(lse, jax.nn.logsumexp(scores, axis=-1), atol=1e-5)

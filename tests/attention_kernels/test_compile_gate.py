@@ -188,9 +188,10 @@ def test_tma_descriptors_compile_for_hopper_but_need_scratch_jaxlib_nulls():
   assert "null pointer" in failure
 
 
-@pytest.mark.parametrize("bad", ["90", 9.0, True, 5])
-def test_compute_capability_must_be_an_int(bad):
-  with pytest.raises(ValueError, match="compute capability"):
+@pytest.mark.parametrize("bad,error", [("90", TypeError), (9.0, TypeError),
+                                       (True, TypeError), (5, ValueError)])
+def test_compute_capability_must_be_an_int(bad, error):
+  with pytest.raises(error, match="compute capability"):
     with kernels.cuda_compute_capability(bad):
       pass
 

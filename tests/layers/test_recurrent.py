@@ -392,3 +392,27 @@ def test_backbone_forget_bias_reaches_every_lstm_layer():
 def test_forget_bias_is_validated(kwargs):
   with pytest.raises(ValueError, match="forget_bias"):
     rt.ModelConfig(model_dim=6, **kwargs)
+
+
+@pytest.mark.parametrize("ours,theirs,flax_layers,extra", [
+    (rt.LSTMCell, nn.LSTMCell, 8, {}),
+    (rt.GRUCell, nn.GRUCell, 6, {"candidate_bias": (4,)}),
+])
+def test_fused_parameter_layout_differs_from_flax_by_design(
+    ours, theirs, flax_layers, extra):
+  # Our convention: two fused kernels, gates side by side; flax: one Dense
+  # per gate and side. `params_from_flax` maps one onto the other.
+  x = jnp.zeros((2, 3))
+  gates = ours.num_gates
+  our_params = ours(4).init(jax.random.key(0), ours(4).initialize_carry(
+      jax.random.key(1), x.shape), x)["params"]
+  assert jax.tree.map(jnp.shape, our_params) == {
+      "input_projection": {"kernel": (3, gates * 4), "bias": (gates * 4,)},
+      "recurrent_projection": {"kernel": (4, gates * 4)}, **extra}
+  cell = theirs(4)
+  flax_params = cell.init(jax.random.key(0), cell.initialize_carry(
+      jax.random.key(1), x.shape), x)["params"]
+  assert len(flax_params) == flax_layers
+  mapped = rt.params_from_flax(ours, flax_params)
+  assert jax.tree.map(jnp.shape, mapped) == jax.tree.map(jnp.shape,
+                                                         our_params)

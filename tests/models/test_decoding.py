@@ -105,14 +105,118 @@ def test_first_decode_call_without_a_cache_processes_its_tokens(
                               expected, **tolerances.output_tol(jnp.float32))
 
 
-def test_a_cache_created_by_init_equals_an_empty_one():
+def _decode_in_pieces(model, params, cache, inputs, pieces):
+  """Logits of decode calls on `inputs[:, start:end]` for `pieces`, in order,
+  starting from `cache`."""
+  decode = jax.jit(functools.partial(model.apply, decode=True,
+                                     mutable=["cache"]))
+  logits = []
+  for start, end in pieces:
+    out, mutated = decode({"params": params, "cache": cache},
+                          inputs[:, start:end])
+    cache = mutated["cache"]
+    logits.append(out.logits)
+  return jnp.concatenate(logits, axis=1)
+
+
+def _check_flax_init_cache(model, batch, dummy_len):
+  """flax's habit, `init(rng, dummy, decode=True)`: an empty cache, equal to
+  `rt.init_cache`, and the dummy's plain forward as the output."""
+  dummy = tokens((batch, dummy_len), seed=1)
+  out, variables = jax.jit(functools.partial(
+      model.init_with_output, decode=True))(jax.random.key(0), dummy)
+  cache = variables["cache"]
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+    # Indices at 0, keys, values and carries all zero: nothing written.
+    assert not np.asarray(leaf).any(), jax.tree_util.keystr(path)
+  empty = rt.init_cache(model, batch)
+  chex.assert_trees_all_equal_shapes_and_dtypes(cache, empty)
+  chex.assert_trees_all_equal(cache, empty)
+  expected = jax.jit(model.apply)({"params": variables["params"]}, dummy)
+  chex.assert_trees_all_close(out.logits, expected.logits,
+                              **tolerances.output_tol(jnp.float32))
+  return cache
+
+
+# One token at a time; a prompt then chunks of 1 and 6 tokens.
+_PIECES = {"token by token": [(t, t + 1) for t in range(12)],
+           "in chunks": [(0, 5), (5, 6), (6, 12)]}
+
+
+@pytest.mark.parametrize("pieces", sorted(_PIECES))
+@pytest.mark.parametrize("dummy_len", [1, 16])   # 16: the config's max_len
+@pytest.mark.parametrize("implementation,positional,scan_layers", [
+    ("xla", "rope", False), ("reference", "learned", True),
+    ("blockwise", "sinusoidal", False)])
+def test_flax_init_with_decode_gives_an_empty_cache_that_decodes_right(
+    implementation, positional, scan_layers, dummy_len, pieces):
+  """Issue 27: init used to write its dummy into the cache, so decoding from
+  it started at position dummy_len and attended to the dummy's keys."""
+  model = rt.TransformerLM(tiny_config(
+      positional=positional, num_kv_heads=2, attention_impl=implementation,
+      scan_layers=scan_layers))
+  x = tokens((2, 12))
+  cache = _check_flax_init_cache(model, 2, dummy_len)
+  layers = (cache["blocks"] if scan_layers else cache["blocks_0"])
+  attention = layers["attention"]
+  assert not np.asarray(attention["cache_index"]).any()
+  assert int(cache["position_index"]) == 0
+  chex.assert_shape(attention["cached_key"],
+                    ((2,) if scan_layers else ()) + (2, 16, 2, 4))
+  params = init_params(model, x)
+  expected = jax.jit(model.apply)({"params": params}, x).logits
+  logits = _decode_in_pieces(model, params, cache, x, _PIECES[pieces])
+  chex.assert_trees_all_close(logits, expected,
+                              **tolerances.output_tol(jnp.float32))
+
+
+@pytest.mark.parametrize("pieces", sorted(_PIECES))
+@pytest.mark.parametrize("dummy_len", [1, 16])
+@pytest.mark.parametrize("backbone", ["lstm", "gru", "mingru", "lru"])
+def test_flax_init_with_decode_gives_an_empty_carry_that_decodes_right(
+    backbone, dummy_len, pieces):
+  """The recurrent carry cache follows the same convention."""
+  model = rt.build_backbone(rt.ModelConfig(backbone=backbone, vocab_size=VOCAB,
+                                           num_layers=2, model_dim=16))
+  x = tokens((2, 12))
+  cache = _check_flax_init_cache(model, 2, dummy_len)
+  params = init_params(model, x)
+  expected = jax.jit(model.apply)({"params": params}, x).logits
+  logits = _decode_in_pieces(model, params, cache, x, _PIECES[pieces])
+  chex.assert_trees_all_close(logits, expected,
+                              **tolerances.output_tol(jnp.float32))
+
+
+def test_flax_init_with_decode_leaves_the_attention_cache_empty():
+  """The layer alone: cache_len from the dummy (or the attribute), nothing
+  written, and the init output is causal attention without a cache."""
+  x = jax.random.normal(jax.random.key(2), (2, 5, 16))
+  for cache_len, expected_len in ((None, 5), (9, 9)):
+    layer = rt.MultiHeadAttention(num_heads=4, num_kv_heads=2, rotary=True,
+                                  window=(2, 0), cache_len=cache_len)
+    out, variables = layer.init_with_output(jax.random.key(0), x,
+                                            causal=True, decode=True)
+    cache = variables["cache"]
+    assert int(cache["cache_index"]) == 0
+    chex.assert_shape([cache["cached_key"], cache["cached_value"]],
+                      [(2, expected_len, 2, 4)] * 2)
+    assert not np.asarray(cache["cached_key"]).any()
+    assert not np.asarray(cache["cached_value"]).any()
+    chex.assert_trees_all_close(
+        out, layer.apply({"params": variables["params"]}, x, causal=True),
+        **tolerances.output_tol(jnp.float32))
+
+
+def test_apply_with_decode_and_no_cache_still_processes_its_tokens():
+  """Only init leaves the cache empty: an apply without one writes its tokens
+  (the documented "create and process")."""
   model = rt.TransformerLM(tiny_config())
   x = tokens((2, 3))
-  _, variables = model.init_with_output(jax.random.key(0), x, decode=True)
+  params = init_params(model, x)
+  _, variables = jax.jit(functools.partial(
+      model.apply, decode=True, mutable=["cache"]))({"params": params}, x)
   assert int(variables["cache"]["blocks_0"]["attention"]["cache_index"]) == 3
-  empty = rt.init_cache(model, 2)
-  chex.assert_trees_all_equal_shapes_and_dtypes(empty, variables["cache"])
-  assert all(not np.asarray(leaf).any() for leaf in jax.tree.leaves(empty))
+  assert int(variables["cache"]["position_index"]) == 3
 
 
 def test_cache_overflow_is_a_named_error_eagerly_and_under_jit():
@@ -134,8 +238,8 @@ def test_cache_overflow_is_a_named_error_eagerly_and_under_jit():
 
 @pytest.mark.parametrize("backbone", ["transformer", "lstm", "lru"])
 def test_greedy_generation_equals_full_recompute(backbone):
-  model = rt.build_backbone(tiny_config(backbone=backbone,
-                                        positional="rope"))
+  rope = {"positional": "rope"} if backbone == "transformer" else {}
+  model = rt.build_backbone(tiny_config(backbone=backbone, **rope))
   prompt = tokens((2, 3))
   params = init_params(model, prompt)
   out = rt.generate(model, params, prompt, 5)
@@ -192,21 +296,22 @@ def test_generation_rejects_bad_input():
 
 def test_backbones_share_one_interface():
   """One ConfigDict, four architectures: tokens in, features and logits out."""
-  config = ml_collections.ConfigDict(dict(
-      backbone="transformer", vocab_size=VOCAB, num_layers=1, model_dim=8,
-      num_heads=2, max_len=8))
   x = tokens((2, 5))
   for backbone in rt.models.model_config.BACKBONES:
-    config.backbone = backbone
+    attention = (dict(num_heads=2, max_len=8) if backbone == "transformer"
+                 else {})
+    config = ml_collections.ConfigDict(dict(
+        backbone=backbone, vocab_size=VOCAB, num_layers=1, model_dim=8,
+        **attention))
     model = rt.build_backbone(config)
     out = jax.eval_shape(functools.partial(model.init_with_output,
                                            jax.random.key(0)), x)[0]
     chex.assert_shape([out.features, out.logits], [(2, 5, 8), (2, 5, VOCAB)])
   floats = jnp.zeros((2, 5, 3))
-  for backbone in ("transformer", "gru"):
+  for backbone, heads in (("transformer", {"num_heads": 2}), ("gru", {})):
     model = rt.build_backbone(rt.ModelConfig(backbone=backbone, model_dim=8,
-                                             num_heads=2, output_size=4,
-                                             causal=False))
+                                             output_size=4, causal=False,
+                                             **heads))
     out = jax.eval_shape(functools.partial(model.init_with_output,
                                            jax.random.key(0)), floats)[0]
     width = 16 if backbone == "gru" else 8  # bidirectional: both directions

@@ -31,8 +31,9 @@ def tiny_config(backbone="lstm", task="first_token", steps=60, **task_params):
   config = train_config.task_config(task, backbone, **task_params)
   config.model.model_dim = 32
   config.model.num_layers = 1
-  config.model.num_heads = 2
-  config.model.max_len = 64
+  if backbone == "transformer":
+    config.model.num_heads = 2
+    config.model.max_len = 64
   config.train.update(steps=steps, batch_size=32, warmup_steps=5,
                       learning_rate=1e-2, log_every=10, eval_every=1000,
                       eval_batches=2, checkpoint_every=10, keep_checkpoints=2,
