@@ -9,6 +9,8 @@ caller wrote, before any XLA, tracer or flax scope error can surface.
 reason in `NO_INPUTS`), so the table grows with the API.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -250,6 +252,32 @@ CASES = {
          "positions"),
     ],
     "ModelConfig": [
+        ("num_layers='2'", lambda: rt.ModelConfig(num_layers="2"),
+         TypeError, "num_layers: "),
+        ("num_layers=2.0", lambda: rt.ModelConfig(num_layers=2.0),
+         TypeError, "num_layers: "),
+        ("model_dim=0", lambda: rt.ModelConfig(model_dim=0),
+         ValueError, "model_dim: "),
+        ("num_heads=-1", lambda: rt.ModelConfig(num_heads=-1),
+         ValueError, "num_heads: "),
+        ("num_kv_heads='2'", lambda: rt.ModelConfig(num_kv_heads="2"),
+         TypeError, "num_kv_heads: "),
+        ("max_len=True", lambda: rt.ModelConfig(max_len=True),
+         TypeError, "max_len: "),
+        ("vocab_size=0", lambda: rt.ModelConfig(vocab_size=0),
+         ValueError, "vocab_size: "),
+        ("dropout_rate=1.0", lambda: rt.ModelConfig(dropout_rate=1.0),
+         ValueError, "dropout_rate: "),
+        ("dropout_rate='0.1'", lambda: rt.ModelConfig(dropout_rate="0.1"),
+         TypeError, "dropout_rate: "),
+        ("dtype='bf16'", lambda: rt.ModelConfig(dtype="bf16"),
+         ValueError, "dtype: "),
+        ("param_dtype='float64'", lambda: rt.ModelConfig(param_dtype="float64"),
+         ValueError, "param_dtype: "),
+        ("attention_impl='flash'", lambda: rt.ModelConfig(attention_impl="flash"),
+         ValueError, "attention_impl: "),
+        ("causal=1", lambda: rt.ModelConfig(causal=1),
+         TypeError, "causal: "),
         ("backbone unknown", lambda: rt.ModelConfig(backbone="mamba"),
          ValueError, "backbone"),
         ("num_layers zero", lambda: rt.ModelConfig(num_layers=0), ValueError,
@@ -533,6 +561,10 @@ def test_bad_input_raises_a_named_error(thunk, error, name_in_message):
   assert isinstance(raised.value, (TypeError, ValueError))
   message = str(raised.value)
   assert name_in_message in message, message
+  # ... and says what it expected (or what it cannot take).
+  assert re.search(r"expect|must|only|needs|unknown|abstract|exceeds|"
+                   r"not supported|builds",
+                   message), message
   # Raised by the library (or flax's dataclass constructor naming the
   # field), never from inside XLA or a tracer.
   assert "Traced<" not in message and "XlaRuntimeError" not in message, (
