@@ -79,7 +79,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
               window: tuple[int | None, int | None] | None = None,
               softcap: float | None = None,
               return_residuals: bool = False,
-              implementation: str | None = None):
+              implementation: str | None = None,
+              mesh: jax.sharding.Mesh | None = None,
+              batch_axes: str | Sequence[str] | None = None,
+              head_axes: str | Sequence[str] | None = None):
   """Scaled dot-product attention `softmax(cap(scale * Q K^T) + mask) V`.
 
   Args:
@@ -125,12 +128,30 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       float32 score matrix fits in `backends.XLA_SCORE_BYTES_LIMIT` bytes
       ("reference" if xla cannot express the mask), else "blockwise". A named
       implementation that cannot serve the call raises ValueError.
+    mesh, batch_axes, head_axes: run per shard. With a `jax.sharding.Mesh`,
+      the batch is split over the mesh axes `batch_axes` and the heads over
+      `head_axes` (names or tuples of names, each optional), and the chosen
+      implementation runs on every device's shard inside `jax.shard_map`,
+      with no collective forward or backward: attention is independent
+      across batch rows and heads. Query heads split with their kv heads
+      (grouped-query attention stays exact), so `num_kv_heads` must divide
+      by the head split. The sequence axes are never split here (context
+      parallelism is a separate, collective algorithm). Without a mesh the
+      call is unchanged: under `jit` with sharded inputs XLA then gathers
+      whatever an opaque kernel (Triton, cuDNN) cannot partition.
 
   Returns:
     `(batch, q_len, num_heads, head_dim)`, and the log-sum-exp when
     `return_residuals`. A query with no allowed key gives a zero row and zero
     gradients.
   """
+  if mesh is not None or batch_axes is not None or head_axes is not None:
+    return _per_shard(q, k, v, mesh=mesh, batch_axes=batch_axes,
+                      head_axes=head_axes, causal=causal,
+                      key_lengths=key_lengths, segment_ids=segment_ids,
+                      scale=scale, window=window, softcap=softcap,
+                      return_residuals=return_residuals,
+                      implementation=implementation)
   for name, x in (("q", q), ("k", k), ("v", v)):
     if getattr(x, "ndim", None) != 4:
       raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
@@ -200,3 +221,73 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                       window_left=window_left, window_right=window_right)
   return backend.fn(q, k, v, mask, float(scale), softcap=softcap,
                     return_residuals=bool(return_residuals))
+
+
+def _mesh_axes(name: str, axes, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+  """`axes` (None, a name or names) as a tuple of `mesh`'s axis names."""
+  if axes is None:
+    return ()
+  names = (axes,) if isinstance(axes, str) else tuple(axes)
+  unknown = [a for a in names if a not in mesh.axis_names]
+  if unknown or not all(isinstance(a, str) for a in names):
+    raise ValueError(f"{name} must name axes of the mesh "
+                     f"{tuple(mesh.axis_names)}, got {axes!r}")
+  return names
+
+
+def _split(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
+               segment_ids, return_residuals, **options):
+  """`attention` on every device's (batch, heads) shard, in `shard_map`."""
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh must be a jax.sharding.Mesh when batch_axes or "
+                    f"head_axes is given, got {type(mesh).__name__}")
+  batch_axes = _mesh_axes("batch_axes", batch_axes, mesh)
+  head_axes = _mesh_axes("head_axes", head_axes, mesh)
+  if set(batch_axes) & set(head_axes):
+    raise ValueError(f"batch_axes {batch_axes} and head_axes {head_axes} "
+                     f"must be different mesh axes")
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if getattr(x, "ndim", None) != 4:
+      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
+                       f"head_dim), got shape {jnp.shape(x)}")
+  batch, num_heads, num_kv_heads = q.shape[0], q.shape[2], k.shape[2]
+  batch_split, head_split = _split(mesh, batch_axes), _split(mesh, head_axes)
+  if batch % batch_split:
+    raise ValueError(f"batch_axes {batch_axes} split the batch {batch_split} "
+                     f"ways; q has batch {batch}, not divisible")
+  if num_kv_heads % head_split or num_heads % head_split:
+    raise ValueError(
+        f"head_axes {head_axes} split the heads {head_split} ways; q has "
+        f"{num_heads} heads and k/v {num_kv_heads}: both must divide, so "
+        f"each shard keeps whole groups of query heads with their kv head")
+  b = batch_axes or None
+  h = head_axes or None
+  P = jax.sharding.PartitionSpec  # noqa: N806
+  qkv_spec = P(b, None, h, None)
+  operands = [q, k, v]
+  specs = [qkv_spec] * 3
+  has_lengths = key_lengths is not None
+  if has_lengths:
+    operands.append(_check_int_array("key_lengths", key_lengths, (batch,)))
+    specs.append(P(b))
+  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q.shape[1],
+                                      k.shape[1])
+  has_segments = q_seg is not None
+  if has_segments:
+    operands += [q_seg, kv_seg]
+    specs += [P(b, None), P(b, None)]
+
+  def local(q, k, v, *rest):
+    rest = list(rest)
+    lengths = rest.pop(0) if has_lengths else None
+    segments = (rest.pop(0), rest.pop(0)) if has_segments else None
+    return attention(q, k, v, key_lengths=lengths, segment_ids=segments,
+                     return_residuals=return_residuals, **options)
+
+  out_specs = (qkv_spec, P(b, h, None)) if return_residuals else qkv_spec
+  return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs),
+                       out_specs=out_specs, check_vma=False)(*operands)

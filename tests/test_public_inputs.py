@@ -40,6 +40,7 @@ def _lm(**fields):
 
 
 TOKENS = jnp.ones((2, 6), jnp.int32)
+ONE_DEVICE_MESH = jax.sharding.Mesh(jax.devices()[:1], ("data",))
 
 
 def _lm_params():
@@ -512,6 +513,15 @@ CASES = {
         ("key_lengths shape", lambda: kernels.attention(
             *[jnp.ones((2, 5, 2, 8))] * 3, key_lengths=jnp.array([1, 2, 3])),
          ValueError, "key_lengths"),
+        ("mesh not a Mesh", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, mesh="data", batch_axes="data"),
+         TypeError, "mesh"),
+        ("batch_axes not a mesh axis", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, mesh=ONE_DEVICE_MESH,
+            batch_axes="rows"), ValueError, "batch_axes"),
+        ("the same axis for batch and heads", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, mesh=ONE_DEVICE_MESH,
+            batch_axes="data", head_axes="data"), ValueError, "head_axes"),
         ("scale str", lambda: kernels.attention(
             *[jnp.ones((2, 5, 2, 8))] * 3, scale="0.1"), TypeError, "scale"),
         ("scale nan", lambda: kernels.attention(

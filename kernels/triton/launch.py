@@ -37,6 +37,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import threading
 import sys
 import types
 from collections.abc import Iterator, Sequence
@@ -320,6 +321,12 @@ def _torch_dtype(dtype: np.dtype) -> Any:
   return torch.from_numpy(np.zeros((), dtype)).dtype
 
 
+# Triton's interpreter patches module-level state while a kernel runs, so two
+# launches at once (one callback per device of a sharded call) corrupt each
+# other ("Did you forget to add @triton.jit?"): run them one at a time.
+_INTERPRETER_LOCK = threading.Lock()
+
+
 def _launch_interpreted(kernel, args, out_shape, grid, constexprs):
   array_pos = [i for i, a in enumerate(args) if not _is_scalar(a)]
 
@@ -331,7 +338,8 @@ def _launch_interpreted(kernel, args, out_shape, grid, constexprs):
       call_args[i] = _to_torch(a)
     outs = [torch.zeros(s.shape, dtype=_torch_dtype(s.dtype))
             for s in out_shape]
-    kernel[grid](*call_args, *outs, **constexprs)
+    with _INTERPRETER_LOCK:
+      kernel[grid](*call_args, *outs, **constexprs)
     return tuple(_to_numpy(o, s.dtype) for o, s in zip(outs, out_shape))
 
   return tuple(jax.pure_callback(callback, out_shape,
