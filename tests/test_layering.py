@@ -18,6 +18,7 @@ RANKS = {
     "rnn_transformer.validation": 0,
     "rnn_transformer.recurrences": 1,
     "rnn_transformer.analysis": 1,
+    "rnn_transformer.parallel": 1,
     "kernels": 1,
     "rnn_transformer.layers": 2,
     "rnn_transformer.models": 3,

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import kernels
+from rnn_transformer import parallel
 from rnn_transformer import validation
 from rnn_transformer.layers import positional
 
@@ -63,6 +64,17 @@ def check_heads(features: int, num_heads: int,
     raise ValueError(
         f"num_heads {num_heads} must be divisible by num_kv_heads "
         f"{num_kv_heads} (a positive divisor)")
+
+
+def _per_shard_options(num_heads: int, num_kv_heads: int) -> dict:
+  """`kernels.attention`'s mesh arguments inside `parallel.activation_sharding`
+  (each device attends its own batch rows and heads), else none."""
+  sharding = parallel.current()
+  if sharding is None:
+    return {}
+  batch_axes, head_axes = sharding.attention_axes(num_heads, num_kv_heads)
+  return dict(mesh=sharding.mesh, batch_axes=batch_axes or None,
+              head_axes=head_axes or None)
 
 
 class MultiHeadAttention(nn.Module):
@@ -208,7 +220,9 @@ class MultiHeadAttention(nn.Module):
     else:
       out = kernels.attention(q, k, v, causal=causal, key_lengths=key_lengths,
                               window=self.window, softcap=self.softcap,
-                              implementation=self.attention_impl)
+                              implementation=self.attention_impl,
+                              **_per_shard_options(self.num_heads,
+                                                   num_kv_heads))
     out = nn.DenseGeneral(
         self.out_features or features, axis=(-2, -1), dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=self.kernel_init,

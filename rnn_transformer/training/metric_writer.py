@@ -47,11 +47,15 @@ def console(message: str) -> None:
 
 
 def log_to_file(workdir: str) -> logging.Handler:
-  """Sends every log record at INFO and above to `<workdir>/train.log`.
+  """Sends every log record at INFO and above to `<workdir>/train.log`
+  (`train.process<i>.log` for process i > 0 of a multi-host run).
 
   Returns the handler, for `logging.getLogger().removeHandler` at the end.
   """
-  handler = logging.FileHandler(os.path.join(workdir, LOG_FILE),
+  name = LOG_FILE
+  if jax.process_index():  # one file per process of a multi-host run
+    name = name.replace(".log", f".process{jax.process_index()}.log")
+  handler = logging.FileHandler(os.path.join(workdir, name),
                                 encoding="utf-8")
   handler.setLevel(logging.INFO)
   handler.setFormatter(absl_logging.PythonFormatter())

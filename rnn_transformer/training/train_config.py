@@ -11,7 +11,9 @@ import dataclasses
 
 import jax
 import ml_collections
+import numpy as np
 
+from rnn_transformer import parallel
 from rnn_transformer.models import model_config
 from rnn_transformer.training import tasks
 
@@ -64,6 +66,17 @@ def task_config(task: str, backbone: str | None, **task_params
   config.model.attention_softcap = ml_collections.config_dict.placeholder(
       float)
 
+  # Devices: a mesh of named axes and a strategy placing the state on it
+  # (rnn_transformer.parallel, docs/scaling.md).
+  config.mesh = ml_collections.ConfigDict()
+  # Sizes per axis, one -1 for "the rest"; None: (-1,) for a one-axis mesh.
+  config.mesh.shape = ml_collections.config_dict.placeholder(tuple)
+  # Among ("data", "fsdp", "tensor"); None: the strategy's axes.
+  config.mesh.axes = ml_collections.config_dict.placeholder(tuple)
+  config.sharding = ml_collections.ConfigDict()
+  config.sharding.strategy = "dp"  # dp, fsdp, tp, fsdp_tp or custom
+  config.sharding.rules = ()  # custom: ((logical axis, mesh axis), ...)
+
   config.train = ml_collections.ConfigDict()
   config.train.steps = 2000  # optimizer updates
   config.train.batch_size = 64  # global batch, split over devices
@@ -92,6 +105,39 @@ def model_config_for(config: ml_collections.ConfigDict,
   return model_config.ModelConfig(
       **fields, vocab_size=task.vocab_size, output_size=task.output_size,
       causal=True)
+
+
+def mesh_and_rules(config: ml_collections.ConfigDict
+                   ) -> tuple[jax.sharding.Mesh, parallel.rules.Rules]:
+  """The device mesh of `config.mesh` and the rules of `config.sharding`.
+
+  Raises ValueError/TypeError naming the field: a mesh whose size is not
+  the device count, an axis no strategy knows, a strategy typo, a rule
+  naming an unknown logical or mesh axis.
+  """
+  strategy = config.sharding.strategy
+  if strategy not in tuple(parallel.STRATEGIES) + (parallel.rules.CUSTOM,):
+    raise ValueError(f"config.sharding.strategy: expected one of "
+                     f"{tuple(parallel.STRATEGIES) + (parallel.rules.CUSTOM,)}"
+                     f", got {strategy!r}")
+  axes = config.mesh.axes
+  if axes is None:
+    if strategy == parallel.rules.CUSTOM:
+      raise ValueError("config.mesh.axes: strategy 'custom' needs explicit "
+                       "mesh axes, e.g. ('data', 'tensor')")
+    axes = parallel.STRATEGIES[strategy][1]
+  shape = config.mesh.shape
+  if shape is None:
+    if len(axes) != 1:
+      raise ValueError(f"config.mesh.shape: a mesh of axes {tuple(axes)} "
+                       f"needs explicit sizes, e.g. {(-1,) + (2,) * (len(axes) - 1)}")
+    shape = (-1,)
+  try:
+    mesh = parallel.make_mesh(shape, axes)
+    rules = parallel.strategy_rules(strategy, mesh, config.sharding.rules)
+  except (TypeError, ValueError) as e:
+    raise type(e)(f"config.{e}") from e
+  return mesh, rules
 
 
 def _named(section: str, error: Exception) -> ValueError:
@@ -147,13 +193,15 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   if not 0 <= train.warmup_steps < train.steps:  # optax decays over the rest
     raise ValueError(f"config.train.warmup_steps: expected a value in [0, "
                      f"steps={train.steps}), got {train.warmup_steps}")
+  mesh, _ = mesh_and_rules(config)
+  batch_axes = parallel.batch_axes(mesh)
+  batch_split = int(np.prod([mesh.shape[a] for a in batch_axes]))
   per_update = train.batch_size // train.grad_accum_steps
-  if train.batch_size % train.grad_accum_steps or (
-      per_update % jax.device_count()):
+  if train.batch_size % train.grad_accum_steps or per_update % batch_split:
     raise ValueError(
         f"config.train.batch_size: expected a multiple of grad_accum_steps "
-        f"({train.grad_accum_steps}) x devices ({jax.device_count()}), got "
-        f"{train.batch_size}")
+        f"({train.grad_accum_steps}) x the batch shards ({batch_split}: mesh "
+        f"axes {batch_axes}), got {train.batch_size}")
   try:
     model = model_config_for(config, task)
   except (TypeError, ValueError) as e:
