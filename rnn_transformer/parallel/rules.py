@@ -102,7 +102,7 @@ def strategy_rules(strategy: str, mesh: jax.sharding.Mesh,
     if missing:
       raise ValueError(f"mesh.axes: strategy {strategy!r} needs the mesh "
                        f"axes {needed}, got {tuple(mesh.axis_names)} "
-                       f"(e.g. --config.mesh.axes='{needed}')")
+                       f"(e.g. --config.mesh.axes=\"{needed}\")")
   used = {a for _, targets in out for a in targets} | set(batch_axes(mesh))
   idle = [a for a in mesh.axis_names if a not in used and mesh.shape[a] > 1]
   if idle:
