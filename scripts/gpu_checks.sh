@@ -9,7 +9,8 @@
 # tarring the folder.
 #
 # GPU_STEPS picks the steps (comma-separated; default gpu_tests,
-# compile_gate, attention_bench, recurrent_bench, attention_long), so a
+# compile_gate, sharded_attention, attention_bench, recurrent_bench,
+# attention_long), so a
 # short lease can run part of it or add recurrence_sweep, newton, tune or
 # tune_bwd (the backward kernels' block sizes, head_dim 128, non-causal):
 #   GPU_STEPS=gpu_tests,compile_gate bash ...
@@ -37,8 +38,8 @@ log="$out/gpu_checks.log"
 # benchmark 44 s, the sweep about 105 s, the tune 26 s, attention_long 33 s.
 : "${TESTS_S:=200}" "${GATE_S:=45}" "${ATTENTION_S:=140}" "${RECURRENT_S:=65}"
 : "${SWEEP_S:=120}" "${NEWTON_S:=80}" "${TUNE_S:=60}" "${LONG_S:=90}"
-: "${TUNE_BWD_S:=150}"
-: "${GPU_STEPS:=gpu_tests,compile_gate,attention_bench,recurrent_bench,attention_long}"
+: "${TUNE_BWD_S:=150}" "${SHARDED_S:=60}"
+: "${GPU_STEPS:=gpu_tests,compile_gate,sharded_attention,attention_bench,recurrent_bench,attention_long}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -89,6 +90,12 @@ step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \
   --variants=plain,gqa,window_softcap --dtypes=bfloat16,float32 \
   --head_dims=64,128 \
   --jobs=8 --device --out="$out/compile_gate.md"
+# Issue 25: the Triton hot path per shard (a mesh of the visible GPUs, one
+# on a single-GPU lease) against the unsharded call: same outputs, and the
+# time ratio with its spread.
+step sharded_attention "$SHARDED_S" python3 scripts/check_sharded_attention.py \
+  --implementation=triton --batch=4 --seq_len=4096 --heads=16 --head_dim=128 \
+  --dtype=bfloat16 --output="$out/sharded_attention.json"
 # The reference and blockwise rows are slow and run out of memory at 16384;
 # they are CPU oracles, not GPU contenders.
 step attention_bench "$ATTENTION_S" python3 scripts/bench_attention.py \
