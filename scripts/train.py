@@ -64,10 +64,15 @@ def _initialize_distributed() -> None:
                          "--process_id go together: give all three or none")
   if explicit[0] is None:
     jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(coordinator_address=explicit[0],
-                               num_processes=explicit[1],
-                               process_id=explicit[2])
+    return
+  host = explicit[0].rsplit(":", 1)[0].strip("[]")
+  # jax's coordinator listens on every interface unless told otherwise: a
+  # run on one machine keeps it on the loopback address it was given.
+  bind = explicit[0] if host in ("127.0.0.1", "localhost", "::1") else None
+  jax.distributed.initialize(coordinator_address=explicit[0],
+                             num_processes=explicit[1],
+                             process_id=explicit[2],
+                             coordinator_bind_address=bind)
 
 
 def main(argv):

@@ -74,6 +74,8 @@ def test_two_processes_train_like_one_and_restore_in_one(tmp_path):
   run([TRAIN, *FLAGS, f"--workdir={single}"], devices=8)
 
   assert "devices: [CpuDevice(id=0)" in outputs[0][0]
+  # The coordinator listens on the loopback address only, not on [::].
+  assert f"distributed service on 127.0.0.1:{port}" in outputs[0][1]
   multi_losses = _losses(multi)
   assert len(multi_losses) == STEPS
   np.testing.assert_allclose(multi_losses, _losses(single), rtol=LOSS_RTOL)
