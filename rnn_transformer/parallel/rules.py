@@ -36,6 +36,13 @@ STRATEGIES = {
     "fsdp_tp": (_FSDP + _TP, (mesh_lib.FSDP, mesh_lib.TENSOR)),
 }
 CUSTOM = "custom"
+# The mesh axes a config gets when it names none (`config.mesh.axes`).
+DEFAULT_MESH_AXES = {
+    "dp": (mesh_lib.DATA,),
+    "fsdp": (mesh_lib.FSDP,),
+    "tp": (mesh_lib.DATA, mesh_lib.TENSOR),
+    "fsdp_tp": (mesh_lib.FSDP, mesh_lib.TENSOR),
+}
 
 
 def batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:

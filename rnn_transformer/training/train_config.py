@@ -71,7 +71,8 @@ def task_config(task: str, backbone: str | None, **task_params
   config.mesh = ml_collections.ConfigDict()
   # Sizes per axis, one -1 for "the rest"; None: (-1,) for a one-axis mesh.
   config.mesh.shape = ml_collections.config_dict.placeholder(tuple)
-  # Among ("data", "fsdp", "tensor"); None: the strategy's axes.
+  # Among ("data", "fsdp", "tensor"); None: the strategy's, i.e. dp: data,
+  # fsdp: fsdp, tp: (data, tensor), fsdp_tp: (fsdp, tensor).
   config.mesh.axes = ml_collections.config_dict.placeholder(tuple)
   config.sharding = ml_collections.ConfigDict()
   config.sharding.strategy = "dp"  # dp, fsdp, tp, fsdp_tp or custom
@@ -125,7 +126,7 @@ def mesh_and_rules(config: ml_collections.ConfigDict
     if strategy == parallel.rules.CUSTOM:
       raise ValueError("config.mesh.axes: strategy 'custom' needs explicit "
                        "mesh axes, e.g. ('data', 'tensor')")
-    axes = parallel.STRATEGIES[strategy][1]
+    axes = parallel.rules.DEFAULT_MESH_AXES[strategy]
   shape = config.mesh.shape
   if shape is None:
     if len(axes) != 1:
