@@ -116,18 +116,21 @@ def mesh_and_rules(config: ml_collections.ConfigDict
   the device count, an axis no strategy knows, a strategy typo, a rule
   naming an unknown logical or mesh axis.
   """
-  strategy = config.sharding.strategy
+  # A run saved before the mesh fields existed is a data-parallel run.
+  mesh_fields = config.get("mesh") or {}
+  sharding = config.get("sharding") or {}
+  strategy = sharding.get("strategy", "dp")
   if strategy not in tuple(parallel.STRATEGIES) + (parallel.rules.CUSTOM,):
     raise ValueError(f"config.sharding.strategy: expected one of "
                      f"{tuple(parallel.STRATEGIES) + (parallel.rules.CUSTOM,)}"
                      f", got {strategy!r}")
-  axes = config.mesh.axes
+  axes = mesh_fields.get("axes")
   if axes is None:
     if strategy == parallel.rules.CUSTOM:
       raise ValueError("config.mesh.axes: strategy 'custom' needs explicit "
                        "mesh axes, e.g. ('data', 'tensor')")
     axes = parallel.rules.DEFAULT_MESH_AXES[strategy]
-  shape = config.mesh.shape
+  shape = mesh_fields.get("shape")
   if shape is None:
     if len(axes) != 1:
       raise ValueError(f"config.mesh.shape: a mesh of axes {tuple(axes)} "
@@ -135,7 +138,8 @@ def mesh_and_rules(config: ml_collections.ConfigDict
     shape = (-1,)
   try:
     mesh = parallel.make_mesh(shape, axes)
-    rules = parallel.strategy_rules(strategy, mesh, config.sharding.rules)
+    rules = parallel.strategy_rules(strategy, mesh,
+                                    sharding.get("rules") or ())
   except (TypeError, ValueError) as e:
     raise type(e)(f"config.{e}") from e
   return mesh, rules

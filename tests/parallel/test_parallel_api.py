@@ -190,3 +190,20 @@ def test_a_relaunch_may_change_the_mesh_and_strategy(tmp_path):
   config.model.model_dim = 64
   with pytest.raises(train.WorkdirMismatchError, match="model.model_dim"):
     train.check_workdir(config, str(tmp_path))
+
+
+def test_a_config_saved_before_the_mesh_fields_is_data_parallel():
+  config = load_config("copy", "lstm")
+  del config["mesh"]
+  del config["sharding"]
+  mesh, rules = train.train_config.mesh_and_rules(config)
+  assert mesh.axis_names == ("data",) and rules == ()
+
+
+def test_custom_rules_from_a_saved_config_are_lists():
+  config = load_config("copy", "lstm")
+  config.sharding.strategy = "custom"
+  config.sharding.rules = [["embed", "fsdp"], ["hidden", None]]
+  config.mesh.axes = ("fsdp",)
+  _, rules = train.train_config.mesh_and_rules(config)
+  assert rules == (("embed", ("fsdp",)), ("hidden", ()))
