@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -136,15 +137,27 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       across batch rows and heads. Query heads split with their kv heads
       (grouped-query attention stays exact), so `num_kv_heads` must divide
       by the head split. The sequence axes are never split here (context
-      parallelism is a separate, collective algorithm). Without a mesh the
-      call is unchanged: under `jit` with sharded inputs XLA then gathers
-      whatever an opaque kernel (Triton, cuDNN) cannot partition.
+      parallelism is a separate, collective algorithm).
+      Without a mesh, concrete q, k and v (`jax.Array`s, not tracers) whose
+      `NamedSharding` splits the batch (dimension 0) or the heads
+      (dimension 2) run per shard on their mesh as if `mesh`, `batch_axes`
+      and `head_axes` had been passed; k and v must then be sharded like q
+      (same mesh, batch axes and head axes), else ValueError. Under `jit`,
+      `grad` or `vmap` the inputs are tracers and carry no usable sharding,
+      so pass `mesh=` there (as MaxText and tokamax do): otherwise the call
+      is unchanged and XLA gathers whatever an opaque kernel (Triton,
+      cuDNN) cannot partition. Replicated and single-device inputs are
+      unchanged. A concrete q, k or v whose `NamedSharding` splits the
+      sequence (dimension 1) or head_dim (dimension 3) raises ValueError,
+      with or without `mesh`.
 
   Returns:
     `(batch, q_len, num_heads, head_dim)`, and the log-sum-exp when
     `return_residuals`. A query with no allowed key gives a zero row and zero
     gradients.
   """
+  if mesh is None and batch_axes is None and head_axes is None:
+    mesh, batch_axes, head_axes = _detect_sharding(q, k, v)
   if mesh is not None or batch_axes is not None or head_axes is not None:
     return _per_shard(q, k, v, mesh=mesh, batch_axes=batch_axes,
                       head_axes=head_axes, causal=causal,
@@ -223,11 +236,76 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                     return_residuals=bool(return_residuals))
 
 
+def _spec_axes(entry) -> tuple[str, ...]:
+  """One `PartitionSpec` entry (None, a name or names) as a tuple of names."""
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _input_sharding(name: str, x, wanted: tuple | None = None):
+  """`(mesh, batch_axes, head_axes)` of a concrete rank-4 `x` laid out by a
+  `NamedSharding`; None for a tracer or any other array or layout.
+
+  Raises ValueError if the sharding splits the sequence (dimension 1) or
+  head_dim (dimension 3): only batch rows and heads are independent. The
+  message suggests `wanted` (batch axes, head axes), by default x's own.
+  """
+  if (isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array)
+      or x.ndim != 4
+      or not isinstance(x.sharding, jax.sharding.NamedSharding)):
+    return None
+  mesh, spec = x.sharding.mesh, x.sharding.spec
+  axes = [_spec_axes(e) for e in spec] + [()] * (4 - len(spec))
+  for dim, what in ((1, "the sequence"), (3, "head_dim")):
+    if _split(mesh, axes[dim]) > 1:
+      b, h = wanted or (axes[0], axes[2])
+      spec_wanted = jax.sharding.PartitionSpec(b or None, None, h or None,
+                                               None)
+      raise ValueError(
+          f"{name} is sharded {spec}, which splits {what} (dimension {dim}) "
+          f"over mesh axes {axes[dim]}; attention runs per (batch, heads) "
+          f"shard only: reshard q, k and v to {spec_wanted}, or wait for "
+          f"context-parallel attention (issue 26)")
+  return mesh, axes[0], axes[2]
+
+
+def _detect_sharding(q, k, v):
+  """`(mesh, batch_axes, head_axes)` from q's `NamedSharding` if q, k or v
+  is a concrete array split over the batch or the heads, after checking
+  that k and v are sharded like q; `(None, None, None)` otherwise."""
+  found = {name: _input_sharding(name, x)
+           for name, x in (("q", q), ("k", k), ("v", v))}
+  if not any(f is not None and _split(f[0], f[1] + f[2]) > 1
+             for f in found.values()):
+    return None, None, None
+
+  def layout(name, x):
+    if found[name] is None:
+      kind = type(getattr(x, "sharding", None)).__name__
+      return f"{type(x).__name__} with sharding {kind}"
+    return f"{x.sharding.spec} on mesh {dict(found[name][0].shape)}"
+
+  for name, x in (("k", k), ("v", v)):
+    if found[name] == found["q"]:
+      continue
+    if found[name] is None or found["q"] is None:
+      what = "the kind of sharding"
+    else:
+      what = ", ".join(field for field, a, b in zip(
+          ("mesh", "batch axes (dimension 0)", "head axes (dimension 2)"),
+          found[name], found["q"]) if a != b)
+    raise ValueError(
+        f"{name} and q differ in {what}: {name} is {layout(name, x)}, q is "
+        f"{layout('q', q)}; to run per shard from the inputs' shardings, k "
+        f"and v must be NamedSharding arrays on q's mesh with q's batch and "
+        f"head axes: reshard them, or pass mesh=, batch_axes= and head_axes=")
+  return found["q"]
+
+
 def _mesh_axes(name: str, axes, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
   """`axes` (None, a name or names) as a tuple of `mesh`'s axis names."""
-  if axes is None:
-    return ()
-  names = (axes,) if isinstance(axes, str) else tuple(axes)
+  names = _spec_axes(axes)
   unknown = [a for a in names if a not in mesh.axis_names]
   if unknown or not all(isinstance(a, str) for a in names):
     raise ValueError(f"{name} must name axes of the mesh "
@@ -240,8 +318,11 @@ def _split(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:
 
 
 def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
-               segment_ids, return_residuals, **options):
-  """`attention` on every device's (batch, heads) shard, in `shard_map`."""
+               segment_ids, **options):
+  """`attention` on every device's (batch, heads) shard, in `shard_map`:
+  q `(batch, q_len, num_heads, head_dim)`, k and v `(batch, kv_len,
+  num_kv_heads, head_dim)`, the batch split over `batch_axes` and both head
+  counts over `head_axes`; `options` are `attention`'s other arguments."""
   if not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"mesh must be a jax.sharding.Mesh when batch_axes or "
                     f"head_axes is given, got {type(mesh).__name__}")
@@ -254,6 +335,8 @@ def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
     if getattr(x, "ndim", None) != 4:
       raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
                        f"head_dim), got shape {jnp.shape(x)}")
+    # Refuses a concrete input whose sharding splits the sequence or head_dim.
+    _input_sharding(name, x, (batch_axes, head_axes))
   batch, num_heads, num_kv_heads = q.shape[0], q.shape[2], k.shape[2]
   batch_split, head_split = _split(mesh, batch_axes), _split(mesh, head_axes)
   if batch % batch_split:
@@ -264,30 +347,62 @@ def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
         f"head_axes {head_axes} split the heads {head_split} ways; q has "
         f"{num_heads} heads and k/v {num_kv_heads}: both must divide, so "
         f"each shard keeps whole groups of query heads with their kv head")
+  operands = [q, k, v]
+  if key_lengths is not None:
+    operands.append(_check_int_array("key_lengths", key_lengths, (batch,)))
+  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q.shape[1],
+                                      k.shape[1])
+  if q_seg is not None:
+    operands += [q_seg, kv_seg]
+  static = (mesh, batch_axes, head_axes, key_lengths is not None,
+            q_seg is not None, _typed(tuple(sorted(options.items()))))
+  try:
+    hash(static)
+  except TypeError:  # an option of the wrong type, which `attention` names
+    return _shard_mapped.__wrapped__(*static)(*operands)
+  return _shard_mapped(*static)(*operands)
+
+
+def _typed(value):
+  """`value` as a cache key holding the type of every part, so `causal=1`
+  does not reuse the function traced for `causal=True` (and skip the
+  TypeError `attention` raises); `_untyped` inverts it."""
+  if isinstance(value, (tuple, list)):
+    return type(value), tuple(_typed(v) for v in value)
+  return type(value), value
+
+
+def _untyped(typed):
+  kind, value = typed
+  if issubclass(kind, (tuple, list)):
+    value = [_untyped(v) for v in value]
+    return value if issubclass(kind, list) else tuple(value)
+  return value
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_mapped(mesh, batch_axes, head_axes, has_lengths, has_segments,
+                  options):
+  """`attention` jitted over `shard_map`: q, k, v `(batch, seq, heads,
+  head_dim)`, then `(batch,)` key lengths and two `(batch, seq)` segment ids
+  where present; `options`, `attention`'s other arguments as `_typed`
+  `(name, value)` pairs. Cached, so an eager call compiles once per layout."""
+  options = dict(_untyped(options))
+  return_residuals = options["return_residuals"]
   b = batch_axes or None
   h = head_axes or None
   P = jax.sharding.PartitionSpec  # noqa: N806
   qkv_spec = P(b, None, h, None)
-  operands = [q, k, v]
-  specs = [qkv_spec] * 3
-  has_lengths = key_lengths is not None
-  if has_lengths:
-    operands.append(_check_int_array("key_lengths", key_lengths, (batch,)))
-    specs.append(P(b))
-  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q.shape[1],
-                                      k.shape[1])
-  has_segments = q_seg is not None
-  if has_segments:
-    operands += [q_seg, kv_seg]
-    specs += [P(b, None), P(b, None)]
+  specs = ([qkv_spec] * 3 + [P(b)] * has_lengths +
+           [P(b, None)] * (2 * has_segments))
 
   def local(q, k, v, *rest):
     rest = list(rest)
     lengths = rest.pop(0) if has_lengths else None
     segments = (rest.pop(0), rest.pop(0)) if has_segments else None
     return attention(q, k, v, key_lengths=lengths, segment_ids=segments,
-                     return_residuals=return_residuals, **options)
+                     **options)
 
   out_specs = (qkv_spec, P(b, h, None)) if return_residuals else qkv_spec
-  return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs),
-                       out_specs=out_specs, check_vma=False)(*operands)
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=tuple(specs),
+                               out_specs=out_specs, check_vma=False))

@@ -1,8 +1,10 @@
 """Lowers the Triton attention for `cuda` without a GPU; prints JSON.
 
 Run as a subprocess by `test_cuda_lowering.py`: triton holds one mode per
-process (other tests import it for the interpreter), and jax-triton sets
-`TRITON_CACHE_DIR=""` on import.
+process (other tests import it for the interpreter), jax-triton sets
+`TRITON_CACHE_DIR=""` on import, and the 8 host devices of the sharded
+lowering are fixed when jax starts. Lowering needs no device of the target
+platform: the sharded call's mesh holds CPU devices, lowered for cuda.
 
   python tests/attention_kernels/cuda_lowering_probe.py 90
 """
@@ -14,16 +16,26 @@ import sys
 import tempfile
 import zlib
 
-import jax
-import jax.numpy as jnp
-from jax.extend.mlir import ir
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8")
 
-import kernels
-from kernels.gate import aot_compile
-from kernels.gate import compile_gate
-from kernels.triton import launch as triton_launch
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.extend.mlir import ir  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels.gate import aot_compile  # noqa: E402
+from kernels.gate import compile_gate  # noqa: E402
+from kernels.triton import launch as triton_launch  # noqa: E402
 
 _SHAPES = dict(q=(1, 200, 4, 64), kv=(1, 200, 2, 64))  # grouped-query, ragged
+# The sharded lowering: batch 8 over `data` (4 ways), heads over `model` (2).
+_SHARDED_SHAPES = dict(q=(8, 200, 4, 64), kv=(8, 200, 2, 64))
+_MESH_SHAPE = dict(data=4, model=2)
 
 
 def _attention(q, k, v):
@@ -48,8 +60,9 @@ def _config_bytes(attrs) -> bytes:
   return config
 
 
-def _custom_calls(module) -> list[tuple[str, bytes]]:
-  """(call_target_name, decompressed kernel config) of every custom call."""
+def _custom_calls(module) -> list[tuple[str, bytes, list[list[int]]]]:
+  """(call_target_name, decompressed kernel config, operand then result
+  shapes) of every custom call."""
   found = []
 
   def walk(op):
@@ -62,7 +75,9 @@ def _custom_calls(module) -> list[tuple[str, bytes]]:
             config = _config_bytes(attrs)
             if target in TARGETS:
               config = zlib.decompress(config)
-            found.append((target, config))
+            values = [*inner.operation.operands, *inner.operation.results]
+            shapes = [list(ir.RankedTensorType(x.type).shape) for x in values]
+            found.append((target, config, shapes))
           walk(inner.operation)
 
   walk(module.operation)
@@ -74,7 +89,40 @@ def _summary(lowered, capability: int) -> list[dict]:
   return [dict(target=name, ptx_target=(b".target " + target) in config,
                entry=[m.decode() for m in re.findall(rb"\.entry\s+(\w+)",
                                                      config)])
-          for name, config in _custom_calls(lowered.compiler_ir("stablehlo"))]
+          for name, config, _ in _custom_calls(
+              lowered.compiler_ir("stablehlo"))]
+
+
+def _triton_shapes(lowered) -> list[list[list[int]]]:
+  """Per Triton custom call: its operand shapes, then its result shapes."""
+  return [shapes for name, _, shapes in _custom_calls(
+      lowered.compiler_ir("stablehlo")) if name in TARGETS]
+
+
+def sharded() -> dict:
+  """The Triton calls' shapes, lowered for cuda, of a call sharded over a
+  (4, 2) mesh of host devices: with `mesh=` (forward and gradient), and
+  under jit without it (the inputs are tracers; nothing is detected)."""
+  mesh = Mesh(np.array(jax.devices("cpu")[:8]).reshape(
+      tuple(_MESH_SHAPE.values())), tuple(_MESH_SHAPE))
+  layout = NamedSharding(mesh, P("data", None, "model", None))
+  q, kv = (jax.ShapeDtypeStruct(_SHARDED_SHAPES[n], jnp.bfloat16,
+                                sharding=layout) for n in ("q", "kv"))
+
+  def per_shard(q, k, v):
+    return kernels.attention(q, k, v, causal=True, implementation="triton",
+                             mesh=mesh, batch_axes="data", head_axes="model")
+
+  def loss(q, k, v):
+    return per_shard(q, k, v).astype(jnp.float32).sum()
+
+  lowered = {
+      name: jax.jit(fn).trace(q, kv, kv).lower(lowering_platforms=("cuda",))
+      for name, fn in (("forward", per_shard),
+                       ("gradient", jax.grad(loss, argnums=(0, 1, 2))),
+                       ("without_mesh", _attention))}
+  return dict(mesh=_MESH_SHAPE, **{name: _triton_shapes(low)
+                                   for name, low in lowered.items()})
 
 
 def main(capability: int) -> dict:
@@ -95,6 +143,7 @@ def main(capability: int) -> dict:
     # The compile gate's PTX for the forward launch is what jax-triton embeds.
     with triton_launch.recording() as records:
       jax.make_jaxpr(_attention)(q, kv, kv)
+    sharded_shapes = sharded()
   roundtrip = jax.export.deserialize(serialized)
   aot_compile.init_worker(tempfile.mkdtemp())
   gate_ptx, _ = aot_compile.compile_ptx(compile_gate.compile_spec(records[0]),
@@ -105,7 +154,8 @@ def main(capability: int) -> dict:
       gradient=_summary(gradient, capability),
       export_bytes=len(serialized),
       export_platforms=list(roundtrip.platforms),
-      gate_ptx_embedded=gate_ptx.encode() in forward_config)
+      gate_ptx_embedded=gate_ptx.encode() in forward_config,
+      sharded=sharded_shapes)
 
 
 if __name__ == "__main__":

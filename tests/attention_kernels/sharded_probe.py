@@ -4,9 +4,12 @@ Launched by `test_attention_sharded.py` in a subprocess, because the device
 count is fixed when jax starts (`--xla_force_host_platform_device_count`).
 For each implementation and mesh: the largest differences of the outputs
 (and the log-sum-exp) and of the q/k/v gradients from the unsharded call,
-and the collectives in the compiled forward and backward programs.
+and the collectives in the compiled forward and backward programs. Then
+concrete sharded inputs without `mesh=` (the shardings detected), and the
+messages of refused calls.
 """
 
+import importlib
 import json
 import os
 import re
@@ -92,9 +95,53 @@ def run(implementation, mesh_shape, batch_axes, head_axes):
           "out_sharding": str(jax.tree.leaves(out)[0].sharding.spec)}
 
 
+def detected():
+  """Concrete q, k, v laid out on a mesh, called without `mesh=`: per
+  layout, the largest difference from the unsharded call, the output's
+  sharding, and the (mesh, batch_axes, head_axes) `_per_shard` received."""
+  module = importlib.import_module("kernels.attention")
+  per_shard, calls = module._per_shard, []
+
+  def spy(*args, mesh, batch_axes, head_axes, **kwargs):
+    calls.append([dict(mesh.shape), list(batch_axes), list(head_axes)])
+    return per_shard(*args, mesh=mesh, batch_axes=batch_axes,
+                     head_axes=head_axes, **kwargs)
+
+  q, k, v, lengths, _ = _inputs()
+  plain = kernels.attention(q, k, v, causal=True, key_lengths=lengths)
+  runs = {}
+  module._per_shard = spy
+  try:
+    for label, mesh_shape, spec in (
+        ("(8,)", (8,), P("data")),
+        ("(4, 2)", (4, 2), P("data", None, "model", None)),
+        ("replicated", (8,), P())):
+      mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape),
+                  ("data", "model")[:len(mesh_shape)])
+      layout = NamedSharding(mesh, spec)
+      calls.clear()
+      out = kernels.attention(*(jax.device_put(x, layout) for x in (q, k, v)),
+                              causal=True, key_lengths=lengths)
+      runs[label] = dict(
+          max_abs_diff=float(jnp.max(jnp.abs(out - plain))),
+          out_sharding=str(out.sharding.spec),
+          keeps_sharding=out.sharding.is_equivalent_to(layout, 4),
+          per_shard=list(calls))
+  finally:
+    module._per_shard = per_shard
+  return runs
+
+
 def refusals():
   mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
   q, k, v, _, _ = _inputs()
+
+  def put(x, *spec):  # on a (4, 2) mesh: `model` splits the 2 kv heads
+    return jax.device_put(x, NamedSharding(Mesh(
+        mesh.devices.reshape(4, 2), mesh.axis_names), P(*spec)))
+
+  split_q = put(q, "data", None, "model", None)
+  split_k = put(k, "data", "model")  # the sequence over `model`
   messages = {}
   for label, kwargs in {
       "heads": dict(head_axes="model"),         # 2 kv heads, 4 ways
@@ -102,6 +149,14 @@ def refusals():
                     v=v[:4]),                   # batch 4, 8 ways
       "axis": dict(batch_axes="rows"),
       "no_mesh": dict(mesh=None, batch_axes="data"),
+      "sequence": dict(mesh=None, q=put(q, "data"), k=split_k,
+                       v=put(v, "data")),
+      "sequence_with_mesh": dict(batch_axes="data", k=split_k),
+      "head_dim": dict(mesh=None, q=put(q, None, None, None, "model")),
+      "kv_heads": dict(mesh=None, q=split_q, k=put(k, "data"), v=put(
+          v, "data", None, "model")),        # k's heads not split like q's
+      "kv_unsharded": dict(mesh=None, q=split_q, k=put(
+          k, "data", None, "model"), v=v),  # v on one device
   }.items():
     args = (kwargs.pop("q", q), kwargs.pop("k", k), kwargs.pop("v", v))
     kwargs.setdefault("mesh", mesh)
@@ -115,7 +170,7 @@ def refusals():
 
 def main():
   implementations = sys.argv[1].split(",")
-  report = {"refusals": refusals(), "runs": {}}
+  report = {"refusals": refusals(), "detected": detected(), "runs": {}}
   for implementation in implementations:
     for mesh_shape, batch_axes, head_axes in (((8,), "data", None),
                                               ((4, 2), "data", "model")):

@@ -2,9 +2,11 @@
 
 Needs jax-triton and the `jax-cuda13-plugin` wheel installed `--no-deps` (the
 README's install does both): the plugin's `_triton` module holds the custom
-call's serialiser and needs no CUDA library.
+call's serialiser and needs no CUDA library. The sharded call's mesh holds 8
+host (CPU) devices: lowering for cuda needs no GPU, compiling would.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -17,6 +19,7 @@ _PROBE = pathlib.Path(__file__).with_name("cuda_lowering_probe.py")
 _ROOT = _PROBE.parent.parent
 
 
+@functools.cache
 def _probe(capability: int) -> dict:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [str(_ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -48,3 +51,22 @@ def test_forward_and_gradient_lower_for_cuda(capability):
   assert result["export_bytes"] > 0
   assert result["gate_ptx_embedded"], (
       "the compile gate's PTX differs from what jax-triton embeds")
+
+
+def test_a_sharded_call_lowers_per_shard_for_cuda():
+  """Batch 8 over `data` (4 ways) and heads 4/2 over `model` (2 ways): with
+  `mesh=` every Triton call of the forward and the gradient sees one
+  device's shard, batch 2 with 2 query and 1 kv heads; without it, under
+  jit, the kernel sees the global arrays (XLA would gather them)."""
+  result = _probe(90)["sharded"]
+  assert result["mesh"] == {"data": 4, "model": 2}
+  (forward,) = result["forward"]
+  assert forward[:3] == [[2, 200, 2, 64], [2, 200, 1, 64], [2, 200, 1, 64]]
+  assert len(result["gradient"]) == 4
+  for shapes in result["forward"] + result["gradient"]:
+    assert all(shape[0] == 2 for shape in shapes), shapes  # batch per shard
+    assert {tuple(s) for s in shapes if len(s) == 4} <= {
+        (2, 200, 2, 64), (2, 200, 1, 64)}, shapes
+  (global_call,) = result["without_mesh"]
+  assert global_call[:3] == [[8, 200, 4, 64], [8, 200, 2, 64],
+                             [8, 200, 2, 64]]
