@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnn_transformer import parallel
 from rnn_transformer import validation
 from rnn_transformer.recurrences import fused_recurrence
 from rnn_transformer.recurrences import linear_recurrence
@@ -371,15 +372,22 @@ class RNN(nn.Module):
 
     xs = tuple(time_major(x)
                for x in (step_inputs, valid, reset, state_perturbation))
+    # Under `parallel.activation_sharding` the batch stays split and every
+    # weight is gathered once, before the time loop, not inside it.
+    sharded = parallel.current() is not None
+    xs = (parallel.constrain_batch(xs[0], batch_dim=1),) + xs[1:]
     if hoist:
       xs = (self._project_rows(xs[0]),) + xs[1:]
 
     if defer:
+      input_weights = None if hoist else self.cell.input_weights(inputs)
       final_carry, outputs = fused_recurrence.scan(
-          self.cell, self.cell.recurrent_kernel(),
+          self.cell, parallel.replicate(self.cell.recurrent_kernel()),
           self.cell.elementwise_params(), xs[0], initial_carry, default_carry,
-          input_weights=None if hoist else self.cell.input_weights(inputs),
-          valid=xs[1], reset=xs[2], perturbation=xs[3], unroll=self.unroll)
+          input_weights=(None if input_weights is None else
+                         tuple(map(parallel.replicate, input_weights))),
+          valid=xs[1], reset=xs[2], perturbation=xs[3], unroll=self.unroll,
+          flatten_rows=not sharded)
     else:
       def body(cell, carry, xs_t, reset_carry):
         x_t, valid_t, reset_t, perturbation_t = xs_t
@@ -402,7 +410,7 @@ class RNN(nn.Module):
           out_axes=0,
           unroll=self.unroll)
       final_carry, outputs = scan(self.cell, initial_carry, xs, default_carry)
-    outputs = jnp.swapaxes(outputs, 0, 1)
+    outputs = parallel.constrain_batch(jnp.swapaxes(outputs, 0, 1))
     if reverse and keep_order:
       outputs = flip_sequences(outputs, seq_lengths)
     return final_carry, outputs
@@ -416,6 +424,8 @@ class RNN(nn.Module):
     weight gradient contracts one axis (contracting two, XLA:CPU first
     copies the cotangent into a transposed layout).
     """
+    if parallel.current() is not None:  # flattening would gather the batch
+      return self.cell.project_inputs(inputs)
     rows = self.cell.project_inputs(inputs.reshape((-1, inputs.shape[-1])))
     return rows.reshape(inputs.shape[:-1] + rows.shape[-1:])
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnn_transformer import parallel
 from rnn_transformer import validation
 from rnn_transformer.layers import positional
 from rnn_transformer.layers.attention import MultiHeadAttention
@@ -94,11 +95,14 @@ class TransformerBlock(nn.Module):
                        positions=positions, decode=self.decode,
                        deterministic=self.deterministic)
 
+    x = parallel.constrain_batch(x)  # the residual stream stays batch-split
     if cfg.norm == "pre":
       x = x + attend(norm_attention(x))
-      return x + feed_forward(norm_mlp(x), deterministic=self.deterministic)
-    x = norm_attention(x + attend(x))
-    return norm_mlp(x + feed_forward(x, deterministic=self.deterministic))
+      x = x + feed_forward(norm_mlp(x), deterministic=self.deterministic)
+    else:
+      x = norm_attention(x + attend(x))
+      x = norm_mlp(x + feed_forward(x, deterministic=self.deterministic))
+    return parallel.constrain_batch(x)
 
 
 def _scan_body(block: TransformerBlock, x: Array, positions: Array | None,

@@ -17,8 +17,10 @@ from rnn_transformer.parallel.partitioning import ActivationSharding
 from rnn_transformer.parallel.partitioning import ReplicatedDimensionWarning
 from rnn_transformer.parallel.partitioning import activation_sharding
 from rnn_transformer.parallel.partitioning import bytes_per_device
+from rnn_transformer.parallel.partitioning import constrain_batch
 from rnn_transformer.parallel.partitioning import current
 from rnn_transformer.parallel.partitioning import partition_spec
+from rnn_transformer.parallel.partitioning import replicate
 from rnn_transformer.parallel.partitioning import sharded_fraction
 from rnn_transformer.parallel.partitioning import sharded_init
 from rnn_transformer.parallel.partitioning import tree_shardings
@@ -30,7 +32,7 @@ __all__ = [
     "LOGICAL_AXES", "MESH_AXES", "PARAM_RULES", "STRATEGIES",
     "ActivationSharding", "ReplicatedDimensionWarning",
     "UnnamedParameterError", "activation_sharding", "batch_axes",
-    "bytes_per_device", "current", "logical_axes", "make_mesh",
-    "partition_spec", "sharded_fraction", "sharded_init", "strategy_rules",
-    "tree_shardings",
+    "bytes_per_device", "constrain_batch", "current", "logical_axes",
+    "make_mesh", "partition_spec", "replicate", "sharded_fraction",
+    "sharded_init", "strategy_rules", "tree_shardings",
 ]

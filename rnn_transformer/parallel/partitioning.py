@@ -165,6 +165,32 @@ def current() -> ActivationSharding | None:
   return _CURRENT.get()
 
 
+def constrain_batch(x: jax.Array, batch_dim: int = 0) -> jax.Array:
+  """`x` kept split over the batch axes along `batch_dim` (all else whole)
+  inside `activation_sharding`; unchanged outside it.
+
+  Without it XLA's propagation may split activations like the parameters
+  next to them (fsdp's `embed`), then gather whole global-batch activations
+  (measured: 4.7x fsdp's textbook traffic on a 50M-parameter Transformer).
+  """
+  sharding = current()
+  if sharding is None or not sharding.batch_axes:
+    return x
+  spec = [None] * x.ndim
+  spec[batch_dim] = sharding.batch_axes
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(sharding.mesh, P(*spec)))
+
+
+def replicate(x: jax.Array) -> jax.Array:
+  """`x` whole on every device inside `activation_sharding` (a weight used at
+  every time step of a scan is gathered once, before it); unchanged outside."""
+  sharding = current()
+  if sharding is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(sharding.mesh, P()))
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: jax.sharding.Mesh, rules: rules_lib.Rules):
   """Within it (while tracing), layers place activations on `mesh`.

@@ -71,7 +71,8 @@ def scan(cell: Any, kernel: Array, params: tuple[Array, ...], xs: Array,
          input_weights: tuple[Array, Array] | None = None,
          valid: Array | None = None, reset: Array | None = None,
          perturbation: Array | None = None,
-         unroll: int = 1) -> tuple[Carry, Array]:
+         unroll: int = 1,
+         flatten_rows: bool = True) -> tuple[Carry, Array]:
   """Runs `cell` over time from projected inputs, with the backward above.
 
   Args:
@@ -93,6 +94,10 @@ def scan(cell: Any, kernel: Array, params: tuple[Array, ...], xs: Array,
       such a step.
     perturbation: `(time, batch, H)` added to h after each step.
     unroll: steps per loop iteration of both scans.
+    flatten_rows: form the weight gradients on `(time * batch, ...)` rows
+      (one contracting axis: faster on XLA:CPU). False contracts time and
+      batch as two axes, as a batch split over devices needs: flattening
+      would gather the (time, batch) cotangents to every device.
 
   Returns:
     `(final_carry, outputs)` with outputs `(time, batch, H)`; the same values
@@ -206,15 +211,16 @@ def scan(cell: Any, kernel: Array, params: tuple[Array, ...], xs: Array,
     # with (step, example) flattened into one contracting axis: contracting
     # two axes, XLA:CPU copies the (time, batch, G*H) cotangent into a
     # transposed layout first.
+    rows = _rows if flatten_rows else (lambda x: x)
     _, kernel_vjp = jax.vjp(
-        lambda k: cell.recurrent_matmul(_rows(_hidden(carries_in)), k), kernel)
-    (d_kernel,) = kernel_vjp(_rows(d_recurrents))
+        lambda k: cell.recurrent_matmul(rows(_hidden(carries_in)), k), kernel)
+    (d_kernel,) = kernel_vjp(rows(d_recurrents))
     if input_weights is None:
       d_input_weights, d_xs = None, d_projected
     else:  # dW_x = sum_t x_t^T dp_t and db = sum_t dp_t, likewise
       _, weights_vjp = jax.vjp(
-          lambda k, b: cell.input_matmul(_rows(inputs), k, b), *input_weights)
-      d_input_weights, d_xs = weights_vjp(_rows(d_projected)), d_x
+          lambda k, b: cell.input_matmul(rows(inputs), k, b), *input_weights)
+      d_input_weights, d_xs = weights_vjp(rows(d_projected)), d_x
     return (d_kernel, d_params, d_input_weights, d_xs, d_initial,
             d_reset_carry, None, None, d_perturbation)
 

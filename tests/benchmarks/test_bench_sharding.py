@@ -163,10 +163,11 @@ def test_script_measures_dp_and_fsdp_on_eight_cpu_devices(tmp_path):
   # parameter is gathered: it is replicated already.
   assert grads <= dp["measured"]["all-reduce"]["bytes"] <= 1.1 * grads
   assert "all-gather" not in dp["measured"]
-  # fsdp: parameters are gathered (at least once each) and gradients
-  # reduced, by reduce-scatter or (XLA:CPU) all-reduce then slice.
+  # fsdp: every split parameter is gathered (at least once; the replicated
+  # biases need not be) and gradients reduced, by reduce-scatter or
+  # (XLA:CPU) all-reduce then slice.
   gathered = fsdp["measured"]["all-gather"]["bytes"]
-  assert gathered >= fsdp["param_bytes"]
+  assert gathered >= fsdp["textbook"]["reduce-scatter"]
   assert fsdp["textbook"]["all-gather"] == 2 * fsdp["textbook"][
       "reduce-scatter"] > 0.9 * fsdp["param_bytes"]
   reduced = sum(fsdp["measured"].get(k, {}).get("bytes", 0)
