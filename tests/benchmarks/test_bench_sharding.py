@@ -186,3 +186,32 @@ def test_script_rejects_an_unknown_strategy(tmp_path):
       timeout=300, cwd=tmp_path, env=env)
   assert result.returncode != 0
   assert "--strategies: expected names among" in result.stderr
+
+
+def test_recurrent_layers_keep_the_batch_split_and_loops_free_of_collectives(
+    tmp_path):
+  """dp on the LSTM all-reduces its gradients and gathers nothing (the
+  deferred weight gradient once gathered the (time, batch) cotangents); fsdp
+  gathers the kernels once, outside the time loops."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+  env.pop("XLA_FLAGS", None)
+  output = tmp_path / "lstm.md"
+  result = subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "bench_sharding.py"),
+       "--devices=8", "--strategies=dp,fsdp", "--sizes=lstm_tiny",
+       "--batch_size=16", "--seq_len=24", f"--output={output}"],
+      capture_output=True, text=True, check=False, timeout=600, cwd=tmp_path,
+      env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "lstm.json") as f:
+    rows = {r["strategy"]: r for r in json.load(f)["rows"]}
+  dp, fsdp = rows["dp"], rows["fsdp"]
+  assert "all-gather" not in dp["measured"]
+  assert dp["param_bytes"] <= dp["measured"]["all-reduce"]["bytes"] <= (
+      1.1 * dp["param_bytes"])
+  for kind, measured in fsdp["measured"].items():
+    # Executions per step equal instructions in the HLO: none in a loop.
+    assert measured["count"] == measured["instructions"], kind
+  assert fsdp["measured"]["all-gather"]["bytes"] <= (
+      1.1 * fsdp["param_bytes"])
