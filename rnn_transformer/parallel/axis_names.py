@@ -43,6 +43,7 @@ AxisNames = tuple[str | None, ...]
 PARAM_RULES: tuple[tuple[str, AxisNames], ...] = (
     # Embedder and positions (models/embedding.py, layers/positional.py).
     (r"(^|/)position_embedding/embedding$", (POSITION, EMBED)),
+    (r"^embedding$", (POSITION, EMBED)),  # a LearnedPositionEmbedding alone
     (r"(^|/)embedding/embedding$", (VOCAB, EMBED)),
     # Float inputs' projection: their width is the data's, never split.
     (r"(^|/)embedder/input_projection/kernel$", (None, EMBED)),
@@ -56,20 +57,20 @@ PARAM_RULES: tuple[tuple[str, AxisNames], ...] = (
     (r"(^|/)query/bias$", (HEADS, HEAD_DIM)),
     (r"(^|/)(key|value)/kernel$", (EMBED, KV_HEADS, HEAD_DIM)),
     (r"(^|/)(key|value)/bias$", (KV_HEADS, HEAD_DIM)),
-    (r"(^|/)attention/out/kernel$", (HEADS, HEAD_DIM, EMBED)),
-    (r"(^|/)attention/out/bias$", (EMBED,)),
+    (r"(^|/)out/kernel$", (HEADS, HEAD_DIM, EMBED)),
+    (r"(^|/)out/bias$", (EMBED,)),
     # Feed-forward and norms (models/transformer.py).
-    (r"(^|/)mlp/wi/kernel$", (EMBED, MLP)),
-    (r"(^|/)mlp/wi/bias$", (MLP,)),
-    (r"(^|/)mlp/wo/kernel$", (MLP, EMBED)),
-    (r"(^|/)mlp/wo/bias$", (EMBED,)),
+    (r"(^|/)wi/kernel$", (EMBED, MLP)),
+    (r"(^|/)wi/bias$", (MLP,)),
+    (r"(^|/)wo/kernel$", (MLP, EMBED)),
+    (r"(^|/)wo/bias$", (EMBED,)),
     (r"(^|/)(norm_\w+|final_norm)/(scale|bias)$", (EMBED,)),
     # Classic cells (layers/cells.py): fused gates, (in, G*H) and (H, G*H).
     (r"(^|/)recurrent_projection/kernel$", (HIDDEN, GATES)),
     (r"(^|/)candidate_bias$", (HIDDEN,)),
     # minGRU / minLSTM (layers/linear_rnn.py): one fused (in, G*H) projection.
-    (r"(^|/)cell/projection/kernel$", (EMBED, GATES)),
-    (r"(^|/)cell/projection/bias$", (GATES,)),
+    (r"(^|/)projection/kernel$", (EMBED, GATES)),
+    (r"(^|/)projection/bias$", (GATES,)),
     # LRU (layers/linear_rnn.py).
     (r"(^|/)B_(re|im)/kernel$", (EMBED, HIDDEN)),
     (r"(^|/)C_(re|im)/kernel$", (HIDDEN, EMBED)),

@@ -207,3 +207,47 @@ def test_custom_rules_from_a_saved_config_are_lists():
   config.mesh.axes = ("fsdp",)
   _, rules = train.train_config.mesh_and_rules(config)
   assert rules == (("embed", ("fsdp",)), ("hidden", ()))
+
+
+def _layers_alone():
+  """Every public layer on its own, as research code builds it."""
+  import rnn_transformer as rt
+  cfg = ModelConfig(**CONFIGS["transformer-causal=True"])
+  x = jnp.zeros((2, 8, DIM))
+  cells = {name: getattr(rt, name)(DIM) for name in (
+      "SimpleRNNCell", "LSTMCell", "GRUCell", "MinGRU", "MinLSTM", "LRU")}
+  layers = {f"{name}": (cell, (jax.random.key(1), x[:, 0].shape), "cell")
+            for name, cell in cells.items()}
+  layers.update({
+      f"RNN({name})": (rt.RNN(cell), (x,), "call") for name, cell in
+      cells.items()})
+  layers.update({
+      "Bidirectional": (rt.Bidirectional(rt.RNN(rt.GRUCell(DIM)),
+                                         rt.RNN(rt.GRUCell(DIM))), (x,),
+                        "call"),
+      "StackedRNN": (rt.StackedRNN([rt.LSTMCell(DIM), rt.LSTMCell(DIM)]),
+                     (x,), "call"),
+      "MultiHeadAttention": (rt.MultiHeadAttention(num_heads=HEADS), (x,),
+                             "call"),
+      "LearnedPositionEmbedding": (rt.LearnedPositionEmbedding(
+          max_len=8, features=DIM), (jnp.zeros((2, 8), jnp.int32),), "call"),
+      "TransformerBlock": (rt.TransformerBlock(cfg), (x,), "call"),
+  })
+  return layers
+
+
+@pytest.mark.parametrize("name", sorted(_layers_alone()))
+def test_every_public_layer_alone_is_named(name):
+  module, args, kind = _layers_alone()[name]
+  if kind == "cell":  # a cell's parameters come from one step
+    key, shape = args
+    carry = module.initialize_carry(key, shape)
+    variables = jax.eval_shape(module.init, key, carry,
+                               jnp.zeros(shape))
+  else:
+    variables = jax.eval_shape(module.init, jax.random.key(0), *args)
+  axes = parallel.logical_axes(variables["params"])
+  for names_, leaf in zip(
+      jax.tree.leaves(axes, is_leaf=lambda t: isinstance(t, tuple)),
+      jax.tree.leaves(variables["params"])):
+    assert len(names_) == leaf.ndim
