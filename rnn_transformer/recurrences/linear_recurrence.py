@@ -189,9 +189,95 @@ def _check_args(a, b, initial_carry, seq_lengths, reset, method, chunk_size,
                      f"{chunk_size!r}")
 
 
+def _time_sharding(mesh, time_axis, batch_axes, time: int, batch: int,
+                   a_name: str):
+  """`(mesh, time_axes, batch_axes)` checked, or None without a mesh."""
+  if mesh is None:
+    if time_axis is not None or batch_axes is not None:
+      raise ValueError(f"mesh: time_axis and batch_axes need a "
+                       f"jax.sharding.Mesh, got mesh=None with time_axis="
+                       f"{time_axis!r}, batch_axes={batch_axes!r}")
+    return None
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh: expected a jax.sharding.Mesh, got "
+                    f"{type(mesh).__name__}")
+
+  def axes(name, value):
+    names = () if value is None else (
+        (value,) if isinstance(value, str) else tuple(value))
+    unknown = [x for x in names if x not in mesh.axis_names]
+    if unknown or not all(isinstance(x, str) for x in names):
+      raise ValueError(f"{name}: expected axis names of the mesh "
+                       f"{tuple(mesh.axis_names)}, got {value!r}")
+    return names
+
+  time_axes, batch_axes = axes("time_axis", time_axis), axes(
+      "batch_axes", batch_axes)
+  if not time_axes:
+    raise ValueError("time_axis: expected the mesh axis (or axes) the time "
+                     "steps are split over, got None")
+  if set(time_axes) & set(batch_axes):
+    raise ValueError(f"batch_axes: {batch_axes} overlaps time_axis "
+                     f"{time_axes}")
+  shards = int(np.prod([mesh.shape[x] for x in time_axes]))
+  if time % shards:
+    raise ValueError(
+        f"{a_name}: time {time} is not divisible by the {shards} shards of "
+        f"time_axis {time_axes}; pad the sequences to a multiple of {shards} "
+        f"(with seq_lengths marking the padding)")
+  batch_shards = int(np.prod([mesh.shape[x] for x in batch_axes]))
+  if batch % batch_shards:
+    raise ValueError(f"{a_name}: batch {batch} is not divisible by the "
+                     f"{batch_shards} shards of batch_axes {batch_axes}")
+  return mesh, time_axes, batch_axes
+
+
+def _across_devices(ring: _Semiring, run, a, b, h0, reverse: bool, mesh,
+                    time_axes: tuple[str, ...], batch_axes: tuple[str, ...]):
+  """The scan with time split over `time_axes`: each device scans its steps
+  from the zero carry, all devices exchange one (product of a, last h)
+  summary each, and every device adds its incoming carry times its prefix
+  products of a. Communication: one all-gather of (devices, batch, features)
+  per summary, whatever the sequence length.
+  """
+  shards = int(np.prod([mesh.shape[x] for x in time_axes]))
+  spec = jax.sharding.PartitionSpec
+  batch_spec = batch_axes or None
+
+  def local(a, b, h0):
+    if reverse:  # this device's steps backwards; devices in reverse order
+      a, b = jnp.flip(a, 1), jnp.flip(b, 1)
+    h = run(a, b, jnp.full_like(h0, ring.zero))
+    # Products of a (sums of log a): no zero b, whose logaddexp(-inf, -inf)
+    # would give NaN gradients in log space.
+    a_prefix = jax.lax.associative_scan(ring.mul, a, axis=1)
+    a_total = jax.lax.all_gather(a_prefix[:, -1], time_axes)
+    h_last = jax.lax.all_gather(h[:, -1], time_axes)
+    position = jax.lax.axis_index(time_axes)
+    if reverse:
+      a_total, h_last = a_total[::-1], h_last[::-1]
+      position = shards - 1 - position
+    carries = [h0]  # the carry entering device 0, 1, ..., and leaving the last
+    for j in range(shards):
+      carries.append(ring.add(ring.mul(a_total[j], carries[-1]), h_last[j]))
+    carry_in = jnp.stack(carries[:-1])[position]
+    h = ring.add(h, ring.mul(a_prefix, carry_in[:, None]))
+    if reverse:
+      h = jnp.flip(h, 1)
+    return carries[-1], h
+
+  steps = spec(batch_spec, time_axes, None)
+  # check_vma=False: the final carry is the same fold of all-gathered
+  # summaries on every time shard, which the type check cannot see.
+  return jax.shard_map(
+      local, mesh=mesh, in_specs=(steps, steps, spec(batch_spec, None)),
+      out_specs=(spec(batch_spec, None), steps), check_vma=False)(a, b, h0)
+
+
 def _scan(ring: _Semiring, a: Array, b: Array, initial_carry: Array | None,
           seq_lengths: Array | None, reset: Array | None, reverse: bool,
-          method: str, chunk_size: int) -> tuple[Array, Array]:
+          method: str, chunk_size: int, sharding=None
+          ) -> tuple[Array, Array]:
   batch, time, features = a.shape
   if initial_carry is None:
     initial_carry = jnp.full((batch, features), ring.zero, a.dtype)
@@ -212,17 +298,23 @@ def _scan(ring: _Semiring, a: Array, b: Array, initial_carry: Array | None,
     # hands the initial carry to the last valid step unchanged.
     a = jnp.where(valid[..., None], a, jnp.asarray(ring.one, a.dtype))
     b = jnp.where(valid[..., None], b, jnp.asarray(ring.zero, b.dtype))
-  if reverse:
-    a, b = jnp.flip(a, 1), jnp.flip(b, 1)
-  if method == "sequential":
-    h = _sequential(ring, a, b, initial_carry)
-  elif method == "associative":
-    h = _associative(ring, a, b, initial_carry)
+  def run(a, b, h0):  # the method's scan, forward in time
+    if method == "sequential":
+      return _sequential(ring, a, b, h0)
+    if method == "associative":
+      return _associative(ring, a, b, h0)
+    return _chunked(ring, a, b, h0, chunk_size)
+
+  if sharding is None:
+    if reverse:
+      a, b = jnp.flip(a, 1), jnp.flip(b, 1)
+    h = run(a, b, initial_carry)
+    if reverse:
+      h = jnp.flip(h, 1)
+    final = h[:, 0] if reverse else h[:, -1]
   else:
-    h = _chunked(ring, a, b, initial_carry, chunk_size)
-  if reverse:
-    h = jnp.flip(h, 1)
-  final = h[:, 0] if reverse else h[:, -1]
+    final, h = _across_devices(ring, run, a, b, initial_carry, reverse,
+                               *sharding)
   if valid is not None:
     h = jnp.where(valid[..., None], h, jnp.asarray(ring.zero, h.dtype))
   return final, h
@@ -231,7 +323,11 @@ def _scan(ring: _Semiring, a: Array, b: Array, initial_carry: Array | None,
 def linear_scan(a: Array, b: Array, *, initial_carry: Array | None = None,
                 seq_lengths: Array | None = None, reset: Array | None = None,
                 reverse: bool = False, method: str = "associative",
-                chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Array, Array]:
+                chunk_size: int = DEFAULT_CHUNK_SIZE,
+                mesh: jax.sharding.Mesh | None = None,
+                time_axis: str | tuple[str, ...] | None = None,
+                batch_axes: str | tuple[str, ...] | None = None
+                ) -> tuple[Array, Array]:
   """Computes `h_t = a_t * h_{t-1} + b_t` for every step.
 
   Args:
@@ -252,6 +348,14 @@ def linear_scan(a: Array, b: Array, *, initial_carry: Array | None = None,
       fewer levels than "associative" and less loop overhead than
       "sequential") or "sequential" (`lax.scan`, T steps).
     chunk_size: steps per chunk of the "chunked" method.
+    mesh, time_axis, batch_axes: sequence parallelism. With a
+      `jax.sharding.Mesh`, time is split over the mesh axis (or axes)
+      `time_axis` and the batch over `batch_axes`: each device scans its
+      own steps (with `method`), then one all-gather of every device's
+      `(batch, features)` summary (the product of its a, its last h) fixes
+      up each device's incoming carry, so communication does not grow with
+      time (Blelloch's two-level scan across devices). Exact, gradients
+      included; time must divide by the time shards.
 
   Returns:
     `(final_carry (batch, features), h (batch, time, features))`.
@@ -259,8 +363,10 @@ def linear_scan(a: Array, b: Array, *, initial_carry: Array | None = None,
   a, b = jnp.asarray(a), jnp.asarray(b)
   _check_args(a, b, initial_carry, seq_lengths, reset, method, chunk_size,
               ("a", "b", "initial_carry"), allow_complex=True)
+  sharding = _time_sharding(mesh, time_axis, batch_axes, a.shape[1],
+                            a.shape[0], "a")
   return _scan(_LINEAR, a, b, initial_carry, seq_lengths, reset, reverse,
-               method, chunk_size)
+               method, chunk_size, sharding)
 
 
 def log_linear_scan(log_a: Array, log_b: Array, *,
@@ -268,7 +374,10 @@ def log_linear_scan(log_a: Array, log_b: Array, *,
                     seq_lengths: Array | None = None,
                     reset: Array | None = None, reverse: bool = False,
                     method: str = "associative",
-                    chunk_size: int = DEFAULT_CHUNK_SIZE
+                    chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    mesh: jax.sharding.Mesh | None = None,
+                    time_axis: str | tuple[str, ...] | None = None,
+                    batch_axes: str | tuple[str, ...] | None = None
                     ) -> tuple[Array, Array]:
   """`linear_scan` for positive a, b, h, on their logarithms.
 
@@ -284,7 +393,8 @@ def log_linear_scan(log_a: Array, log_b: Array, *,
   Args:
     log_a, log_b: `(batch, time, features)` real floating; log 0 = -inf.
     log_initial_carry: `(batch, features)`; default -inf (h_0 = 0).
-    seq_lengths, reset, reverse, method, chunk_size: as in `linear_scan`.
+    seq_lengths, reset, reverse, method, chunk_size, mesh, time_axis,
+      batch_axes: as in `linear_scan`.
 
   Returns:
     `(log final_carry, log h)`; padded steps hold -inf (h = 0).
@@ -293,6 +403,8 @@ def log_linear_scan(log_a: Array, log_b: Array, *,
   _check_args(log_a, log_b, log_initial_carry, seq_lengths, reset, method,
               chunk_size, ("log_a", "log_b", "log_initial_carry"),
               allow_complex=False)
+  sharding = _time_sharding(mesh, time_axis, batch_axes, log_a.shape[1],
+                            log_a.shape[0], "log_a")
   return _scan(_LOG, log_a, log_b, log_initial_carry, seq_lengths, reset,
-               reverse, method, chunk_size)
+               reverse, method, chunk_size, sharding)
 
