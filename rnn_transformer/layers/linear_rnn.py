@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnn_transformer import parallel
 from rnn_transformer import validation
 from rnn_transformer.recurrences import linear_recurrence
 
@@ -128,6 +129,10 @@ class LinearRecurrentCell(nn.RNNCellBase):
     a, b = self.coefficients(inputs)
     kwargs = dict(seq_lengths=seq_lengths, reset=reset, reverse=reverse,
                   method=method, chunk_size=chunk_size)
+    sharding = parallel.current()
+    if sharding is not None and sharding.time_axes:  # sequence parallelism
+      kwargs.update(mesh=sharding.mesh, time_axis=sharding.time_axes,
+                    batch_axes=sharding.batch_axes or None)
     carry = initial_carry.astype(self.carry_dtype)
     if self.scans_in_log_space:
       # A zero carry is log 0 = -inf: the log-space scan handles it exactly.

@@ -3,9 +3,10 @@
     make_mesh((-1, 2), ("fsdp", "tensor"))   # 8 devices: fsdp 4, tensor 2
 
 The mesh axes this library's strategies know are `data` (replicas of the
-parameters, batch split), `fsdp` (parameters and batch split) and `tensor`
+parameters, batch split), `fsdp` (parameters and batch split), `tensor`
 (attention heads, MLP and vocabulary split), as in MaxText's
-`ici_*_parallelism`. Devices follow `jax.devices()` order (`mesh_utils`
+`ici_*_parallelism`, and `context` (time steps split; the linear
+recurrences so far). Devices follow `jax.devices()` order (`mesh_utils`
 would reorder them for a TPU's torus; on CPU and one GPU host the order is
 the identity), so a process's devices are contiguous along the first axis.
 """
@@ -21,7 +22,8 @@ import numpy as np
 DATA = "data"
 FSDP = "fsdp"
 TENSOR = "tensor"
-MESH_AXES = (DATA, FSDP, TENSOR)
+CONTEXT = "context"  # the sequence (time) axis: context parallelism
+MESH_AXES = (DATA, FSDP, TENSOR, CONTEXT)
 
 
 def resolve_shape(shape: Sequence[int], num_devices: int,

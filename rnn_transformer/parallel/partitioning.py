@@ -145,6 +145,7 @@ class ActivationSharding:
   mesh: jax.sharding.Mesh
   batch_axes: tuple[str, ...]
   head_axes: tuple[str, ...]
+  time_axes: tuple[str, ...] = ()
 
   def attention_axes(self, num_heads: int, num_kv_heads: int
                      ) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -195,14 +196,16 @@ def replicate(x: jax.Array) -> jax.Array:
 def activation_sharding(mesh: jax.sharding.Mesh, rules: rules_lib.Rules):
   """Within it (while tracing), layers place activations on `mesh`.
 
-  The batch splits over the mesh's `data` and `fsdp` axes; attention heads
+  The batch splits over the mesh's `data` and `fsdp` axes, time over
+  `context` (the linear recurrences scan across devices); attention heads
   over the axes `rules` give both `heads` and `kv_heads`.
   """
   table = dict(rules)
   heads = table.get(la.HEADS, ())
   head_axes = heads if table.get(la.KV_HEADS, ()) == heads else ()
   token = _CURRENT.set(ActivationSharding(
-      mesh, rules_lib.batch_axes(mesh), tuple(head_axes)))
+      mesh, rules_lib.batch_axes(mesh), tuple(head_axes),
+      rules_lib.time_axes(mesh)))
   try:
     yield
   finally:

@@ -51,6 +51,11 @@ def batch_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
                if a in (mesh_lib.DATA, mesh_lib.FSDP))
 
 
+def time_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+  """The mesh axes the time steps split over: `context`, where present."""
+  return tuple(a for a in mesh.axis_names if a == mesh_lib.CONTEXT)
+
+
 def check_rules(rules: Sequence, mesh: jax.sharding.Mesh,
                 name: str = "sharding.rules") -> Rules:
   """`rules` as `((logical, (mesh axes...)), ...)`, validated against `mesh`."""
@@ -110,7 +115,8 @@ def strategy_rules(strategy: str, mesh: jax.sharding.Mesh,
       raise ValueError(f"mesh.axes: strategy {strategy!r} needs the mesh "
                        f"axes {needed}, got {tuple(mesh.axis_names)} "
                        f"(e.g. --config.mesh.axes=\"{needed}\")")
-  used = {a for _, targets in out for a in targets} | set(batch_axes(mesh))
+  used = ({a for _, targets in out for a in targets} | set(batch_axes(mesh))
+          | set(time_axes(mesh)))
   idle = [a for a in mesh.axis_names if a not in used and mesh.shape[a] > 1]
   if idle:
     raise ValueError(f"mesh.axes: the mesh axes {idle} (sizes "

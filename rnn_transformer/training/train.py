@@ -245,8 +245,7 @@ class Trainer:
     train = config.train
     self.mesh, self.rules = train_config.mesh_and_rules(config)
     self.replicated = NamedSharding(self.mesh, P())
-    self.data_sharding = NamedSharding(
-        self.mesh, P(parallel.batch_axes(self.mesh) or None))
+    self.data_sharding = self._batch_shardings()
     self.tx, self.schedule = make_optimizer(config)
     root = jax.random.key(config.seed)
     self.init_key, self.data_key, self.dropout_key, self.eval_key = (
@@ -280,6 +279,20 @@ class Trainer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=train.keep_checkpoints, create=True,
             enable_async_checkpointing=False))
+
+  def _batch_shardings(self) -> Any:
+    """Per array of a batch: examples over the batch axes, and the time
+    steps (`(batch, seq_len, ...)` arrays) over the context axis."""
+    batch_axes = parallel.batch_axes(self.mesh) or None
+    time_axes = parallel.rules.time_axes(self.mesh) or None
+    seq_len = self.task.seq_len
+    shapes = jax.eval_shape(
+        lambda key: self.task.batch(key, self.config.train.batch_size),
+        jax.random.key(0))
+    return jax.tree.map(
+        lambda x: NamedSharding(self.mesh, P(batch_axes, time_axes) if (
+            x.ndim >= 2 and x.shape[1] == seq_len) else P(batch_axes)),
+        shapes)
 
   def _init(self, key: jax.Array) -> train_state.TrainState:
     sample = self.task.batch(jax.random.key(0), 1)["inputs"]

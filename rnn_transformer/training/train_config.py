@@ -211,6 +211,20 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
     model = model_config_for(config, task)
   except (TypeError, ValueError) as e:
     raise _named("config.model", e) from e
+  context = int(np.prod([mesh.shape[a] for a in
+                         parallel.rules.time_axes(mesh)]))
+  if context > 1:
+    if model.backbone not in model_config.LINEAR_BACKBONES:
+      raise ValueError(
+          f"config.mesh.axes: a 'context' axis splits time over devices, "
+          f"which only the backbones whose layers scan across devices take: "
+          f"{model_config.LINEAR_BACKBONES}; got backbone "
+          f"{model.backbone!r} (drop the context axis)")
+    if task.seq_len % context:
+      raise ValueError(
+          f"config.mesh.shape: the context axis splits the task's "
+          f"{task.seq_len} steps {context} ways, not evenly; pick a context "
+          f"size that divides {task.seq_len}")
   if model.backbone == "transformer" and task.seq_len > model.max_len:
     raise ValueError(f"config.model.max_len: expected at least the task's "
                      f"sequence length {task.seq_len}, got {model.max_len}")

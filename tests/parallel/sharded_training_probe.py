@@ -35,6 +35,12 @@ MESHES = {  # strategy -> (mesh shape, mesh axes)
     "tp": ((-1, 2), ("data", "tensor")),
     "fsdp_tp": ((-1, 2), ("fsdp", "tensor")),
 }
+# The linear recurrences also split time (the copy task's 14 steps, 2 ways).
+CONTEXT_MESHES = {
+    "dp_context": ((4, 2), ("data", "context")),
+    "fsdp_context": ((4, 2), ("fsdp", "context")),
+}
+LINEAR = ("mingru", "minlstm", "lru")
 
 
 def config(strategy="dp", model_dim=32):
@@ -51,9 +57,9 @@ def config(strategy="dp", model_dim=32):
   c.train.eval_batches = 1
   c.train.checkpoint_every = 10
   c.train.progress_bar = False
-  c.sharding.strategy = strategy
+  c.sharding.strategy = strategy.removesuffix("_context")
   if DEVICES > 1:
-    c.mesh.shape, c.mesh.axes = MESHES[strategy]
+    c.mesh.shape, c.mesh.axes = {**MESHES, **CONTEXT_MESHES}[strategy]
   return c
 
 
@@ -113,10 +119,16 @@ def refusals():
       "rule_unknown_mesh": dict(strategy="custom", axes=("fsdp",),
                                 rules=(("embed", "tensor"),)),
       "batch": dict(batch_size=12),
+      "context_transformer": dict(shape=(4, 2), axes=("data", "context")),
+      "context_indivisible": dict(shape=(2, 4), axes=("data", "context"),
+                                  backbone="lru"),
   }
   out = {}
   for name, case in cases.items():
     cfg = config("dp")
+    if "backbone" in case:
+      cfg = train_config.task_config("copy", case["backbone"], delay=6,
+                                     copy_len=4)
     cfg.mesh.shape = case.get("shape", (-1,))
     cfg.mesh.axes = case.get("axes", ("data",))
     cfg.sharding.strategy = case.get("strategy", "dp")
@@ -142,11 +154,14 @@ def main():
       save_final_params(config(), source, "restored_into_1")
     print(json.dumps(report))
     return
-  for strategy in MESHES:
+  for strategy in (CONTEXT_MESHES if BACKBONE in LINEAR else MESHES):
     workdir = os.path.join(ROOT, strategy)
     train.train_and_evaluate(config(strategy), workdir)
     report["losses"][strategy] = losses(workdir)
     save_final_params(config(strategy), workdir, strategy)
+  if BACKBONE in LINEAR:
+    print(json.dumps(report))
+    return
   # The fsdp checkpoint restored under tp on a (4, 2) mesh.
   report["fsdp_into_tp_specs"] = save_final_params(
       config("tp"), os.path.join(ROOT, "fsdp"), "fsdp_into_tp")

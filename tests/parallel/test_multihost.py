@@ -84,6 +84,10 @@ def test_two_processes_train_like_one_and_restore_in_one(tmp_path):
   assert (multi / "train.process1.log").exists()
   checkpoint = multi / "checkpoints" / str(STEPS)
   assert (checkpoint / "commit_success.txt").exists()
+  # orbax: each process wrote its own shards, one metadata file for both.
+  written = sorted(p.name for p in (checkpoint / "default").iterdir())
+  assert {"ocdbt.process_0", "ocdbt.process_1", "_METADATA"} <= set(written)
+  assert not any(name.startswith("ocdbt.process_2") for name in written)
 
   done = run(["-c", RESTORE, multi, tmp_path / "multi.npz", single,
               tmp_path / "single.npz"], devices=1)

@@ -29,6 +29,24 @@ def _params(root, name):
     return {k: f[k] for k in f.files}
 
 
+def test_linear_recurrences_train_with_time_split_like_one_device(tmp_path):
+  """LRU on (data 4 x context 2) and (fsdp 4 x context 2): every layer scans
+  its half of the steps and exchanges (batch, features) summaries."""
+  sharded = _probe(8, "lru", tmp_path)
+  reference = _probe(1, "lru", tmp_path, "--restore",
+                     str(tmp_path / "fsdp_context"))
+  expected = np.asarray(reference["losses"]["reference"])
+  assert expected.shape == (20,) and expected[-1] < expected[0]
+  final = _params(tmp_path, "reference")
+  for strategy in ("dp_context", "fsdp_context"):
+    np.testing.assert_allclose(sharded["losses"][strategy], expected,
+                               rtol=LOSS_RTOL, err_msg=strategy)
+    assert_params_close(_params(tmp_path, strategy), final, strategy)
+  assert_params_close(_params(tmp_path, "restored_into_1"),
+                      _params(tmp_path, "fsdp_context"), "into 1 device",
+                      atol=0)
+
+
 @pytest.mark.parametrize("backbone", ["transformer", "lstm"])
 def test_every_strategy_trains_like_one_device(backbone, tmp_path):
   sharded = _probe(8, backbone, tmp_path)
@@ -93,6 +111,10 @@ def _check_refusals(refusals):
                               "'embedd'",
       "rule_unknown_mesh": "names mesh axes ['tensor'] that the mesh",
       "batch": "config.train.batch_size: expected a multiple of",
+      "context_transformer": "config.mesh.axes: a 'context' axis splits "
+                             "time over devices",
+      "context_indivisible": "config.mesh.shape: the context axis splits the "
+                             "task's 14 steps 4 ways, not evenly",
   }
   assert refusals.keys() == expected.keys()
   for case, message in expected.items():
