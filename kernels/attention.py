@@ -12,6 +12,7 @@ import numpy as np
 
 from kernels import backends
 from kernels import masking
+from kernels import ring
 
 _DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16),
            np.dtype(jnp.float32))
@@ -83,7 +84,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
               implementation: str | None = None,
               mesh: jax.sharding.Mesh | None = None,
               batch_axes: str | Sequence[str] | None = None,
-              head_axes: str | Sequence[str] | None = None):
+              head_axes: str | Sequence[str] | None = None,
+              context_axis: str | None = None):
   """Scaled dot-product attention `softmax(cap(scale * Q K^T) + mask) V`.
 
   Args:
@@ -151,11 +153,27 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       sequence (dimension 1) or head_dim (dimension 3) raises ValueError,
       with or without `mesh`.
 
+    context_axis: context parallelism (ring attention, `kernels.ring`):
+      with `mesh`, the sequences of q, k and v are split over this mesh
+      axis (the batch and heads over `batch_axes` and `head_axes` as
+      above); key blocks travel round the ring and the partial outputs
+      merge by their log-sum-exp, so no device holds the whole sequence.
+      Needs an implementation that returns the log-sum-exp (triton,
+      reference, blockwise; None picks one), lengths divisible by the
+      axis size, q_len == kv_len when causal; `window` is not supported yet.
+
   Returns:
     `(batch, q_len, num_heads, head_dim)`, and the log-sum-exp when
     `return_residuals`. A query with no allowed key gives a zero row and zero
     gradients.
   """
+  if context_axis is not None:
+    return _context_parallel(
+        q, k, v, mesh=mesh, context_axis=context_axis, batch_axes=batch_axes,
+        head_axes=head_axes, causal=causal, key_lengths=key_lengths,
+        segment_ids=segment_ids, scale=scale, window=window,
+        softcap=softcap, return_residuals=return_residuals,
+        implementation=implementation)
   if mesh is None and batch_axes is None and head_axes is None:
     mesh, batch_axes, head_axes = _detect_sharding(q, k, v)
   if mesh is not None or batch_axes is not None or head_axes is not None:
@@ -311,6 +329,70 @@ def _mesh_axes(name: str, axes, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
     raise ValueError(f"{name} must name axes of the mesh "
                      f"{tuple(mesh.axis_names)}, got {axes!r}")
   return names
+
+
+def _context_parallel(q, k, v, *, mesh, context_axis, batch_axes, head_axes,
+                      causal, key_lengths, segment_ids, scale, window,
+                      softcap, return_residuals, implementation):
+  """`attention` with the sequence split over `context_axis`: `ring`."""
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh must be a jax.sharding.Mesh when context_axis is "
+                    f"given, got {type(mesh).__name__}")
+  if not isinstance(context_axis, str) or context_axis not in (
+      mesh.axis_names):
+    raise ValueError(f"context_axis must name an axis of the mesh "
+                     f"{tuple(mesh.axis_names)}, got {context_axis!r}")
+  batch_axes = _mesh_axes("batch_axes", batch_axes, mesh)
+  head_axes = _mesh_axes("head_axes", head_axes, mesh)
+  if context_axis in batch_axes + head_axes or set(batch_axes) & set(
+      head_axes):
+    raise ValueError(f"context_axis {context_axis!r}, batch_axes "
+                     f"{batch_axes} and head_axes {head_axes} must be "
+                     f"different mesh axes")
+  if implementation in ("xla", "cudnn"):
+    raise ValueError(f"implementation={implementation!r} cannot serve "
+                     f"context_axis: ring attention merges blocks by their "
+                     f"log-sum-exp, which it does not return; use triton, "
+                     f"reference or blockwise (or None)")
+  if window is not None:
+    raise ValueError("window: not supported with context_axis yet (each "
+                     "ring step would shift the window by its block offset)")
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if getattr(x, "ndim", None) != 4:
+      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
+                       f"head_dim), got shape {jnp.shape(x)}")
+  devices = mesh.shape[context_axis]
+  batch, q_len, num_heads, _ = q.shape
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  for name, length in (("q", q_len), ("k", kv_len)):
+    if length % devices:
+      raise ValueError(
+          f"{name}: sequence length {length} is not divisible by the "
+          f"{devices} devices of context_axis {context_axis!r}; pad it to a "
+          f"multiple of {devices} and mark the padding with key_lengths or "
+          f"segment_ids")
+  if causal and q_len != kv_len:
+    raise ValueError(f"causal with context_axis needs q_len == kv_len "
+                     f"(self-attention), got {q_len} and {kv_len}")
+  batch_split, head_split = _split(mesh, batch_axes), _split(mesh, head_axes)
+  if batch % batch_split:
+    raise ValueError(f"batch_axes {batch_axes} split the batch {batch_split} "
+                     f"ways; q has batch {batch}, not divisible")
+  if num_kv_heads % head_split or num_heads % head_split:
+    raise ValueError(f"head_axes {head_axes} split the heads {head_split} "
+                     f"ways; q has {num_heads} heads and k/v {num_kv_heads}: "
+                     f"both must divide")
+  if key_lengths is not None:
+    key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
+  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
+  if scale is None:
+    scale = 1.0 / math.sqrt(q.shape[3])
+  return ring.ring_attention(
+      attention, q, k, v, mesh=mesh, context_axis=context_axis,
+      batch_axes=batch_axes, head_axes=head_axes, causal=bool(causal),
+      key_lengths=key_lengths, q_segments=q_seg, kv_segments=kv_seg,
+      return_residuals=return_residuals, scale=scale, softcap=softcap,
+      implementation=implementation)
 
 
 def _split(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:

@@ -34,6 +34,7 @@ KERNEL_RANKS = {
     "kernels.masking": 0,
     "kernels.reference": 0,
     "kernels.blockwise": 0,
+    "kernels.ring": 0,
     "kernels.triton": 1,
     "kernels.backends": 2,
     "kernels.attention": 2,
@@ -44,7 +45,8 @@ KERNEL_RANKS = {
 # Keys of KERNEL_RANKS that form one layer (they may import each other).
 KERNEL_LAYERS = {
     "kernels.masking": "base", "kernels.reference": "base",
-    "kernels.blockwise": "base", "kernels.triton": "triton",
+    "kernels.blockwise": "base", "kernels.ring": "base",
+    "kernels.triton": "triton",
     "kernels.backends": "dispatch", "kernels.attention": "dispatch",
     "kernels.benchmark": "dispatch", "kernels": "dispatch",
     "kernels.gate": "gate",
