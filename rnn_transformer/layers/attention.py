@@ -73,8 +73,11 @@ def _per_shard_options(num_heads: int, num_kv_heads: int) -> dict:
   if sharding is None:
     return {}
   batch_axes, head_axes = sharding.attention_axes(num_heads, num_kv_heads)
-  return dict(mesh=sharding.mesh, batch_axes=batch_axes or None,
-              head_axes=head_axes or None)
+  options = dict(mesh=sharding.mesh, batch_axes=batch_axes or None,
+                 head_axes=head_axes or None)
+  if sharding.time_axes:  # the sequence split too: ring attention
+    (options["context_axis"],) = sharding.time_axes
+  return options
 
 
 class MultiHeadAttention(nn.Module):

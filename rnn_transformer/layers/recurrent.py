@@ -375,7 +375,7 @@ class RNN(nn.Module):
     # Under `parallel.activation_sharding` the batch stays split and every
     # weight is gathered once, before the time loop, not inside it.
     sharded = parallel.current() is not None
-    xs = (parallel.constrain_batch(xs[0], batch_dim=1),) + xs[1:]
+    xs = (parallel.constrain_batch(xs[0], batch_dim=1, time_dim=0),) + xs[1:]
     if hoist:
       xs = (self._project_rows(xs[0]),) + xs[1:]
 
@@ -410,7 +410,8 @@ class RNN(nn.Module):
           out_axes=0,
           unroll=self.unroll)
       final_carry, outputs = scan(self.cell, initial_carry, xs, default_carry)
-    outputs = parallel.constrain_batch(jnp.swapaxes(outputs, 0, 1))
+    outputs = parallel.constrain_batch(jnp.swapaxes(outputs, 0, 1),
+                                       time_dim=1)
     if reverse and keep_order:
       outputs = flip_sequences(outputs, seq_lengths)
     return final_carry, outputs

@@ -95,14 +95,16 @@ class TransformerBlock(nn.Module):
                        positions=positions, decode=self.decode,
                        deterministic=self.deterministic)
 
-    x = parallel.constrain_batch(x)  # the residual stream stays batch-split
+    # The residual stream stays split by batch (and time under a context
+    # axis), never taking the parameters' splits.
+    x = parallel.constrain_batch(x, time_dim=1)
     if cfg.norm == "pre":
       x = x + attend(norm_attention(x))
       x = x + feed_forward(norm_mlp(x), deterministic=self.deterministic)
     else:
       x = norm_attention(x + attend(x))
       x = norm_mlp(x + feed_forward(x, deterministic=self.deterministic))
-    return parallel.constrain_batch(x)
+    return parallel.constrain_batch(x, time_dim=1)
 
 
 def _scan_body(block: TransformerBlock, x: Array, positions: Array | None,

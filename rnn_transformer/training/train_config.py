@@ -214,12 +214,21 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   context = int(np.prod([mesh.shape[a] for a in
                          parallel.rules.time_axes(mesh)]))
   if context > 1:
-    if model.backbone not in model_config.LINEAR_BACKBONES:
+    takes = model_config.LINEAR_BACKBONES + ("transformer",)
+    if model.backbone not in takes:
       raise ValueError(
           f"config.mesh.axes: a 'context' axis splits time over devices, "
-          f"which only the backbones whose layers scan across devices take: "
-          f"{model_config.LINEAR_BACKBONES}; got backbone "
-          f"{model.backbone!r} (drop the context axis)")
+          f"which only the backbones whose layers run across devices take: "
+          f"{takes}; got backbone {model.backbone!r} (drop the context axis)")
+    if model.backbone == "transformer" and (
+        model.attention_window is not None or
+        model.attention_impl in ("xla", "cudnn")):
+      raise ValueError(
+          f"config.model: ring attention (the 'context' axis) needs an "
+          f"attention_impl that returns the log-sum-exp (triton, reference, "
+          f"blockwise or None) and no attention_window; got attention_impl="
+          f"{model.attention_impl!r}, attention_window="
+          f"{model.attention_window!r}")
     if task.seq_len % context:
       raise ValueError(
           f"config.mesh.shape: the context axis splits the task's "

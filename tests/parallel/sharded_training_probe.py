@@ -35,7 +35,8 @@ MESHES = {  # strategy -> (mesh shape, mesh axes)
     "tp": ((-1, 2), ("data", "tensor")),
     "fsdp_tp": ((-1, 2), ("fsdp", "tensor")),
 }
-# The linear recurrences also split time (the copy task's 14 steps, 2 ways).
+# The linear recurrences and the Transformer (ring attention) also split
+# time (the copy task's 14 steps, 2 ways).
 CONTEXT_MESHES = {
     "dp_context": ((4, 2), ("data", "context")),
     "fsdp_context": ((4, 2), ("fsdp", "context")),
@@ -119,7 +120,8 @@ def refusals():
       "rule_unknown_mesh": dict(strategy="custom", axes=("fsdp",),
                                 rules=(("embed", "tensor"),)),
       "batch": dict(batch_size=12),
-      "context_transformer": dict(shape=(4, 2), axes=("data", "context")),
+      "context_rnn": dict(shape=(4, 2), axes=("data", "context"),
+                          backbone="lstm"),
       "context_indivisible": dict(shape=(2, 4), axes=("data", "context"),
                                   backbone="lru"),
   }
@@ -154,7 +156,9 @@ def main():
       save_final_params(config(), source, "restored_into_1")
     print(json.dumps(report))
     return
-  for strategy in (CONTEXT_MESHES if BACKBONE in LINEAR else MESHES):
+  strategies = dict(MESHES, **(CONTEXT_MESHES if BACKBONE == "transformer"
+                               else {}))
+  for strategy in (CONTEXT_MESHES if BACKBONE in LINEAR else strategies):
     workdir = os.path.join(ROOT, strategy)
     train.train_and_evaluate(config(strategy), workdir)
     report["losses"][strategy] = losses(workdir)
