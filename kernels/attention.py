@@ -183,13 +183,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                       scale=scale, window=window, softcap=softcap,
                       return_residuals=return_residuals,
                       implementation=implementation)
-  for name, x in (("q", q), ("k", k), ("v", v)):
-    if getattr(x, "ndim", None) != 4:
-      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
-                       f"head_dim), got shape {jnp.shape(x)}")
+  def check_dtype(name, x):
     if np.dtype(x.dtype) not in _DTYPES:
       raise TypeError(f"{name} must be float16, bfloat16 or float32, got "
                       f"{x.dtype}")
+
+  _check_rank4(q, k, v, each=check_dtype)
   if not q.dtype == k.dtype == v.dtype:
     raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype} "
                     f"and {v.dtype}")
@@ -331,19 +330,53 @@ def _mesh_axes(name: str, axes, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
   return names
 
 
+def _check_rank4(q, k, v, each=None) -> None:
+  """Raises unless q, k and v have rank 4 `(batch, seq, heads, head_dim)`;
+  `each(name, x)` runs on each right after its own rank check."""
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if getattr(x, "ndim", None) != 4:
+      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
+                       f"head_dim), got shape {jnp.shape(x)}")
+    if each is not None:
+      each(name, x)
+
+
+def _check_mesh_axes(mesh, batch_axes, head_axes, given: str
+                     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """`mesh` a `jax.sharding.Mesh` (TypeError saying it is needed when
+  `given` is), and the batch and head axes as tuples of its axis names."""
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"mesh must be a jax.sharding.Mesh when {given} is "
+                    f"given, got {type(mesh).__name__}")
+  return (_mesh_axes("batch_axes", batch_axes, mesh),
+          _mesh_axes("head_axes", head_axes, mesh))
+
+
+def _check_shard_split(q, k, mesh, batch_axes, head_axes) -> None:
+  """Raises unless the batch axes divide the batch and the head axes both
+  head counts (each shard keeps whole query groups with their kv head)."""
+  batch, num_heads, num_kv_heads = q.shape[0], q.shape[2], k.shape[2]
+  batch_split, head_split = _split(mesh, batch_axes), _split(mesh, head_axes)
+  if batch % batch_split:
+    raise ValueError(f"batch_axes {batch_axes} split the batch {batch_split} "
+                     f"ways; q has batch {batch}, not divisible")
+  if num_kv_heads % head_split or num_heads % head_split:
+    raise ValueError(
+        f"head_axes {head_axes} split the heads {head_split} ways; q has "
+        f"{num_heads} heads and k/v {num_kv_heads}: both must divide, so "
+        f"each shard keeps whole groups of query heads with their kv head")
+
+
 def _context_parallel(q, k, v, *, mesh, context_axis, batch_axes, head_axes,
                       causal, key_lengths, segment_ids, scale, window,
                       softcap, return_residuals, implementation):
   """`attention` with the sequence split over `context_axis`: `ring`."""
-  if not isinstance(mesh, jax.sharding.Mesh):
-    raise TypeError(f"mesh must be a jax.sharding.Mesh when context_axis is "
-                    f"given, got {type(mesh).__name__}")
+  batch_axes, head_axes = _check_mesh_axes(mesh, batch_axes, head_axes,
+                                           "context_axis")
   if not isinstance(context_axis, str) or context_axis not in (
       mesh.axis_names):
     raise ValueError(f"context_axis must name an axis of the mesh "
                      f"{tuple(mesh.axis_names)}, got {context_axis!r}")
-  batch_axes = _mesh_axes("batch_axes", batch_axes, mesh)
-  head_axes = _mesh_axes("head_axes", head_axes, mesh)
   if context_axis in batch_axes + head_axes or set(batch_axes) & set(
       head_axes):
     raise ValueError(f"context_axis {context_axis!r}, batch_axes "
@@ -357,13 +390,10 @@ def _context_parallel(q, k, v, *, mesh, context_axis, batch_axes, head_axes,
   if window is not None:
     raise ValueError("window: not supported with context_axis yet (each "
                      "ring step would shift the window by its block offset)")
-  for name, x in (("q", q), ("k", k), ("v", v)):
-    if getattr(x, "ndim", None) != 4:
-      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
-                       f"head_dim), got shape {jnp.shape(x)}")
+  _check_rank4(q, k, v)
   devices = mesh.shape[context_axis]
-  batch, q_len, num_heads, _ = q.shape
-  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  batch, q_len = q.shape[:2]
+  kv_len = k.shape[1]
   for name, length in (("q", q_len), ("k", kv_len)):
     if length % devices:
       raise ValueError(
@@ -374,14 +404,7 @@ def _context_parallel(q, k, v, *, mesh, context_axis, batch_axes, head_axes,
   if causal and q_len != kv_len:
     raise ValueError(f"causal with context_axis needs q_len == kv_len "
                      f"(self-attention), got {q_len} and {kv_len}")
-  batch_split, head_split = _split(mesh, batch_axes), _split(mesh, head_axes)
-  if batch % batch_split:
-    raise ValueError(f"batch_axes {batch_axes} split the batch {batch_split} "
-                     f"ways; q has batch {batch}, not divisible")
-  if num_kv_heads % head_split or num_heads % head_split:
-    raise ValueError(f"head_axes {head_axes} split the heads {head_split} "
-                     f"ways; q has {num_heads} heads and k/v {num_kv_heads}: "
-                     f"both must divide")
+  _check_shard_split(q, k, mesh, batch_axes, head_axes)
   if key_lengths is not None:
     key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
@@ -405,30 +428,16 @@ def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
   q `(batch, q_len, num_heads, head_dim)`, k and v `(batch, kv_len,
   num_kv_heads, head_dim)`, the batch split over `batch_axes` and both head
   counts over `head_axes`; `options` are `attention`'s other arguments."""
-  if not isinstance(mesh, jax.sharding.Mesh):
-    raise TypeError(f"mesh must be a jax.sharding.Mesh when batch_axes or "
-                    f"head_axes is given, got {type(mesh).__name__}")
-  batch_axes = _mesh_axes("batch_axes", batch_axes, mesh)
-  head_axes = _mesh_axes("head_axes", head_axes, mesh)
+  batch_axes, head_axes = _check_mesh_axes(mesh, batch_axes, head_axes,
+                                           "batch_axes or head_axes")
   if set(batch_axes) & set(head_axes):
     raise ValueError(f"batch_axes {batch_axes} and head_axes {head_axes} "
                      f"must be different mesh axes")
-  for name, x in (("q", q), ("k", k), ("v", v)):
-    if getattr(x, "ndim", None) != 4:
-      raise ValueError(f"{name} must have rank 4 (batch, seq, heads, "
-                       f"head_dim), got shape {jnp.shape(x)}")
-    # Refuses a concrete input whose sharding splits the sequence or head_dim.
-    _input_sharding(name, x, (batch_axes, head_axes))
-  batch, num_heads, num_kv_heads = q.shape[0], q.shape[2], k.shape[2]
-  batch_split, head_split = _split(mesh, batch_axes), _split(mesh, head_axes)
-  if batch % batch_split:
-    raise ValueError(f"batch_axes {batch_axes} split the batch {batch_split} "
-                     f"ways; q has batch {batch}, not divisible")
-  if num_kv_heads % head_split or num_heads % head_split:
-    raise ValueError(
-        f"head_axes {head_axes} split the heads {head_split} ways; q has "
-        f"{num_heads} heads and k/v {num_kv_heads}: both must divide, so "
-        f"each shard keeps whole groups of query heads with their kv head")
+  # Refuses a concrete input whose sharding splits the sequence or head_dim.
+  _check_rank4(q, k, v, each=lambda name, x: _input_sharding(
+      name, x, (batch_axes, head_axes)))
+  _check_shard_split(q, k, mesh, batch_axes, head_axes)
+  batch = q.shape[0]
   operands = [q, k, v]
   if key_lengths is not None:
     operands.append(_check_int_array("key_lengths", key_lengths, (batch,)))
