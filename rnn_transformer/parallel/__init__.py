@@ -14,6 +14,7 @@ from rnn_transformer.parallel.axis_names import logical_axes
 from rnn_transformer.parallel.mesh import MESH_AXES
 from rnn_transformer.parallel.mesh import make_mesh
 from rnn_transformer.parallel.partitioning import ActivationSharding
+from rnn_transformer.parallel.partitioning import abstract_state
 from rnn_transformer.parallel.partitioning import ReplicatedDimensionWarning
 from rnn_transformer.parallel.partitioning import activation_sharding
 from rnn_transformer.parallel.partitioning import bytes_per_device
@@ -31,8 +32,8 @@ from rnn_transformer.parallel.rules import strategy_rules
 __all__ = [
     "LOGICAL_AXES", "MESH_AXES", "PARAM_RULES", "STRATEGIES",
     "ActivationSharding", "ReplicatedDimensionWarning",
-    "UnnamedParameterError", "activation_sharding", "batch_axes",
-    "bytes_per_device", "constrain_batch", "current", "logical_axes",
-    "make_mesh", "partition_spec", "replicate", "sharded_fraction",
-    "sharded_init", "strategy_rules", "tree_shardings",
+    "UnnamedParameterError", "abstract_state", "activation_sharding",
+    "batch_axes", "bytes_per_device", "constrain_batch", "current",
+    "logical_axes", "make_mesh", "partition_spec", "replicate",
+    "sharded_fraction", "sharded_init", "strategy_rules", "tree_shardings",
 ]

@@ -88,6 +88,23 @@ def tree_shardings(tree: Any, mesh: jax.sharding.Mesh, rules: rules_lib.Rules,
   return jax.tree_util.tree_map_with_path(sharding, tree)
 
 
+def abstract_state(init: Callable[..., Any], mesh: jax.sharding.Mesh,
+                   rules: rules_lib.Rules, *args,
+                   params_of: Callable[[Any], Any] | None = None,
+                   extra_rules: Sequence[tuple[str, la.AxisNames]] = ()
+                   ) -> tuple[Any, Any]:
+  """The shape of `init(*args)` and its shardings, before any array exists.
+
+  Arguments as `sharded_init` takes them. Returns `(abstract, shardings)`:
+  `jax.ShapeDtypeStruct` leaves and a `NamedSharding` per leaf. Raises
+  `UnnamedParameterError` for a parameter no rule names.
+  """
+  abstract = jax.eval_shape(init, *args)
+  la.logical_axes(abstract if params_of is None else params_of(abstract),
+                  extra_rules)
+  return abstract, tree_shardings(abstract, mesh, rules, extra_rules)
+
+
 def sharded_init(init: Callable[..., Any], mesh: jax.sharding.Mesh,
                  rules: rules_lib.Rules, *args,
                  params_of: Callable[[Any], Any] | None = None,
@@ -107,10 +124,8 @@ def sharded_init(init: Callable[..., Any], mesh: jax.sharding.Mesh,
   Returns:
     `(state, shardings)`, `shardings` a tree of `NamedSharding` like state.
   """
-  abstract = jax.eval_shape(init, *args)
-  la.logical_axes(abstract if params_of is None else params_of(abstract),
-                  extra_rules)
-  shardings = tree_shardings(abstract, mesh, rules, extra_rules)
+  _, shardings = abstract_state(init, mesh, rules, *args,
+                                params_of=params_of, extra_rules=extra_rules)
   return jax.jit(init, out_shardings=shardings)(*args), shardings
 
 

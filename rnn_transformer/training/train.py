@@ -251,10 +251,9 @@ class Trainer:
     self.init_key, self.data_key, self.dropout_key, self.eval_key = (
         jax.random.split(root, 4))
     # The state's shape and shardings, before any array exists.
-    self.abstract_state = jax.eval_shape(self._init, self.init_key)
-    parallel.logical_axes(self.abstract_state.params)  # every one named
-    self.state_shardings = parallel.tree_shardings(
-        self.abstract_state, self.mesh, self.rules)
+    self.abstract_state, self.state_shardings = parallel.abstract_state(
+        self._init, self.mesh, self.rules, self.init_key,
+        params_of=lambda state: state.params)
     self.next_batch = jax.jit(
         lambda step: self.task.batch(jax.random.fold_in(self.data_key, step),
                                      train.batch_size),
