@@ -129,29 +129,34 @@ def test_unknown_trip_count_is_reported():
   assert stats["kinds"]["all-reduce"]["count"] == 2  # the loop's once
 
 
-def test_script_measures_dp_and_fsdp_on_eight_cpu_devices(tmp_path):
+def _bench_dp_and_fsdp(tmp_path, size: str):
+  """The script on 8 CPU devices for dp and fsdp at `size`, batch 16 x 24:
+  its CompletedProcess, the Markdown table and the JSON report."""
   flags_now = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                        if "xla_force_host_platform_device_count" not in f)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags_now,
              PYTHONPATH=os.pathsep.join(filter(None, [
                  str(REPO), os.environ.get("PYTHONPATH")])))
-  output = tmp_path / "sharding.md"
+  output = tmp_path / f"{size}.md"
   result = subprocess.run(
       [sys.executable, str(REPO / "scripts" / "bench_sharding.py"),
-       "--devices=8", "--strategies=dp,fsdp", "--sizes=tiny",
+       "--devices=8", "--strategies=dp,fsdp", f"--sizes={size}",
        "--batch_size=16", "--seq_len=24", f"--output={output}"],
       capture_output=True, text=True, check=False, timeout=600, cwd=tmp_path,
       env=env)
   assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / f"{size}.json") as f:
+    return result, output.read_text(), json.load(f)
+
+
+def test_script_measures_dp_and_fsdp_on_eight_cpu_devices(tmp_path):
+  result, table, report = _bench_dp_and_fsdp(tmp_path, "tiny")
   assert "cpu: 8 x" in result.stdout
   assert "no wall time is reported" in result.stdout
   assert "PER DEVICE" in result.stdout
-  table = output.read_text()
   for strategy in ("dp", "fsdp"):
     # One row in the traffic table and one in the memory table.
     assert table.count(f"| {strategy} | tiny |") == 2
-  with open(tmp_path / "sharding.json") as f:
-    report = json.load(f)
   rows = {(r["strategy"], r["size"]): r for r in report["rows"]}
   assert list(rows) == [("dp", "tiny"), ("fsdp", "tiny")]
   dp, fsdp = rows["dp", "tiny"], rows["fsdp", "tiny"]
@@ -193,19 +198,8 @@ def test_recurrent_layers_keep_the_batch_split_and_loops_free_of_collectives(
   """dp on the LSTM all-reduces its gradients and gathers nothing (the
   deferred weight gradient once gathered the (time, batch) cotangents); fsdp
   gathers the kernels once, outside the time loops."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
-      filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  env.pop("XLA_FLAGS", None)
-  output = tmp_path / "lstm.md"
-  result = subprocess.run(
-      [sys.executable, str(REPO / "scripts" / "bench_sharding.py"),
-       "--devices=8", "--strategies=dp,fsdp", "--sizes=lstm_tiny",
-       "--batch_size=16", "--seq_len=24", f"--output={output}"],
-      capture_output=True, text=True, check=False, timeout=600, cwd=tmp_path,
-      env=env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / "lstm.json") as f:
-    rows = {r["strategy"]: r for r in json.load(f)["rows"]}
+  _, _, report = _bench_dp_and_fsdp(tmp_path, "lstm_tiny")
+  rows = {r["strategy"]: r for r in report["rows"]}
   dp, fsdp = rows["dp"], rows["fsdp"]
   assert "all-gather" not in dp["measured"]
   assert dp["param_bytes"] <= dp["measured"]["all-reduce"]["bytes"] <= (
