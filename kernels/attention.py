@@ -85,7 +85,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
               mesh: jax.sharding.Mesh | None = None,
               batch_axes: str | Sequence[str] | None = None,
               head_axes: str | Sequence[str] | None = None,
-              context_axis: str | None = None):
+              context_axis: str | None = None,
+              context_layout: str = "contiguous",
+              q_offset: jax.Array | None = None):
   """Scaled dot-product attention `softmax(cap(scale * Q K^T) + mask) V`.
 
   Args:
@@ -113,6 +115,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       side None is unbounded. `(w, 0)` with `causal` is sliding-window
       attention over the query and its `w` predecessors. Combines with
       every other mask.
+    q_offset: `(batch,)` integer, the key position of each example's first
+      query (FlashAttention's `cache_seqlens` in `flash_attn_with_kvcache`):
+      the causal and window masks then align query `i` at `i' = i +
+      q_offset[b]` instead of `i + kv_len - q_len`. For decoding a chunk of
+      `q_len` tokens written at cache index `t` of a `max_len` cache, pass
+      `q_offset=t` (and `key_lengths=t + q_len`): only the chunk's rows are
+      computed, and the Triton kernels skip the key blocks the offset masks.
+      Not expressible through jax.nn.dot_product_attention (xla, cudnn).
     softcap: Gemma 2's logit soft-capping: the scaled scores become
       `softcap * tanh(scores / softcap)` before masking (exact backward).
     return_residuals: also return the log-sum-exp of each row's capped,
@@ -160,7 +170,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       merge by their log-sum-exp, so no device holds the whole sequence.
       Needs an implementation that returns the log-sum-exp (triton,
       reference, blockwise; None picks one), lengths divisible by the
-      axis size, q_len == kv_len when causal; `window` is not supported yet.
+      axis size. Every mask (causal, window, key lengths, segments,
+      `q_offset`) means what it means without the axis: each ring step
+      masks its block pair with the blocks' offset, and steps whose block
+      pair is wholly masked are skipped. `context_layout="zigzag"` balances
+      causal work (see `kernels.ring`).
+    context_layout: "contiguous" (device `d` holds the `d`-th block of the
+      sequence) or "zigzag" (it holds chunks `d` and `2c - 1 - d` of `2c`;
+      permute with `kernels.ring.to_zigzag` / `from_zigzag`). Only with
+      `context_axis`.
 
   Returns:
     `(batch, q_len, num_heads, head_dim)`, and the log-sum-exp when
@@ -169,17 +187,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   """
   if context_axis is not None:
     return _context_parallel(
-        q, k, v, mesh=mesh, context_axis=context_axis, batch_axes=batch_axes,
+        q, k, v, mesh=mesh, context_axis=context_axis,
+        context_layout=context_layout, batch_axes=batch_axes,
         head_axes=head_axes, causal=causal, key_lengths=key_lengths,
         segment_ids=segment_ids, scale=scale, window=window,
         softcap=softcap, return_residuals=return_residuals,
-        implementation=implementation)
+        implementation=implementation, q_offset=q_offset)
+  if context_layout != "contiguous":
+    raise ValueError(f"context_layout: {context_layout!r} needs "
+                     f"context_axis; without it the sequence is whole")
   if mesh is None and batch_axes is None and head_axes is None:
     mesh, batch_axes, head_axes = _detect_sharding(q, k, v)
   if mesh is not None or batch_axes is not None or head_axes is not None:
     return _per_shard(q, k, v, mesh=mesh, batch_axes=batch_axes,
                       head_axes=head_axes, causal=causal,
-                      key_lengths=key_lengths, segment_ids=segment_ids,
+                      key_lengths=key_lengths, q_offset=q_offset,
+                      segment_ids=segment_ids,
                       scale=scale, window=window, softcap=softcap,
                       return_residuals=return_residuals,
                       implementation=implementation)
@@ -212,6 +235,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         concrete.min() < 0 or concrete.max() > kv_len):
       raise ValueError(f"key_lengths must lie in [0, kv_len={kv_len}], got "
                        f"min {concrete.min()} and max {concrete.max()}")
+  if q_offset is not None:
+    q_offset = _check_int_array("q_offset", q_offset, (batch,))
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
   if scale is None:
     scale = 1.0 / math.sqrt(head_dim)
@@ -237,7 +262,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       causal=bool(causal), has_key_lengths=key_lengths is not None,
       has_segments=q_seg is not None, platform=jax.default_backend(),
       window=(window_left, window_right), softcap=softcap is not None,
-      return_residuals=bool(return_residuals))
+      return_residuals=bool(return_residuals),
+      has_q_offset=q_offset is not None)
   if implementation is None:
     backend = backends.select(call)
   else:
@@ -248,7 +274,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                        f"call: {reason}")
   mask = masking.Mask(causal=bool(causal), key_lengths=key_lengths,
                       q_segment_ids=q_seg, kv_segment_ids=kv_seg,
-                      window_left=window_left, window_right=window_right)
+                      window_left=window_left, window_right=window_right,
+                      q_offset=q_offset)
   return backend.fn(q, k, v, mask, float(scale), softcap=softcap,
                     return_residuals=bool(return_residuals))
 
@@ -367,9 +394,10 @@ def _check_shard_split(q, k, mesh, batch_axes, head_axes) -> None:
         f"each shard keeps whole groups of query heads with their kv head")
 
 
-def _context_parallel(q, k, v, *, mesh, context_axis, batch_axes, head_axes,
-                      causal, key_lengths, segment_ids, scale, window,
-                      softcap, return_residuals, implementation):
+def _context_parallel(q, k, v, *, mesh, context_axis, context_layout,
+                      batch_axes, head_axes, causal, key_lengths, segment_ids,
+                      scale, window, softcap, return_residuals,
+                      implementation, q_offset):
   """`attention` with the sequence split over `context_axis`: `ring`."""
   batch_axes, head_axes = _check_mesh_axes(mesh, batch_axes, head_axes,
                                            "context_axis")
@@ -387,33 +415,39 @@ def _context_parallel(q, k, v, *, mesh, context_axis, batch_axes, head_axes,
                      f"context_axis: ring attention merges blocks by their "
                      f"log-sum-exp, which it does not return; use triton, "
                      f"reference or blockwise (or None)")
-  if window is not None:
-    raise ValueError("window: not supported with context_axis yet (each "
-                     "ring step would shift the window by its block offset)")
+  if context_layout not in ring.LAYOUTS:
+    raise ValueError(f"context_layout must be one of {ring.LAYOUTS}, got "
+                     f"{context_layout!r}")
   _check_rank4(q, k, v)
   devices = mesh.shape[context_axis]
+  chunks = devices * (2 if context_layout == "zigzag" else 1)
   batch, q_len = q.shape[:2]
   kv_len = k.shape[1]
   for name, length in (("q", q_len), ("k", kv_len)):
-    if length % devices:
+    if length % chunks:
       raise ValueError(
           f"{name}: sequence length {length} is not divisible by the "
+          f"{chunks} chunks of context_layout {context_layout!r} over the "
           f"{devices} devices of context_axis {context_axis!r}; pad it to a "
-          f"multiple of {devices} and mark the padding with key_lengths or "
+          f"multiple of {chunks} and mark the padding with key_lengths or "
           f"segment_ids")
-  if causal and q_len != kv_len:
-    raise ValueError(f"causal with context_axis needs q_len == kv_len "
-                     f"(self-attention), got {q_len} and {kv_len}")
   _check_shard_split(q, k, mesh, batch_axes, head_axes)
   if key_lengths is not None:
     key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
+  if q_offset is not None:
+    q_offset = _check_int_array("q_offset", q_offset, (batch,))
+  window = _check_window(window)
+  if not isinstance(causal, (bool, np.bool_)):
+    raise TypeError(f"causal must be a bool, got {type(causal).__name__} "
+                    f"{causal!r}")
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[3])
   return ring.ring_attention(
       attention, q, k, v, mesh=mesh, context_axis=context_axis,
-      batch_axes=batch_axes, head_axes=head_axes, causal=bool(causal),
-      key_lengths=key_lengths, q_segments=q_seg, kv_segments=kv_seg,
+      layout=context_layout, batch_axes=batch_axes, head_axes=head_axes,
+      causal=bool(causal), window=window, key_lengths=key_lengths,
+      q_offset=q_offset, q_segments=q_seg, kv_segments=kv_seg,
       return_residuals=return_residuals, scale=scale, softcap=softcap,
       implementation=implementation)
 
@@ -423,7 +457,7 @@ def _split(mesh: jax.sharding.Mesh, axes: tuple[str, ...]) -> int:
 
 
 def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
-               segment_ids, **options):
+               q_offset, segment_ids, **options):
   """`attention` on every device's (batch, heads) shard, in `shard_map`:
   q `(batch, q_len, num_heads, head_dim)`, k and v `(batch, kv_len,
   num_kv_heads, head_dim)`, the batch split over `batch_axes` and both head
@@ -441,12 +475,15 @@ def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
   operands = [q, k, v]
   if key_lengths is not None:
     operands.append(_check_int_array("key_lengths", key_lengths, (batch,)))
+  if q_offset is not None:
+    operands.append(_check_int_array("q_offset", q_offset, (batch,)))
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q.shape[1],
                                       k.shape[1])
   if q_seg is not None:
     operands += [q_seg, kv_seg]
   static = (mesh, batch_axes, head_axes, key_lengths is not None,
-            q_seg is not None, _typed(tuple(sorted(options.items()))))
+            q_offset is not None, q_seg is not None,
+            _typed(tuple(sorted(options.items()))))
   try:
     hash(static)
   except TypeError:  # an option of the wrong type, which `attention` names
@@ -472,11 +509,11 @@ def _untyped(typed):
 
 
 @functools.lru_cache(maxsize=64)
-def _shard_mapped(mesh, batch_axes, head_axes, has_lengths, has_segments,
-                  options):
+def _shard_mapped(mesh, batch_axes, head_axes, has_lengths, has_offsets,
+                  has_segments, options):
   """`attention` jitted over `shard_map`: q, k, v `(batch, seq, heads,
-  head_dim)`, then `(batch,)` key lengths and two `(batch, seq)` segment ids
-  where present; `options`, `attention`'s other arguments as `_typed`
+  head_dim)`, then `(batch,)` key lengths, `(batch,)` query offsets and two
+  `(batch, seq)` segment ids where present; `options`, `attention`'s other arguments as `_typed`
   `(name, value)` pairs. Cached, so an eager call compiles once per layout."""
   options = dict(_untyped(options))
   return_residuals = options["return_residuals"]
@@ -484,15 +521,16 @@ def _shard_mapped(mesh, batch_axes, head_axes, has_lengths, has_segments,
   h = head_axes or None
   P = jax.sharding.PartitionSpec  # noqa: N806
   qkv_spec = P(b, None, h, None)
-  specs = ([qkv_spec] * 3 + [P(b)] * has_lengths +
+  specs = ([qkv_spec] * 3 + [P(b)] * (has_lengths + has_offsets) +
            [P(b, None)] * (2 * has_segments))
 
   def local(q, k, v, *rest):
     rest = list(rest)
     lengths = rest.pop(0) if has_lengths else None
+    offsets = rest.pop(0) if has_offsets else None
     segments = (rest.pop(0), rest.pop(0)) if has_segments else None
-    return attention(q, k, v, key_lengths=lengths, segment_ids=segments,
-                     **options)
+    return attention(q, k, v, key_lengths=lengths, q_offset=offsets,
+                     segment_ids=segments, **options)
 
   out_specs = (qkv_spec, P(b, h, None)) if return_residuals else qkv_spec
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=tuple(specs),

@@ -45,6 +45,7 @@ class AttentionCall:
   window: tuple[int | None, int | None] = (None, None)
   softcap: bool = False
   return_residuals: bool = False
+  has_q_offset: bool = False
 
   @property
   def has_window(self) -> bool:
@@ -68,6 +69,9 @@ def _always(call: AttentionCall) -> None:
 
 
 def _xla_supports(call: AttentionCall) -> str | None:
+  if call.has_q_offset:
+    return ("jax.nn.dot_product_attention has no query offset (q_offset); "
+            "its masks align at the top-left")
   if (call.causal or call.has_window) and call.q_len != call.kv_len:
     return ("jax.nn.dot_product_attention aligns is_causal and "
             "local_window_size at the top-left; bottom-right aligned masks "

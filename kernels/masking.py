@@ -14,6 +14,12 @@ following hold (the Triton kernels implement the same predicate in
   bottom-right alignment `i' = i + (kv_len - q_len)`; a side that is None is
   unbounded. `(left, 0)` with `causal` is sliding-window attention (each query
   sees itself and the `left` keys before it).
+* query offsets: with `q_offset` (`(batch,)`, the key position of each
+  example's first query, as `cache_seqlens` in FlashAttention's
+  `flash_attn_with_kvcache`), the causal and window alignment is
+  `i' = i + q_offset[b]` instead of `i + (kv_len - q_len)`. Decoding into a
+  cache and each step of ring attention (a query block against another
+  device's key block) are this one mask.
 
 A query with no allowed key produces a zero output row and zero gradients.
 """
@@ -38,6 +44,8 @@ class Mask:
     kv_segment_ids: `(batch, kv_len) int32` or None.
     window_left, window_right: the local window's sides (static ints >= 0),
       None for unbounded.
+    q_offset: `(batch,) int32` key position of each example's first query,
+      or None for the bottom-right alignment `kv_len - q_len`.
   """
 
   causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
@@ -48,6 +56,7 @@ class Mask:
                                               metadata=dict(static=True))
   window_right: int | None = dataclasses.field(default=None,
                                                metadata=dict(static=True))
+  q_offset: jax.Array | None = None
 
   @property
   def has_segments(self) -> bool:
@@ -74,13 +83,17 @@ def allowed(mask: Mask, q_pos: jax.Array, k_pos: jax.Array, q_len: int,
     `(batch or 1, q_block, k_block) bool`.
   """
   ok = (k_pos < kv_len)[None, None, :]
-  aligned = q_pos[:, None] + (kv_len - q_len)  # i', bottom-right aligned
+  keys = k_pos[None, None, :]
+  if mask.q_offset is None:  # i', bottom-right aligned: (1, q_block, 1)
+    aligned = (q_pos + (kv_len - q_len))[None, :, None]
+  else:  # (batch, q_block, 1)
+    aligned = q_pos[None, :, None] + mask.q_offset[:, None, None]
   if mask.causal:
-    ok = ok & (k_pos[None, :] <= aligned)[None]
+    ok = ok & (keys <= aligned)
   if mask.window_left is not None:
-    ok = ok & (k_pos[None, :] >= aligned - mask.window_left)[None]
+    ok = ok & (keys >= aligned - mask.window_left)
   if mask.window_right is not None:
-    ok = ok & (k_pos[None, :] <= aligned + mask.window_right)[None]
+    ok = ok & (keys <= aligned + mask.window_right)
   if mask.key_lengths is not None:
     ok = ok & (k_pos[None, None, :] < mask.key_lengths[:, None, None])
   if mask.has_segments:

@@ -12,9 +12,10 @@ for rows without any allowed key (so `exp2(qk - LSE) == 0` there).
 
 The mask predicate matches `kernels.masking.allowed`: key `j` is allowed for
 query `i` of example `b` when `j < min(key_lengths[b], kv_len)`, and, when
-causal, `j <= i + kv_len - q_len`, and, with segments, the segment ids match,
-and, with a window (constexprs `WINDOW_LEFT`/`WINDOW_RIGHT`, -1 unbounded),
-`i' - WINDOW_LEFT <= j <= i' + WINDOW_RIGHT` for `i' = i + kv_len - q_len`.
+causal, `j <= i'`, and, with segments, the segment ids match, and, with a
+window (constexprs `WINDOW_LEFT`/`WINDOW_RIGHT`, -1 unbounded),
+`i' - WINDOW_LEFT <= j <= i' + WINDOW_RIGHT`, where `i' = i + Q_OFFSETS[b]`
+(the launch passes `kv_len - q_len` unless the caller gave query offsets).
 Key blocks wholly outside the causal triangle or the window are skipped, so a
 window of w keys costs O(n w), not O(n^2).
 
@@ -102,12 +103,12 @@ def _store_tile(ptr, offs, length, offs_d, x, ROW_STRIDE: tl.constexpr,
 
 
 @triton.jit
-def _allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg, kv_seg,
+def _allowed(offs_m, offs_n, key_len, q_len, offset, q_seg, kv_seg,
              CAUSAL: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
              WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr):
   """(BLOCK_M, BLOCK_N) mask for query rows offs_m and key columns offs_n."""
   ok = (offs_n[None, :] < key_len) & (offs_m[:, None] < q_len)
-  aligned = offs_m[:, None] + (kv_len - q_len)
+  aligned = offs_m[:, None] + offset
   if CAUSAL:
     ok = ok & (offs_n[None, :] <= aligned)
   if WINDOW_LEFT >= 0:
@@ -120,7 +121,7 @@ def _allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg, kv_seg,
 
 
 @triton.jit
-def _key_range(start_m, key_len, q_len, kv_len, BLOCK_M: tl.constexpr,
+def _key_range(start_m, key_len, offset, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
                HAS_SEGMENTS: tl.constexpr):
@@ -132,7 +133,6 @@ def _key_range(start_m, key_len, q_len, kv_len, BLOCK_M: tl.constexpr,
   that every query row of the block sees in full: there no mask is needed.
   Segment ids can mask anywhere, so with them the interior is empty.
   """
-  offset = kv_len - q_len
   first = start_m * BLOCK_M + offset  # the block's rows, aligned to keys
   last = first + BLOCK_M - 1
   hi = key_len
@@ -164,7 +164,7 @@ def _key_range(start_m, key_len, q_len, kv_len, BLOCK_M: tl.constexpr,
 
 
 @triton.jit
-def _query_range(start_n, key_len, q_len, kv_len, BLOCK_M: tl.constexpr,
+def _query_range(start_n, key_len, q_len, offset, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                  WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
                  HAS_SEGMENTS: tl.constexpr):
@@ -176,7 +176,6 @@ def _query_range(start_n, key_len, q_len, kv_len, BLOCK_M: tl.constexpr,
   blocks whose rows all see every key of the block: there no mask is
   needed. Empty with segment ids, and for a block that crosses key_len.
   """
-  offset = kv_len - q_len
   last_key = start_n + BLOCK_N - 1
   lo = 0
   if CAUSAL:  # queries above the first that sees key start_n are masked
@@ -263,7 +262,8 @@ def _score_grad(p, dp, delta, tanh_scores, HAS_SOFTCAP: tl.constexpr):
 
 @triton.jit
 def _fwd_key_blocks(acc, l_i, m_i, q, q_seg, offs_m, offs_d, K, V, KV_SEG,
-                    kv_base, off_b, scale, softcap, q_len, kv_len, start,
+                    kv_base, off_b, scale, softcap, q_len, kv_len, offset,
+                    start,
                     end, mid_lo, mid_hi, hi,
                     NUM_KV_HEADS: tl.constexpr,
                     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -293,7 +293,7 @@ def _fwd_key_blocks(acc, l_i, m_i, q, q_seg, offs_m, offs_d, K, V, KV_SEG,
     qk, _ = _scores(q, tl.trans(k), scale, softcap, DOT_PRECISION,
                     HAS_SOFTCAP)
     if MASKED:
-      ok = _allowed(offs_m, offs_n, hi, q_len, kv_len, q_seg, kv_seg, CAUSAL,
+      ok = _allowed(offs_m, offs_n, hi, q_len, offset, q_seg, kv_seg, CAUSAL,
                     HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT)
       qk = tl.where(ok, qk, float("-inf"))
       m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -316,7 +316,7 @@ def _fwd_key_blocks(acc, l_i, m_i, q, q_seg, offs_m, offs_d, K, V, KV_SEG,
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, softcap, q_len,
+def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, scale, softcap, q_len,
               kv_len, O, LSE,
               NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
               HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -339,8 +339,9 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, softcap, q_len,
   q = _load_tile(Q + q_base, offs_m, q_len, offs_d, Q.dtype.element_ty,
                  NUM_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True, WIDEN)
   key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
-  lo, mid_lo, mid_hi, hi = _key_range(start_m, key_len, q_len, kv_len,
-                                      BLOCK_M, BLOCK_N, CAUSAL, WINDOW_LEFT,
+  offset = tl.load(Q_OFFSETS + off_b)
+  lo, mid_lo, mid_hi, hi = _key_range(start_m, key_len, offset, BLOCK_M,
+                                      BLOCK_N, CAUSAL, WINDOW_LEFT,
                                       WINDOW_RIGHT, HAS_SEGMENTS)
   q_seg = offs_m
   if HAS_SEGMENTS:
@@ -356,14 +357,14 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, scale, softcap, q_len,
   if not HAS_SEGMENTS:
     acc, l_i, m_i = _fwd_key_blocks(
         acc, l_i, m_i, q, q_seg, offs_m, offs_d, K, V, KV_SEG, kv_base,
-        off_b, scale, softcap, q_len, kv_len, mid_lo, mid_hi, mid_lo,
-        mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL,
+        off_b, scale, softcap, q_len, kv_len, offset, mid_lo, mid_hi,
+        mid_lo, mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL,
         HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION,
         WIDEN, False)
   acc, l_i, m_i = _fwd_key_blocks(
       acc, l_i, m_i, q, q_seg, offs_m, offs_d, K, V, KV_SEG, kv_base, off_b,
-      scale, softcap, q_len, kv_len, lo, hi - (mid_hi - mid_lo), mid_lo,
-      mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL,
+      scale, softcap, q_len, kv_len, offset, lo, hi - (mid_hi - mid_lo),
+      mid_lo, mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL,
       HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION,
       WIDEN, True)
 
@@ -399,7 +400,7 @@ def _attn_bwd_preprocess(O, DO, q_len, DELTA, NUM_HEADS: tl.constexpr,
 @triton.jit
 def _dkdv_query_blocks(dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA,
                        Q_SEG, off_b, off_hk, key_len, scale, softcap, q_len,
-                       kv_len, start, end, mid_lo, mid_hi,
+                       kv_len, offset, start, end, mid_lo, mid_hi,
                        NUM_HEADS: tl.constexpr,
                        NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                        HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -439,7 +440,7 @@ def _dkdv_query_blocks(dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA,
       if HAS_SEGMENTS:
         q_seg = tl.load(Q_SEG + off_b * q_len + offs_m, mask=offs_m < q_len,
                         other=-1)
-      ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, kv_len, q_seg,
+      ok_t = tl.trans(_allowed(offs_m, offs_n, key_len, q_len, offset, q_seg,
                                kv_seg, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT,
                                WINDOW_RIGHT))
     else:  # every row sees every key of the block, so its lse is finite
@@ -457,7 +458,7 @@ def _dkdv_query_blocks(dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA,
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
+def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
                    softcap, q_len, kv_len, DK, DV,
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
                    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -488,7 +489,8 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
     kv_seg = tl.load(KV_SEG + off_b * kv_len + offs_n, mask=offs_n < kv_len,
                      other=-2)
   # Key blocks past the example's key length receive no gradient.
-  lo, mid_lo, mid_hi, hi = _query_range(start_n, key_len, q_len, kv_len,
+  offset = tl.load(Q_OFFSETS + off_b)
+  lo, mid_lo, mid_hi, hi = _query_range(start_n, key_len, q_len, offset,
                                         BLOCK_M, BLOCK_N, CAUSAL, WINDOW_LEFT,
                                         WINDOW_RIGHT, HAS_SEGMENTS)
 
@@ -497,13 +499,13 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
   if not HAS_SEGMENTS:
     dk, dv = _dkdv_query_blocks(
         dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA, Q_SEG, off_b,
-        off_hk, key_len, scale, softcap, q_len, kv_len, mid_lo, mid_hi,
-        mid_lo, mid_hi, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD,
+        off_hk, key_len, scale, softcap, q_len, kv_len, offset, mid_lo,
+        mid_hi, mid_lo, mid_hi, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD,
         BLOCK_M, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP,
         DOT_PRECISION, WIDEN, False)
   dk, dv = _dkdv_query_blocks(
       dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA, Q_SEG, off_b,
-      off_hk, key_len, scale, softcap, q_len, kv_len, lo,
+      off_hk, key_len, scale, softcap, q_len, kv_len, offset, lo,
       hi - (mid_hi - mid_lo), mid_lo, mid_hi, NUM_HEADS, NUM_KV_HEADS,
       HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT,
       WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION, WIDEN, True)
@@ -516,7 +518,8 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
 
 @triton.jit
 def _dq_key_blocks(dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG,
-                   kv_base, off_b, scale, softcap, q_len, kv_len, start,
+                   kv_base, off_b, scale, softcap, q_len, kv_len, offset,
+                   start,
                    end, mid_lo, mid_hi, hi,
                    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                    HEAD_DIM_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -544,7 +547,7 @@ def _dq_key_blocks(dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG,
       if HAS_SEGMENTS:
         kv_seg = tl.load(KV_SEG + off_b * kv_len + offs_n, mask=offs_n < hi,
                          other=-2)
-      ok = _allowed(offs_m, offs_n, hi, q_len, kv_len, q_seg, kv_seg, CAUSAL,
+      ok = _allowed(offs_m, offs_n, hi, q_len, offset, q_seg, kv_seg, CAUSAL,
                     HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT)
     p = _probabilities(qk, lse[:, None], ok, MASKED)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -555,7 +558,7 @@ def _dq_key_blocks(dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG,
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
+def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
                  softcap, q_len, kv_len, DQ,
                  NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
                  HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
@@ -584,8 +587,9 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
   delta = tl.load(DELTA + off_bh * q_len + offs_m, mask=offs_m < q_len,
                   other=0.0)
   key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
-  lo, mid_lo, mid_hi, hi = _key_range(start_m, key_len, q_len, kv_len,
-                                      BLOCK_M, BLOCK_N, CAUSAL, WINDOW_LEFT,
+  offset = tl.load(Q_OFFSETS + off_b)
+  lo, mid_lo, mid_hi, hi = _key_range(start_m, key_len, offset, BLOCK_M,
+                                      BLOCK_N, CAUSAL, WINDOW_LEFT,
                                       WINDOW_RIGHT, HAS_SEGMENTS)
   q_seg = offs_m
   if HAS_SEGMENTS:
@@ -596,14 +600,14 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
   if not HAS_SEGMENTS:
     dq = _dq_key_blocks(
         dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG, kv_base,
-        off_b, scale, softcap, q_len, kv_len, mid_lo, mid_hi, mid_lo,
-        mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL,
+        off_b, scale, softcap, q_len, kv_len, offset, mid_lo, mid_hi,
+        mid_lo, mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL,
         HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION,
         WIDEN, False)
   dq = _dq_key_blocks(
       dq, q, do, lse, delta, q_seg, offs_m, offs_d, K, V, KV_SEG, kv_base,
-      off_b, scale, softcap, q_len, kv_len, lo, hi - (mid_hi - mid_lo),
-      mid_lo, mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
+      off_b, scale, softcap, q_len, kv_len, offset, lo,
+      hi - (mid_hi - mid_lo), mid_lo, mid_hi, hi, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_N,
       CAUSAL, HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP,
       DOT_PRECISION, WIDEN, True)
   _store_tile(DQ + q_base, offs_m, q_len, offs_d, dq * scale,

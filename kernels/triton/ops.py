@@ -94,12 +94,13 @@ def _common(st: _Static, q, k, kernel: str):
 
 @functools.cache
 def _forward_op(st: _Static):
-  def op(q, k, v, key_lengths, q_seg, kv_seg):
+  def op(q, k, v, key_lengths, q_offsets, q_seg, kv_seg):
     batch, q_len, num_heads, _ = q.shape
     bs, constexprs = _common(st, q, k, "fwd")
     grid = (_cdiv(q_len, bs.block_m), batch * num_heads)
     return triton_launch.launch(
-        _kernels(st)._attn_fwd, q, k, v, key_lengths, q_seg, kv_seg, st.scale,
+        _kernels(st)._attn_fwd, q, k, v, key_lengths, q_offsets, q_seg,
+        kv_seg, st.scale,
         _softcap_arg(st), q_len, k.shape[1],
         out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch, num_heads, q_len),
@@ -112,7 +113,7 @@ def _forward_op(st: _Static):
 
 @functools.cache
 def _backward_op(st: _Static):
-  def op(q, k, v, key_lengths, q_seg, kv_seg, o, lse, do, dlse):
+  def op(q, k, v, key_lengths, q_offsets, q_seg, kv_seg, o, lse, do, dlse):
     batch, q_len, num_heads, head_dim = q.shape
     kv_len, num_kv_heads = k.shape[1], k.shape[2]
     kern = _kernels(st)
@@ -129,7 +130,8 @@ def _backward_op(st: _Static):
     # The log-sum-exp's own cotangent: d lse2 / d s = P / ln 2, so it joins
     # dS = P * (dP - delta) as delta - dlse2 * log2(e).
     delta = delta - dlse * np.float32(np.log2(np.e))
-    operands = (q, k, v, key_lengths, q_seg, kv_seg, do, lse, delta,
+    operands = (q, k, v, key_lengths, q_offsets, q_seg, kv_seg, do, lse,
+                delta,
                 st.scale, _softcap_arg(st), q_len, kv_len)
 
     bs, constexprs = _common(st, q, k, "bwd_dkdv")
@@ -163,14 +165,14 @@ def _softcap_arg(st: _Static) -> float:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(st, q, k, v, key_lengths, q_seg, kv_seg):
+def _attention(st, q, k, v, key_lengths, q_offsets, q_seg, kv_seg):
   """`(output, base-2 log-sum-exp (batch, heads, q_len), +inf if empty)`."""
-  return _forward_op(st)(q, k, v, key_lengths, q_seg, kv_seg)
+  return _forward_op(st)(q, k, v, key_lengths, q_offsets, q_seg, kv_seg)
 
 
-def _attention_fwd(st, q, k, v, key_lengths, q_seg, kv_seg):
-  o, lse = _forward_op(st)(q, k, v, key_lengths, q_seg, kv_seg)
-  return (o, lse), (q, k, v, key_lengths, q_seg, kv_seg, o, lse)
+def _attention_fwd(st, q, k, v, key_lengths, q_offsets, q_seg, kv_seg):
+  o, lse = _forward_op(st)(q, k, v, key_lengths, q_offsets, q_seg, kv_seg)
+  return (o, lse), (q, k, v, key_lengths, q_offsets, q_seg, kv_seg, o, lse)
 
 
 def _attention_bwd(st, res, cotangents):
@@ -183,7 +185,7 @@ def _attention_bwd(st, res, cotangents):
         "implementation='blockwise' or 'xla' to differentiate")
   dq, dk, dv = _backward_op(st)(*res, do.astype(q.dtype),
                                 dlse.astype(jnp.float32))
-  return dq, dk, dv, None, None, None
+  return dq, dk, dv, None, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -212,11 +214,14 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
     `(batch, q_len, num_heads, head_dim)` in the dtype of `q` (and the
     log-sum-exp). Differentiable w.r.t. q, k, v for head_dim <= 128.
   """
-  batch, _, _, _ = q.shape
+  batch, q_len, _, _ = q.shape
   kv_len = k.shape[1]
   key_lengths = mask.key_lengths
   if key_lengths is None:
     key_lengths = jnp.full((batch,), kv_len, jnp.int32)
+  q_offsets = mask.q_offset
+  if q_offsets is None:  # bottom-right alignment
+    q_offsets = jnp.full((batch,), kv_len - q_len, jnp.int32)
   if mask.has_segments:
     q_seg = mask.q_segment_ids.astype(jnp.int32)
     kv_seg = mask.kv_segment_ids.astype(jnp.int32)
@@ -237,8 +242,8 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
                    masked=block_sizes.padded_head_dim(head_dim) != head_dim,
                    capability=capability))
                             for k in kernels_))
-  o, lse = _attention(st, q, k, v, key_lengths.astype(jnp.int32), q_seg,
-                      kv_seg)
+  o, lse = _attention(st, q, k, v, key_lengths.astype(jnp.int32),
+                      q_offsets.astype(jnp.int32), q_seg, kv_seg)
   if not return_residuals:
     return o
   return o, reference.public_lse(lse * np.float32(np.log(2.0)))

@@ -23,7 +23,8 @@ IMPLEMENTATIONS = ("reference", "blockwise", "triton")
 
 
 def brute_force(q, k, v, *, causal=False, window=None, softcap=None,
-                key_lengths=None, segment_ids=None, scale=None):
+                key_lengths=None, segment_ids=None, scale=None,
+                q_offset=None):
   """Attention and log-sum-exp in float64 numpy, mask by explicit loops."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   batch, q_len, heads, head_dim = q.shape
@@ -36,7 +37,7 @@ def brute_force(q, k, v, *, causal=False, window=None, softcap=None,
     for h in range(heads):
       kh = h // (heads // kv_heads)
       for i in range(q_len):
-        aligned = i + kv_len - q_len
+        aligned = i + (kv_len - q_len if q_offset is None else q_offset[b])
         keys = [j for j in range(kv_len)
                 if (not causal or j <= aligned)
                 and (left is None or j >= aligned - left)
@@ -85,13 +86,23 @@ CASES = [
     ("wide_window_interior", 99, 90, 2, 1, dict(window=(40, 21))),
     ("wide_causal_window_key_lengths", 97, 97, 2, 2,
      dict(causal=True, window=(50, 0), key_lengths=(97, 70))),
+    # Query offsets: a decode chunk written at cache index 40 / 76 of a
+    # 100-key cache; offsets before the keys, past them and negative, with
+    # windows on both sides (some rows see no key).
+    ("offset_decode_chunk", 24, 100, 2, 1,
+     dict(causal=True, q_offset=(40, 76), key_lengths=(64, 100))),
+    ("offset_window_negative", 30, 60, 2, 2,
+     dict(window=(10, 4), q_offset=(-20, 45))),
+    ("offset_sliding_past_the_keys", 33, 50, 4, 2,
+     dict(causal=True, window=(7, 0), q_offset=(100, 17), softcap=3.0)),
 ]
 
 
 def _options(options):
   options = dict(options)
-  if "key_lengths" in options:
-    options["key_lengths"] = jnp.asarray(options["key_lengths"], jnp.int32)
+  for name in ("key_lengths", "q_offset"):
+    if name in options:
+      options[name] = jnp.asarray(options[name], jnp.int32)
   return options
 
 
@@ -116,7 +127,8 @@ def test_outputs_and_log_sum_exp_match_brute_force(
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", ["softcap_window_gqa", "non_causal_window",
-                                  "window_key_lengths"])
+                                  "window_key_lengths",
+                                  "offset_window_negative"])
 def test_gradients_through_output_and_log_sum_exp_match_reference(
     implementation, case):
   _, q_len, kv_len, heads, kv_heads, options = next(
@@ -207,6 +219,10 @@ def test_rows_without_keys_have_minus_infinite_log_sum_exp(implementation):
     (dict(return_residuals=True, implementation="xla"), ValueError,
      "does not return the log-sum-exp"),
     (dict(window=(2, 0), implementation="cudnn"), ValueError, "cuDNN"),
+    (dict(q_offset=jnp.zeros((1,), jnp.int32), implementation="xla"),
+     ValueError, "has no query offset"),
+    (dict(q_offset=jnp.zeros((2,), jnp.int32)), ValueError, "q_offset"),
+    (dict(q_offset=jnp.zeros((1,), jnp.float32)), TypeError, "q_offset"),
 ])
 def test_bad_or_unservable_arguments_raise_named_errors(kwargs, error, match):
   q, k, v = _inputs(1, 8, 8, 2, 2, 32)
