@@ -220,15 +220,13 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
           f"config.mesh.axes: a 'context' axis splits time over devices, "
           f"which only the backbones whose layers run across devices take: "
           f"{takes}; got backbone {model.backbone!r} (drop the context axis)")
-    if model.backbone == "transformer" and (
-        model.attention_window is not None or
-        model.attention_impl in ("xla", "cudnn")):
+    if model.backbone == "transformer" and model.attention_impl in (
+        "xla", "cudnn"):
       raise ValueError(
           f"config.model: ring attention (the 'context' axis) needs an "
           f"attention_impl that returns the log-sum-exp (triton, reference, "
-          f"blockwise or None) and no attention_window; got attention_impl="
-          f"{model.attention_impl!r}, attention_window="
-          f"{model.attention_window!r}")
+          f"blockwise or None); got attention_impl="
+          f"{model.attention_impl!r}")
     if task.seq_len % context:
       raise ValueError(
           f"config.mesh.shape: the context axis splits the task's "

@@ -1,7 +1,9 @@
 """Ring (context-parallel) attention on 8 CPU devices; prints JSON.
 
 Launched by `test_ring_attention.py` in a subprocess (the device count is
-fixed when jax starts). For each implementation and mesh: the largest
+fixed when jax starts). For each implementation, mesh and mask case
+(`CASES`: causal, full, zigzag layout, sliding window, window with query
+offsets, causal cross-attention with q_len < kv_len): the largest
 differences of the output, the log-sum-exp and the q/k/v gradients from the
 single-device call, and the collectives of the compiled forward+backward.
 """
@@ -37,34 +39,72 @@ def _inputs():
   return q, k, v, lengths, jnp.broadcast_to(segments, (BATCH, SEQ))
 
 
-def run(implementation, mesh_shape, causal):
+# name -> attention options beyond the shared ones, the layout, and the
+# query length (keys always SEQ long).
+CASES = {
+    "causal": (dict(causal=True), "contiguous", SEQ),
+    "full": (dict(causal=False), "contiguous", SEQ),
+    "zigzag": (dict(causal=True), "zigzag", SEQ),
+    "sliding": (dict(causal=True, window=(12, 0)), "contiguous", SEQ),
+    "window_offset": (dict(causal=False, window=(5, 7),
+                           q_offset=jnp.array([3, -9])), "contiguous", SEQ),
+    "cross": (dict(causal=True), "contiguous", SEQ // 2),
+}
+
+
+# The reference runs every case on both meshes; the slower blockwise and
+# Triton-interpreter paths the cases that exercise their own masking.
+GRID = {
+    "reference": [(shape, case) for shape in ((8,), (2, 4))
+                  for case in CASES],
+    "blockwise": [((8,), "zigzag"), ((8,), "sliding"),
+                  ((8,), "window_offset"), ((2, 4), "cross")],
+    "triton": [((8,), "zigzag"), ((8,), "window_offset")],
+}
+
+
+def run(implementation, mesh_shape, case):
   axes = ("context",) if len(mesh_shape) == 1 else ("data", "context")
   mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(mesh_shape), axes)
+  extra, layout, q_len = CASES[case]
   q, k, v, lengths, segments = _inputs()
-  options = dict(causal=causal, key_lengths=lengths, segment_ids=segments,
-                 softcap=20.0, return_residuals=True,
-                 implementation=implementation)
-  ring = dict(mesh=mesh, context_axis="context",
+  q = q[:, SEQ - q_len:]
+  segments = (segments[:, SEQ - q_len:], segments)
+  options = dict(key_lengths=lengths, segment_ids=segments, softcap=20.0,
+                 return_residuals=True, implementation=implementation,
+                 **extra)
+  ring = dict(mesh=mesh, context_axis="context", context_layout=layout,
               batch_axes=None if len(mesh_shape) == 1 else "data")
+  devices = mesh.shape["context"]
+  if layout == "zigzag":  # the caller holds sequences in zigzag order
+    order = lambda x, axis=1: kernels.to_zigzag(x, devices, axis)
+    unorder = lambda x, axis=1: kernels.from_zigzag(x, devices, axis)
+  else:
+    order = unorder = lambda x, axis=1: x
 
-  def loss(q, k, v, **extra):
-    out, lse = kernels.attention(q, k, v, **options, **extra)
+  def ring_call(q, k, v):
+    ring_options = dict(options, segment_ids=tuple(
+        order(s) for s in segments))
+    return kernels.attention(q, k, v, **ring_options, **ring)
+
+  def loss(out, lse):
     return jnp.sum(out ** 2) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0))
 
   want_out, want_lse = kernels.attention(q, k, v, **options)
-  got_out, got_lse = jax.jit(lambda q, k, v: kernels.attention(
-      q, k, v, **options, **ring))(q, k, v)
-  want_grads = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-  grad = jax.jit(jax.grad(lambda q, k, v: loss(q, k, v, **ring),
-                          argnums=(0, 1, 2)))
-  got_grads = grad(q, k, v)
+  got_out, got_lse = jax.jit(ring_call)(order(q), order(k), order(v))
+  got_out, got_lse = unorder(got_out), unorder(got_lse, 2)
+  want_grads = jax.grad(lambda *a: loss(*kernels.attention(*a, **options)),
+                        argnums=(0, 1, 2))(q, k, v)
+  grad = jax.jit(jax.grad(lambda *a: loss(*ring_call(*a)), argnums=(0, 1, 2)))
+  ordered = (order(q), order(k), order(v))
+  got_grads = [unorder(g) for g in grad(*ordered)]
   finite = np.isfinite(np.asarray(want_lse))
-  text = grad.lower(q, k, v).compile().as_text()
+  text = grad.lower(*ordered).compile().as_text()
   gathered = [int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
               for m in GATHER.finditer(text)
               for dims in SHAPE.findall(m.group(1))]
   return dict(
-      implementation=implementation, mesh=list(mesh_shape), causal=causal,
+      implementation=implementation, mesh=list(mesh_shape), case=case,
       output=float(jnp.max(jnp.abs(got_out - want_out))),
       lse=float(np.max(np.abs(np.asarray(got_lse) - np.asarray(want_lse))[
           finite])),
@@ -76,14 +116,24 @@ def run(implementation, mesh_shape, causal):
       largest_gather=max(gathered, default=0))
 
 
+def layout_round_trip():
+  x = jnp.arange(2 * 32).reshape(2, 32)
+  zig = kernels.to_zigzag(x, 4)
+  return dict(first_block=[int(i) for i in zig[0, :8]],
+              round_trip=bool(jnp.array_equal(kernels.from_zigzag(
+                  zig, 4), x)))
+
+
 def refusals():
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("context",))
   q, k, v, _, _ = _inputs()
   out = {}
   for name, kwargs, args in (
       ("xla", dict(implementation="xla"), (q, k, v)),
-      ("window", dict(window=(4, 0), causal=True), (q, k, v)),
       ("length", {}, (q[:, :60], k[:, :60], v[:, :60])),
+      ("zigzag_length", dict(context_layout="zigzag"),
+       (q[:, :56], k[:, :56], v[:, :56])),
+      ("layout", dict(context_layout="striped"), (q, k, v)),
       ("axis", dict(context_axis="time"), (q, k, v))):
     try:
       kernels.attention(*args, mesh=mesh, **{"context_axis": "context",
@@ -101,10 +151,9 @@ def main():
     # The Triton kernels run under Triton's interpreter on this CPU.
     with (kernels.triton_interpret() if impl == "triton" else
           contextlib.nullcontext()):
-      rows += [run(impl, shape, causal) for shape in ((8,), (2, 4))
-               for causal in (True, False)
-               if impl != "triton" or (shape == (8,) and causal)]
-  print(json.dumps({"rows": rows, "refusals": refusals()}))
+      rows += [run(impl, shape, case) for shape, case in GRID[impl]]
+  print(json.dumps({"rows": rows, "refusals": refusals(),
+                    "layout": layout_round_trip()}))
 
 
 if __name__ == "__main__":
