@@ -274,19 +274,29 @@ class MultiHeadAttention(nn.Module):
     lengths = jnp.full((batch,), end, jnp.int32)
     keys, values = cache["key"].value, cache["value"].value
     options = dict(softcap=self.softcap, implementation=self.attention_impl)
-    if q_len == 1:
+    if self.attention_impl not in ("xla", "cudnn"):
+      # The chunk's rows sit at cache positions index .. end - 1: a query
+      # offset aligns the causal mask and the window there, so only q_len
+      # rows are computed (and the Triton kernels skip masked key blocks).
+      out = kernels.attention(q, keys, values, causal=True,
+                              key_lengths=lengths, window=self.window,
+                              q_offset=jnp.full((batch,), index, jnp.int32),
+                              **options)
+    elif q_len == 1:
+      # jax.nn.dot_product_attention has no query offset. One query: its
+      # window's left edge is a segment boundary (keys before it are
+      # segment 0) and key_lengths is the causal mask.
       segments = None
       left = None if self.window is None else self.window[0]
       if left is not None:
-        # The query sits at position `index` of a max_len cache, not at the
-        # bottom-right where a window would align it: its left edge is a
-        # segment boundary instead (keys before it are segment 0).
         segments = (jnp.ones((batch, 1), jnp.int32), jnp.broadcast_to(
             (jnp.arange(max_len) >= index - left).astype(jnp.int32),
             (batch, max_len)))
       out = kernels.attention(q, keys, values, key_lengths=lengths,
                               segment_ids=segments, **options)
     else:
+      # A chunk through xla/cudnn: max_len query rows, the chunk's kept
+      # (max_len / q_len times the work of the query-offset path).
       rows = jax.lax.dynamic_update_slice(
           jnp.zeros((batch, max_len) + q.shape[2:], q.dtype), q, start)
       out = kernels.attention(rows, keys, values, causal=True,
