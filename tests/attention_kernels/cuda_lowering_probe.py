@@ -125,6 +125,35 @@ def sharded() -> dict:
                                    for name, low in lowered.items()})
 
 
+def ring() -> dict:
+  """Ring attention (zigzag, causal) over (data 2, context 4) host devices,
+  lowered for cuda: the Triton calls' shapes and the collective-permutes of
+  the forward and the gradient."""
+  mesh = Mesh(np.array(jax.devices("cpu")[:8]).reshape(2, 4),
+              ("data", "context"))
+  layout = NamedSharding(mesh, P("data", "context", None, None))
+  q = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16, sharding=layout)
+  kv = jax.ShapeDtypeStruct((2, 256, 2, 64), jnp.bfloat16, sharding=layout)
+
+  def forward(q, k, v):
+    return kernels.attention(q, k, v, causal=True, implementation="triton",
+                             mesh=mesh, batch_axes="data",
+                             context_axis="context", context_layout="zigzag")
+
+  def loss(q, k, v):
+    return forward(q, k, v).astype(jnp.float32).sum()
+
+  out = {}
+  for name, fn in (("forward", forward),
+                   ("gradient", jax.grad(loss, argnums=(0, 1, 2)))):
+    lowered = jax.jit(fn).trace(q, kv, kv).lower(lowering_platforms=("cuda",))
+    text = lowered.as_text()
+    out[name] = dict(shapes=_triton_shapes(lowered),
+                     permutes=text.count("collective_permute"),
+                     gathers=text.count("all_gather"))
+  return out
+
+
 def main(capability: int) -> dict:
   q = jnp.zeros(_SHAPES["q"], jnp.bfloat16)
   kv = jnp.zeros(_SHAPES["kv"], jnp.bfloat16)
@@ -144,6 +173,7 @@ def main(capability: int) -> dict:
     with triton_launch.recording() as records:
       jax.make_jaxpr(_attention)(q, kv, kv)
     sharded_shapes = sharded()
+    ring_lowering = ring()
   roundtrip = jax.export.deserialize(serialized)
   aot_compile.init_worker(tempfile.mkdtemp())
   gate_ptx, _ = aot_compile.compile_ptx(compile_gate.compile_spec(records[0]),
@@ -155,7 +185,8 @@ def main(capability: int) -> dict:
       export_bytes=len(serialized),
       export_platforms=list(roundtrip.platforms),
       gate_ptx_embedded=gate_ptx.encode() in forward_config,
-      sharded=sharded_shapes)
+      sharded=sharded_shapes,
+      ring=ring_lowering)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,20 @@ def test_a_sharded_call_lowers_per_shard_for_cuda():
   (global_call,) = result["without_mesh"]
   assert global_call[:3] == [[8, 200, 4, 64], [8, 200, 2, 64],
                              [8, 200, 2, 64]]
+
+
+def test_ring_attention_lowers_per_chunk_for_cuda():
+  """Zigzag ring attention, causal, sequence 256 over `context` (4 ways)
+  and batch 2 over `data`: every Triton call of the forward and the
+  gradient attends one 32-row chunk of one example to one 32-key chunk;
+  the key blocks move by collective-permute, nothing is all-gathered."""
+  result = _probe(90)["ring"]
+  for name in ("forward", "gradient"):
+    calls = result[name]["shapes"]
+    assert calls, name
+    for shapes in calls:
+      assert {tuple(s) for s in shapes if len(s) == 4} <= {
+          (1, 32, 4, 64), (1, 32, 2, 64)}, (name, shapes)
+    assert result[name]["permutes"] > 0 and result[name]["gathers"] == 0
+  entries = len(result["gradient"]["shapes"])
+  assert entries > len(result["forward"]["shapes"])
