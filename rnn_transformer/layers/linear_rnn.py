@@ -130,9 +130,8 @@ class LinearRecurrentCell(nn.RNNCellBase):
     kwargs = dict(seq_lengths=seq_lengths, reset=reset, reverse=reverse,
                   method=method, chunk_size=chunk_size)
     sharding = parallel.current()
-    if sharding is not None and sharding.time_axes:  # sequence parallelism
-      kwargs.update(mesh=sharding.mesh, time_axis=sharding.time_axes,
-                    batch_axes=sharding.batch_axes or None)
+    if sharding is not None:  # sequence parallelism under a time axis
+      kwargs.update(sharding.scan_across_devices())
     carry = initial_carry.astype(self.carry_dtype)
     if self.scans_in_log_space:
       # A zero carry is log 0 = -inf: the log-space scan handles it exactly.

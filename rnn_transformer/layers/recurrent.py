@@ -170,7 +170,9 @@ class RNN(nn.Module):
       each call sows its `NewtonInfo` (iterations, residual, converged,
       fell_back) as `intermediates/newton_info`, read with
       `apply(..., mutable=["intermediates"])`. Not for cells with a linear
-      recurrence (already parallel) nor with `state_perturbation`.
+      recurrence (already parallel) nor with `state_perturbation`. Inside
+      `parallel.activation_sharding` with a time (`context`) axis the steps
+      stay split over its devices (`newton_scan(mesh=...)`).
     newton: options of `newton_recurrence.newton_scan` for
       `evaluation="newton"` (default: its own, method "full").
   """
@@ -454,10 +456,14 @@ class RNN(nn.Module):
     # jax.closure_convert, where a bound flax module cannot run: hand it the
     # unbound cell and this scope's variables.
     cell, variables = self.cell.unbind()
+    # Under an activation_sharding context with a time (`context`) axis the
+    # steps stay split over devices (newton_scan's mesh).
+    sharding = parallel.current()
+    across = {} if sharding is None else sharding.scan_across_devices()
     final_carry, outputs, info = newton_recurrence.newton_rnn(
         cell, variables, inputs, initial_carry=initial_carry,
         seq_lengths=seq_lengths, reset=reset, reverse=reverse,
-        **dict(self.newton or {}))
+        **across, **dict(self.newton or {}))
     self.sow("intermediates", "newton_info", info)
     if reverse and not keep_order:  # newton_rnn keeps input order
       outputs = flip_sequences(outputs, seq_lengths)

@@ -171,6 +171,15 @@ class ActivationSharding:
                                num_kv_heads % split == 0) else ()
     return self.batch_axes, heads
 
+  def scan_across_devices(self) -> dict[str, Any]:
+    """The `mesh`, `time_axis`, `batch_axes` arguments of the recurrences
+    that split time over devices (`linear_recurrence.linear_scan`,
+    `newton_recurrence.newton_scan`); empty without a time axis."""
+    if not self.time_axes:
+      return {}
+    return dict(mesh=self.mesh, time_axis=self.time_axes,
+                batch_axes=self.batch_axes or None)
+
 
 _CURRENT: contextvars.ContextVar[ActivationSharding | None] = (
     contextvars.ContextVar("activation_sharding", default=None))

@@ -233,13 +233,23 @@ def _time_sharding(mesh, time_axis, batch_axes, time: int, batch: int,
 
 
 def _across_devices(ring: _Semiring, run, a, b, h0, reverse: bool, mesh,
-                    time_axes: tuple[str, ...], batch_axes: tuple[str, ...]):
+                    time_axes: tuple[str, ...], batch_axes: tuple[str, ...],
+                    compose=None, apply=None):
   """The scan with time split over `time_axes`: each device scans its steps
   from the zero carry, all devices exchange one (product of a, last h)
   summary each, and every device adds its incoming carry times its prefix
   products of a. Communication: one all-gather of (devices, batch, features)
   per summary, whatever the sequence length.
+
+  `a: (batch, time, *a_shape)`, `b: (batch, time, *h_shape)`, `h0: (batch,
+  *h_shape)`. `compose(earlier, later)` chains two steps' a and `apply(a,
+  h)` applies an a to a state; both default to `ring.mul` (elementwise).
+  Square matrices (`newton_recurrence`'s dense Jacobians) pass
+  `later @ earlier` and the matrix-vector product; their summaries are
+  then (devices, batch, S, S).
   """
+  compose = ring.mul if compose is None else compose
+  apply = ring.mul if apply is None else apply
   shards = int(np.prod([mesh.shape[x] for x in time_axes]))
   spec = jax.sharding.PartitionSpec
   batch_spec = batch_axes or None
@@ -250,7 +260,7 @@ def _across_devices(ring: _Semiring, run, a, b, h0, reverse: bool, mesh,
     h = run(a, b, jnp.full_like(h0, ring.zero))
     # Products of a (sums of log a): no zero b, whose logaddexp(-inf, -inf)
     # would give NaN gradients in log space.
-    a_prefix = jax.lax.associative_scan(ring.mul, a, axis=1)
+    a_prefix = jax.lax.associative_scan(compose, a, axis=1)
     a_total = jax.lax.all_gather(a_prefix[:, -1], time_axes)
     h_last = jax.lax.all_gather(h[:, -1], time_axes)
     position = jax.lax.axis_index(time_axes)
@@ -259,9 +269,9 @@ def _across_devices(ring: _Semiring, run, a, b, h0, reverse: bool, mesh,
       position = shards - 1 - position
     carries = [h0]  # the carry entering device 0, 1, ..., and leaving the last
     for j in range(shards):
-      carries.append(ring.add(ring.mul(a_total[j], carries[-1]), h_last[j]))
+      carries.append(ring.add(apply(a_total[j], carries[-1]), h_last[j]))
     carry_in = jnp.stack(carries[:-1])[position]
-    h = ring.add(h, ring.mul(a_prefix, carry_in[:, None]))
+    h = ring.add(h, apply(a_prefix, carry_in[:, None]))
     if reverse:
       h = jnp.flip(h, 1)
     return carries[-1], h

@@ -35,7 +35,29 @@ The state is the carry pytree flattened per example to a vector of size S
 (`(c, h)` for an LSTM: S = 2H). Masks follow `recurrent.RNN`: steps past a
 sequence's length are the identity (J = I) and output zeros, a reset replaces
 the previous carry by the reset carry (J = 0), and `reverse` runs each
-sequence from its last valid step.
+sequence from its last valid step: step t follows step t + 1, the padding
+at the end (identity steps) handing the initial carry to the last valid
+step, so nothing is flipped.
+
+Across devices (`newton_scan(mesh=, time_axis=, batch_axes=)`), every array
+`(batch, time, ...)` is split over time (and batch), and no collective moves
+a time axis:
+
+* the cell at every step, its Jacobians and the residual are elementwise in
+  time; XLA partitions them under sharding constraints (the residual's max is
+  an all-reduce of one scalar);
+* the state before each step is a shift by one step, `lax.pad` by (1, -1),
+  which XLA partitions into one collective-permute of a `(batch, S)` slice;
+* the linearised solve is `linear_recurrence.linear_scan(mesh=...)` for the
+  diagonal methods and the same two-level scan over matrices for "full":
+  each device scans its steps, then one all-gather of `(devices, batch, S)`
+  (diagonal) or `(devices, batch, S, S)` (full) summaries fixes every
+  device's incoming carry;
+* what is sequential (the "sequential" adjoint, the fallback) runs in turn
+  across devices (`_in_turn`): each device scans its own steps from the
+  carry its neighbour hands on (a collective-permute of `(batch, S)`),
+  `devices` rounds, so it takes the T steps of one device, without gathering
+  the sequence.
 """
 
 from __future__ import annotations
@@ -53,7 +75,6 @@ import numpy as np
 
 from rnn_transformer import validation
 from rnn_transformer.recurrences import linear_recurrence
-from rnn_transformer.recurrences.sequence_order import flip_sequences
 
 Array = jax.Array
 Carry = Any
@@ -96,6 +117,11 @@ class NewtonInfo(NamedTuple):
   fell_back: Array
 
 
+# (mesh, time_axes, batch_axes), as `linear_recurrence._time_sharding`
+# checks them; None on one device.
+_Sharding = tuple[jax.sharding.Mesh, tuple[str, ...], tuple[str, ...]] | None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Options:
   method: str
@@ -104,6 +130,26 @@ class _Options:
   damping: float
   fallback: bool
   adjoint: str
+  reverse: bool = False
+  sharding: _Sharding = None
+
+  def constrain(self, x: Array, time: bool = True) -> Array:
+    """`x: (batch, time, ...)` (`time=False`: `(batch, ...)`) split over the
+    batch and time axes of `sharding`; unchanged without one."""
+    if self.sharding is None:
+      return x
+    mesh, time_axes, batch_axes = self.sharding
+    spec = jax.sharding.PartitionSpec(batch_axes or None,
+                                      *((time_axes,) if time else ()))
+    return jax.lax.with_sharding_constraint(
+        x, jax.sharding.NamedSharding(mesh, spec))
+
+  def scan_kwargs(self) -> dict[str, Any]:
+    """`linear_scan`'s sequence-parallel arguments."""
+    if self.sharding is None:
+      return {}
+    mesh, time_axes, batch_axes = self.sharding
+    return dict(mesh=mesh, time_axis=time_axes, batch_axes=batch_axes or None)
 
 
 class _StateLayout:
@@ -152,9 +198,32 @@ def _over_batch_and_time(fn):
   return jax.vmap(over_time, in_axes=(None, 0, 0, 0, 0, 0))
 
 
-def _previous(states: Array, s0: Array) -> Array:
+def _first_step(time: int, ndim: int, reverse: bool) -> Array:
+  """`(1, time, 1, ...)` bool of rank `ndim`, true at the step processed
+  first (the last with `reverse`)."""
+  first = jnp.arange(time) == (time - 1 if reverse else 0)
+  return first.reshape((1, time) + (1,) * (ndim - 2))
+
+
+def _shift(x: Array, first: Array, reverse: bool) -> Array:
+  """`x: (batch, time, ...)` moved one step later in processing order:
+  `y_t = x_{t-1}` (`x_{t+1}` with `reverse`), `first: (batch, ...)` at the
+  first step processed.
+
+  `lax.pad` by (1, -1) rather than a concatenate: XLA partitions it over a
+  time-split axis into one collective-permute of a one-step slice, where
+  the concatenate gathers the whole axis.
+  """
+  config = [(0, 0, 0)] * x.ndim
+  config[1] = (-1, 1, 0) if reverse else (1, -1, 0)
+  shifted = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+  return jnp.where(_first_step(x.shape[1], x.ndim, reverse),
+                   jnp.expand_dims(first, 1), shifted)
+
+
+def _previous(options: _Options, states: Array, s0: Array) -> Array:
   """`(batch, time, S)` states -> the state before each step."""
-  return jnp.concatenate([s0[:, None], states[:, :-1]], axis=1)
+  return options.constrain(_shift(states, s0, options.reverse))
 
 
 def _full_jacobians(transition, consts, prev, xs, valid, reset, s_reset):
@@ -189,58 +258,143 @@ def _diagonal_jacobians(transition, consts, prev, xs, valid, reset, s_reset):
   return f, jnp.moveaxis(diagonal, 0, -1)
 
 
-def _matrix_scan(a: Array, b: Array) -> Array:
-  """`h_t = a_t h_{t-1} + b_t` from h_{-1} = 0 with `a: (B, T, S, S)`.
+def _compose(earlier: Array, later: Array) -> Array:
+  return jnp.matmul(later, earlier, precision=_HIGHEST)
+
+
+def _apply(a: Array, h: Array) -> Array:
+  """`a: (..., S, S)` times `h: (..., S)`, broadcasting the leading axes."""
+  return jnp.matmul(a, h[..., None], precision=_HIGHEST)[..., 0]
+
+
+def _matrix_scan(a: Array, b: Array, reverse: bool = False,
+                 sharding: _Sharding = None) -> Array:
+  """`h_t = a_t h_{t-1} + b_t` from h_{-1} = 0 with `a: (B, T, S, S)`,
+  `b: (B, T, S)` (`h_t = a_t h_{t+1} + b_t` from h_T = 0 with `reverse`).
 
   A prefix scan over affine maps: `(a1, b1) then (a2, b2) = (a2 a1,
-  a2 b1 + b2)`, O(log T) depth and O(T S^2) memory.
+  a2 b1 + b2)`, O(log T) depth and O(T S^2) memory. With `sharding`, time
+  split over devices as `linear_recurrence.linear_scan` splits it: each
+  device scans its steps, then an all-gather of `(devices, B, S, S)`
+  summaries.
   """
-  def combine(first, second):
-    a1, b1 = first
-    a2, b2 = second
-    return (jnp.matmul(a2, a1, precision=_HIGHEST),
-            jnp.einsum("...ij,...j->...i", a2, b1, precision=_HIGHEST) + b2)
-  return jax.lax.associative_scan(combine, (a, b), axis=1)[1]
+  def run(a, b, h0):
+    b = b.at[:, 0].add(_apply(a[:, 0], h0))
+
+    def combine(first, second):
+      a1, b1 = first
+      a2, b2 = second
+      return _compose(a1, a2), _apply(a2, b1) + b2
+    return jax.lax.associative_scan(combine, (a, b), axis=1)[1]
+
+  h0 = jnp.zeros(b.shape[:1] + b.shape[2:], b.dtype)
+  if sharding is not None:
+    # linear_scan's two-level scan, with matrices for its products.
+    return linear_recurrence._across_devices(
+        linear_recurrence._LINEAR, run, a, b, h0, reverse, *sharding,
+        compose=_compose, apply=_apply)[1]
+  if reverse:
+    return jnp.flip(run(jnp.flip(a, 1), jnp.flip(b, 1), h0), 1)
+  return run(a, b, h0)
+
+
+def _in_turn(options: _Options, scan, replicated, per_example, carry,
+             sequences):
+  """A sequential scan over time, across devices when `options.sharding`.
+
+  `scan(replicated, per_example, carry, sequences) -> (carry, outputs)` runs
+  `lax.scan` over the time axis of the `(batch, time, ...)` `sequences`
+  (backwards when it was built so; `options.reverse` says which way the
+  carry travels); `per_example` and `carry` are `(batch, ...)`. Across
+  devices each device scans its own steps from the carry the previous
+  device (in scan order) handed on by a collective-permute of one
+  `(batch, ...)` carry; after `devices - 1` rounds every device holds its
+  true incoming carry and one more scan gives the outputs. Exact, T
+  sequential steps as on one device, and no time axis gathered.
+
+  Returns the outputs, `(batch, time, ...)`.
+  """
+  if options.sharding is None:
+    return scan(replicated, per_example, carry, sequences)[1]
+  mesh, time_axes, batch_axes = options.sharding
+  shards = int(np.prod([mesh.shape[x] for x in time_axes]))
+  first = shards - 1 if options.reverse else 0
+  step = -1 if options.reverse else 1
+  perm = [(i, i + step) for i in range(shards) if 0 <= i + step < shards]
+
+  def local(replicated, per_example, carry, sequences):
+    position = jax.lax.axis_index(time_axes)
+
+    def hand_on(_, carry_in):
+      carry_out, _ = scan(replicated, per_example, carry_in, sequences)
+      handed = jax.lax.ppermute(carry_out, time_axes, perm)
+      return jax.tree.map(lambda c, h: jnp.where(position == first, c, h),
+                          carry, handed)
+    carry_in = jax.lax.fori_loop(0, shards - 1, hand_on, carry)
+    return scan(replicated, per_example, carry_in, sequences)[1]
+
+  spec = jax.sharding.PartitionSpec
+  batch_spec = batch_axes or None
+  steps = spec(batch_spec, time_axes)
+  # check_vma=False: the carry varies over the time axes only after the
+  # first hand-on, which the loop's type check cannot express.
+  return jax.shard_map(
+      local, mesh=mesh,
+      in_specs=(spec(), spec(batch_spec), spec(batch_spec), steps),
+      out_specs=steps, check_vma=False)(replicated, per_example, carry,
+                                        sequences)
 
 
 def _newton_step(options, prev, f, jacobian):
   """The states solving the recurrence linearised at `prev`."""
+  # The carry before the first step is given: that step is exact already.
+  first = _first_step(f.shape[1], f.ndim, options.reverse)
   if options.method == "full":
-    b = f - jnp.einsum("btij,btj->bti", jacobian, prev, precision=_HIGHEST)
-    b = b.at[:, 0].set(f[:, 0])  # s_0 is given: step 0 is exact already
-    return _matrix_scan(jacobian, b)
+    b = jnp.where(first, f, f - _apply(jacobian, prev))
+    return options.constrain(_matrix_scan(jacobian, b, options.reverse,
+                                          options.sharding))
   diagonal = jacobian
   if options.method == "damped":
     diagonal = (1.0 - options.damping) * jnp.clip(diagonal, -1.0, 1.0)
-  b = (f - diagonal * prev).at[:, 0].set(f[:, 0])
-  return linear_recurrence.linear_scan(diagonal, b)[1]
+  b = jnp.where(first, f, f - diagonal * prev)
+  return options.constrain(linear_recurrence.linear_scan(
+      diagonal, b, reverse=options.reverse, **options.scan_kwargs())[1])
 
 
 def _linearise(options, transition, consts, prev, xs, valid, reset, s_reset):
   if options.method == "full":
-    return _full_jacobians(transition, consts, prev, xs, valid, reset, s_reset)
-  return _diagonal_jacobians(transition, consts, prev, xs, valid, reset,
-                             s_reset)
+    f, jacobian = _full_jacobians(transition, consts, prev, xs, valid, reset,
+                                  s_reset)
+  else:
+    f, jacobian = _diagonal_jacobians(transition, consts, prev, xs, valid,
+                                      reset, s_reset)
+  return options.constrain(f), options.constrain(jacobian)
 
 
-def _sequential_states(transition, consts, s0, xs, valid, reset, s_reset):
-  """The oracle: `lax.scan` over time, `(B, T, S)`."""
+def _sequential_states(transition, options, consts, s0, xs, valid, reset,
+                       s_reset):
+  """The oracle: `lax.scan` over time (in turn across devices), `(B, T, S)`."""
   over_batch = jax.vmap(transition, in_axes=(None, 0, 0, 0, 0, 0))
 
-  def body(s, inputs):
-    x, v, r = inputs
-    s = over_batch(consts, s, x, v, r, s_reset)[0]
-    return s, s
+  def scan(consts, s_reset, s0, sequences):
+    def body(s, inputs):
+      x, v, r = inputs
+      s = over_batch(consts, s, x, v, r, s_reset)[0]
+      return s, s
 
-  time_major = [jnp.swapaxes(a, 0, 1) for a in (xs, valid, reset)]
-  _, states = jax.lax.scan(body, s0, tuple(time_major))
-  return jnp.swapaxes(states, 0, 1)
+    time_major = tuple(jnp.swapaxes(a, 0, 1) for a in sequences)
+    final, states = jax.lax.scan(body, s0, time_major,
+                                 reverse=options.reverse)
+    return final, jnp.swapaxes(states, 0, 1)
+
+  return options.constrain(_in_turn(options, scan, consts, s_reset, s0,
+                                    (xs, valid, reset)))
 
 
 def _solve(transition, options, consts, s0, xs, valid, reset, s_reset):
   """Newton iterations in a `lax.while_loop`; `(states, NewtonInfo)`."""
   def linearise(states):
-    prev = _previous(states, s0)
+    prev = _previous(options, states, s0)
     f, jacobian = _linearise(options, transition, consts, prev, xs, valid,
                              reset, s_reset)
     gap = jnp.abs(states - f)
@@ -261,8 +415,8 @@ def _solve(transition, options, consts, s0, xs, valid, reset, s_reset):
     states = _newton_step(options, prev, f, jacobian)
     return (iterations + 1, states, *linearise(states))
 
-  guess = jnp.broadcast_to(s0[:, None], (s0.shape[0], xs.shape[1],
-                                         s0.shape[-1]))
+  guess = options.constrain(jnp.broadcast_to(
+      s0[:, None], (s0.shape[0], xs.shape[1], s0.shape[-1])))
   iterations, states, _, _, _, residual = jax.lax.while_loop(
       cond, body, (jnp.int32(0), guess, *linearise(guess)))
   converged = residual <= options.tol
@@ -271,36 +425,46 @@ def _solve(transition, options, consts, s0, xs, valid, reset, s_reset):
     fell_back = ~converged
     states = jax.lax.cond(
         converged, lambda: states,
-        lambda: _sequential_states(transition, consts, s0, xs, valid, reset,
-                                   s_reset))
+        lambda: _sequential_states(transition, options, consts, s0, xs,
+                                   valid, reset, s_reset))
   return states, NewtonInfo(iterations, residual, converged, fell_back)
 
 
 def _adjoint(options, transition, consts, prev, xs, valid, reset, s_reset,
              cotangent):
-  """`lambda_t = g_t + J_{t+1}^T lambda_{t+1}` backward from the last step."""
+  """`lambda_t = g_t + J_{t+1}^T lambda_{t+1}` backward from the last step
+  (`J_{t-1}^T lambda_{t-1}` forward from step 0 with `reverse`)."""
+  backward = not options.reverse  # the direction lambda travels
   if options.adjoint == "associative":
     _, jacobian = _full_jacobians(transition, consts, prev, xs, valid, reset,
                                   s_reset)
-    # Reversed in time, lambda is a forward recurrence with a_t = J_{t+1}^T.
-    a = jnp.swapaxes(jacobian[:, 1:], -1, -2)
-    a = jnp.concatenate([a, jnp.zeros_like(a[:, :1])], axis=1)
-    return jnp.flip(_matrix_scan(jnp.flip(a, 1), jnp.flip(cotangent, 1)), 1)
+    # mu_t = J_t^T lambda_t = J_t^T (g_t + mu_{t+1}) is a linear recurrence
+    # in J_t^T itself, so the Jacobians need no shift; lambda_t = g_t +
+    # mu_{t+1} shifts mu, one (batch, S) step across devices.
+    a = options.constrain(jnp.swapaxes(jacobian, -1, -2))
+    mu = _matrix_scan(a, _apply(a, cotangent), backward, options.sharding)
+    mu = options.constrain(mu)
+    return cotangent + options.constrain(
+        _shift(mu, jnp.zeros_like(mu[:, 0]), backward))
 
   over_batch = jax.vmap(transition, in_axes=(None, 0, 0, 0, 0, 0))
 
-  def body(carried, inputs):  # carried = J_{t+1}^T lambda_{t+1}
-    p, x, v, r, g = inputs
-    lam = g + carried
-    _, pullback = jax.vjp(
-        lambda s: over_batch(consts, s, x, v, r, s_reset)[0], p)
-    return pullback(lam)[0], lam
+  def scan(consts, s_reset, carried, sequences):
+    def body(carried, inputs):  # carried = J_{t+1}^T lambda_{t+1}
+      p, x, v, r, g = inputs
+      lam = g + carried
+      _, pullback = jax.vjp(
+          lambda s: over_batch(consts, s, x, v, r, s_reset)[0], p)
+      return pullback(lam)[0], lam
 
-  time_major = tuple(jnp.swapaxes(a, 0, 1)
-                     for a in (prev, xs, valid, reset, cotangent))
-  _, lam = jax.lax.scan(body, jnp.zeros_like(prev[:, 0]), time_major,
-                        reverse=True)
-  return jnp.swapaxes(lam, 0, 1)
+    time_major = tuple(jnp.swapaxes(a, 0, 1) for a in sequences)
+    carried, lam = jax.lax.scan(body, carried, time_major, reverse=backward)
+    return carried, jnp.swapaxes(lam, 0, 1)
+
+  adjoint_options = dataclasses.replace(options, reverse=backward)
+  return options.constrain(_in_turn(
+      adjoint_options, scan, consts, s_reset, jnp.zeros_like(prev[:, 0]),
+      (prev, xs, valid, reset, cotangent)))
 
 
 def _fixed_point_fwd(transition, options, consts, s0, xs, valid, reset,
@@ -312,8 +476,8 @@ def _fixed_point_fwd(transition, options, consts, s0, xs, valid, reset,
 
 def _fixed_point_bwd(transition, options, residuals, cotangents):
   consts, s0, xs, valid, reset, s_reset, states = residuals
-  cotangent = cotangents[0]
-  prev = _previous(states, s0)
+  cotangent = options.constrain(cotangents[0])
+  prev = _previous(options, states, s0)
   lam = _adjoint(options, transition, consts, prev, xs, valid, reset, s_reset,
                  cotangent)
   # One parallel VJP of every step at the solution, with cotangent lambda_t.
@@ -322,7 +486,8 @@ def _fixed_point_bwd(transition, options, residuals, cotangents):
       lambda c, p, x, r: batched(c, p, x, valid, reset, r)[0],
       consts, prev, xs, s_reset)
   d_consts, d_prev, d_xs, d_reset_state = pullback(lam)
-  return d_consts, d_prev[:, 0], d_xs, None, None, d_reset_state
+  d_s0 = d_prev[:, -1] if options.reverse else d_prev[:, 0]
+  return d_consts, d_s0, d_xs, None, None, d_reset_state
 
 
 _fixed_point = jax.custom_vjp(
@@ -416,6 +581,9 @@ def newton_scan(
     on_failure: str = "fallback",
     damping: float = 0.5,
     adjoint: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    time_axis: str | tuple[str, ...] | None = None,
+    batch_axes: str | tuple[str, ...] | None = None,
 ) -> tuple[Carry, Array, NewtonInfo]:
   """Runs `step` over time by Newton iterations (DEER / quasi-DEER).
 
@@ -459,6 +627,16 @@ def newton_scan(
       memory) or "sequential" (a reverse `lax.scan` of per-step VJPs: T
       steps, O(T S) memory). Default: "associative" for method "full",
       "sequential" otherwise. Both are exact.
+    mesh, time_axis, batch_axes: sequence parallelism, as in
+      `linear_recurrence.linear_scan` (the same checks: time must divide by
+      the time shards, batch by the batch shards): the steps are split over
+      the mesh axis (or axes) `time_axis` and the batch over `batch_axes`,
+      and no collective moves a time axis (module doc). Per Newton
+      iteration: a collective-permute of one `(batch, S)` step, an
+      all-gather of `(devices, batch, S)` summaries (`(devices, batch, S,
+      S)` for "full" and the "associative" adjoint) and an all-reduce of the
+      residual. The "sequential" adjoint and the fallback run in turn across
+      the devices, T sequential steps as on one device.
 
   Returns:
     `(final_carry, outputs (batch, time, ...), info: NewtonInfo)`. The final
@@ -473,6 +651,9 @@ def newton_scan(
   batch, time = np.shape(inputs)[:2]
   max_iters = _check_options(method, max_iters, tol, on_failure, damping,
                              adjoint, time)
+  # linear_scan's checks of the mesh, the axis names and the divisibility.
+  sharding = linear_recurrence._time_sharding(
+      mesh, time_axis, batch_axes, time, batch, "inputs")
   reverse = validation.check_bool("reverse", reverse)
   dtype = _check_carry("initial_carry", initial_carry, batch)
   if reset_carry is None:
@@ -492,24 +673,27 @@ def newton_scan(
           tol),
       damping=float(damping), fallback=on_failure == "fallback",
       adjoint=adjoint or ("associative" if method == "full" else
-                          "sequential"))
+                          "sequential"),
+      reverse=reverse, sharding=sharding)
 
+  inputs = options.constrain(inputs)
   steps = jnp.arange(time)[None, :]
   valid = (jnp.ones((batch, time), bool) if seq_lengths is None else
            steps < seq_lengths[:, None])
   reset = jnp.zeros((batch, time), bool) if reset is None else reset
   if reverse:  # as recurrent.RNN: a reversed segment starts before a reset
-    reset = jnp.concatenate([reset[:, 1:], jnp.zeros_like(reset[:, :1])], 1)
+    reset = _shift(reset, jnp.zeros_like(reset[:, 0]), reverse=True)
     if seq_lengths is not None:
       reset = reset & (steps + 1 < seq_lengths[:, None])
-    inputs = flip_sequences(inputs, seq_lengths)
-    reset = flip_sequences(reset, seq_lengths)
+  valid, reset = options.constrain(valid), options.constrain(reset)
 
   layout = _StateLayout(one_carry)
   converted, consts = jax.closure_convert(step, one_carry, inputs[0, 0])
   transition = _transition(converted, layout)
-  s0 = layout.flatten(initial_carry, (batch,)).astype(dtype)
-  s_reset = layout.flatten(reset_carry, (batch,)).astype(dtype)
+  s0 = options.constrain(layout.flatten(initial_carry, (batch,)).astype(
+      dtype), time=False)
+  s_reset = options.constrain(layout.flatten(reset_carry, (batch,)).astype(
+      dtype), time=False)
   states, info = _fixed_point(transition, options, tuple(consts), s0, inputs,
                               valid, reset, s_reset)
 
@@ -518,11 +702,10 @@ def newton_scan(
   # The outputs are one more parallel evaluation at the solution, so their
   # gradient w.r.t. the parameters needs no custom rule.
   _, outputs = _over_batch_and_time(transition)(
-      tuple(consts), _previous(states, s0), inputs, valid, reset, s_reset)
-  if reverse:
-    outputs = flip_sequences(outputs, seq_lengths)
-  final_carry = layout.unflatten(states[:, -1])
-  return final_carry, outputs, info
+      tuple(consts), _previous(options, states, s0), inputs, valid, reset,
+      s_reset)
+  final_carry = layout.unflatten(states[:, 0] if reverse else states[:, -1])
+  return final_carry, options.constrain(outputs), info
 
 
 def _raise_unless_converged(info: NewtonInfo) -> None:
@@ -549,6 +732,9 @@ def newton_rnn(
     seq_lengths: Array | None = None,
     reset: Array | None = None,
     reverse: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    time_axis: str | tuple[str, ...] | None = None,
+    batch_axes: str | tuple[str, ...] | None = None,
     **options: Any,
 ) -> tuple[Carry, Array, NewtonInfo]:
   """`newton_scan` of a flax cell with its variables: `recurrent.RNN` in
@@ -566,7 +752,9 @@ def newton_rnn(
     inputs: `(batch, time, features)`, floating.
     initial_carry: default `cell.initialize_carry` (zeros); resets restart
       from `cell.initialize_carry`, as in `RNN`.
-    seq_lengths, reset, reverse: as in `newton_scan`.
+    seq_lengths, reset, reverse, mesh, time_axis, batch_axes: as in
+      `newton_scan` (`RNN(evaluation="newton")` passes the mesh of an
+      `activation_sharding` context with a `context` axis).
     **options: `method`, `max_iters`, `tol`, `on_failure`, `damping`,
       `adjoint` of `newton_scan`.
 
@@ -603,4 +791,5 @@ def newton_rnn(
       return cell.apply(variables, carry, x)
   return newton_scan(step, inputs, initial_carry, seq_lengths=seq_lengths,
                      reset=reset, reset_carry=default_carry, reverse=reverse,
+                     mesh=mesh, time_axis=time_axis, batch_axes=batch_axes,
                      **options)

@@ -44,15 +44,27 @@ def _inputs(dtype, key=0):
   return a.astype(dtype), b.astype(dtype), h0.astype(dtype), lengths, reset
 
 
-def _largest_collective(text):
-  """Elements of the largest array any collective produces."""
-  largest, kinds = 0, set()
-  for match in COLLECTIVE.finditer(text):
-    kinds.add(match.group(2))
+# HLO marks every fifth element of a long tuple type with /*index=N*/,
+# whose "=" would hide that collective from COLLECTIVE.
+COMMENT = re.compile(r"/\*.*?\*/")
+
+
+def collective_sizes(text):
+  """`{kind: elements of the largest array a collective of that kind
+  produces}` in compiled HLO text."""
+  sizes = {}
+  for match in COLLECTIVE.finditer(COMMENT.sub("", text)):
+    kind = match.group(2)
     for dims in SHAPE.findall(match.group(1)):
       size = int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
-      largest = max(largest, size)
-  return largest, sorted(kinds)
+      sizes[kind] = max(sizes.get(kind, 0), size)
+  return sizes
+
+
+def largest_collective(text):
+  """Elements of the largest array any collective produces, and the kinds."""
+  sizes = collective_sizes(text)
+  return max(sizes.values(), default=0), sorted(sizes)
 
 
 def run(scan, dtype, mesh_shape, method, reverse, masks):
@@ -103,8 +115,8 @@ def run(scan, dtype, mesh_shape, method, reverse, masks):
                      want_grads),
       scale=float(np.max(np.abs(np.asarray(want[1]).real[
           np.isfinite(np.asarray(want[1]).real)]))),
-      forward=_largest_collective(forward_text),
-      backward=_largest_collective(backward_text))
+      forward=largest_collective(forward_text),
+      backward=largest_collective(backward_text))
 
 
 CASES = (  # (scan, dtype, mesh, method, reverse, masks)
