@@ -70,8 +70,8 @@ def _always(call: AttentionCall) -> None:
 
 def _xla_supports(call: AttentionCall) -> str | None:
   if call.has_q_offset:
-    return ("jax.nn.dot_product_attention has no query offset (q_offset); "
-            "its masks align at the top-left")
+    return ("jax.nn.dot_product_attention has no query offset: q_offset "
+            "needs triton, reference or blockwise")
   if (call.causal or call.has_window) and call.q_len != call.kv_len:
     return ("jax.nn.dot_product_attention aligns is_causal and "
             "local_window_size at the top-left; bottom-right aligned masks "

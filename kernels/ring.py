@@ -28,9 +28,14 @@ on every other). The caller keeps the sequence in that order
 (`to_zigzag` / `from_zigzag`), as a data pipeline would; the outputs come
 back in the layout the inputs had.
 
-Gradients flow through the ring (autodiff of `ppermute` is the reverse
-ring), so the backward keeps each step's key/value block: O(n) per device
-for the residuals (BUILD_NOTES measures it).
+Backward (`jax.custom_vjp`): the forward keeps only this device's q, k, v,
+output and log-sum-exp; the backward runs the ring again, the key/value
+gradients travelling with their block and going home in one last hop. Each
+pair's kernel backward gets its partial output's and log-sum-exp's
+cotangents through the merge (`w = exp(lse_pair - lse)`: `w dO` and
+`w (rowsum(dO * (o_pair - o)) + dlse)`), recomputing the pair's forward
+first. So residual memory is O(n / devices) per device, where
+differentiating through the ring kept every step's block (O(n)).
 """
 
 from __future__ import annotations
@@ -56,13 +61,19 @@ def _zigzag_order(devices: int) -> np.ndarray:
                    for c in (d, 2 * devices - 1 - d)])
 
 
-def _check_layout_args(x, devices: int, axis: int) -> None:
+def _check_layout_args(x, devices: int, axis: int) -> jax.Array:
+  x = jnp.asarray(x)
   if not isinstance(devices, int) or isinstance(devices, bool) or (
       devices < 1):
     raise ValueError(f"devices: expected a positive int, got {devices!r}")
+  if not isinstance(axis, int) or isinstance(axis, bool) or not (
+      -x.ndim <= axis < x.ndim):
+    raise ValueError(f"axis: expected an axis of x (ndim {x.ndim}), got "
+                     f"{axis!r}")
   if x.shape[axis] % (2 * devices):
-    raise ValueError(f"x: the zigzag layout cuts axis {axis} into 2 x "
-                     f"{devices} chunks, but it has length {x.shape[axis]}")
+    raise ValueError(f"x: the zigzag layout needs axis {axis} to divide "
+                     f"into 2 x {devices} chunks, got length {x.shape[axis]}")
+  return x
 
 
 def to_zigzag(x: jax.Array, devices: int, axis: int = 1) -> jax.Array:
@@ -73,14 +84,14 @@ def to_zigzag(x: jax.Array, devices: int, axis: int = 1) -> jax.Array:
   `seq` must divide by `2 * devices`. Positions, targets and segment ids
   of the same sequence are reordered the same way.
   """
-  _check_layout_args(x, devices, axis)
+  x = _check_layout_args(x, devices, axis)
   chunks = jnp.split(x, 2 * devices, axis=axis)
   return jnp.concatenate([chunks[c] for c in _zigzag_order(devices)], axis)
 
 
 def from_zigzag(x: jax.Array, devices: int, axis: int = 1) -> jax.Array:
   """Inverse of `to_zigzag`: the zigzag layout back in sequence order."""
-  _check_layout_args(x, devices, axis)
+  x = _check_layout_args(x, devices, axis)
   chunks = jnp.split(x, 2 * devices, axis=axis)
   inverse = np.argsort(_zigzag_order(devices))
   return jnp.concatenate([chunks[c] for c in inverse], axis)
@@ -211,66 +222,157 @@ def ring_attention(local_attention: Callable, q, k, v, *, mesh,
       rows if name.endswith("segments") else PartitionSpec(b)
       for name in present]
   ring = [(d, (d + 1) % devices) for d in range(devices)]
+  last = steps[-1]
+  # After the last step device d holds the block of device d - last: the key
+  # and value gradients it accumulated go home in one hop.
+  home = [(d, (d - last) % devices) for d in range(devices)]
+
+  def split(x, axis=1):
+    """`per_device` chunks of `x` along the sequence, or Nones."""
+    if x is None:
+      return (None,) * per_device
+    return jnp.split(x, per_device, axis=axis)
+
+  def walk(blocks, visit):
+    """Passes `blocks` (a tuple of `(batch, kv_seq, ...)` arrays or None)
+    round the ring; at each attended step `visit(source, blocks)` returns
+    them updated. Returns the blocks this device holds at the end."""
+    me = jax.lax.axis_index(context_axis)
+    for step in range(last + 1):
+      if step in steps:
+        blocks = visit((me - step) % devices, blocks)
+      if step < last:
+        blocks = jax.lax.ppermute(blocks, context_axis, ring)
+    return blocks
+
+  def pairs(given, source):
+    """(query chunk, key chunk, q_offset, key lengths, masked) of every
+    chunk pair at the step holding `source`'s key block."""
+    offsets = given["q_offset"]
+    lengths = given.get("key_lengths")
+    q_ids = _chunk_ids(jax.lax.axis_index(context_axis), devices, layout)
+    k_ids = _chunk_ids(source, devices, layout)
+    for qi in range(per_device):
+      for ki in range(per_device):
+        pair_offsets = offsets + (q_ids[qi] * q_chunk - k_ids[ki] * kv_chunk)
+        chunk_lengths = None if lengths is None else jnp.clip(
+            lengths - k_ids[ki] * kv_chunk, 0, kv_chunk)
+        masked = _pair_masked(pair_offsets, pair_offsets + q_chunk - 1,
+                              kv_chunk, causal, window, chunk_lengths)
+        yield qi, ki, pair_offsets, chunk_lengths, masked
+
+  def guarded(masked, run, empty):
+    """`run()`, or `empty()` where every example's pair is masked."""
+    if masked is False:  # no mask can empty a pair
+      return run()
+    return jax.lax.cond(jnp.all(masked), empty, run)
+
+  def attend(q_part, k_part, v_part, pair_offsets, chunk_lengths, segments):
+    out, lse = local_attention(
+        q_part, k_part, v_part, causal=causal, window=window,
+        q_offset=pair_offsets, key_lengths=chunk_lengths,
+        segment_ids=segments, return_residuals=True, **options)
+    return out.astype(jnp.float32), lse
+
+  def forward(q, k, v, given):
+    """This device's output (float32) and log-sum-exp."""
+    batch, _, heads, dim = q.shape
+    q_parts, q_segs = split(q), split(given.get("q_segments"))
+    empty_out = (jnp.zeros((batch, q_chunk, heads, dim), jnp.float32),
+                 jnp.full((batch, heads, q_chunk), -jnp.inf, jnp.float32))
+    acc = [empty_out] * per_device
+
+    def visit(source, blocks):
+      k_parts, v_parts, kv_segs = (split(x) for x in blocks)
+      for qi, ki, offsets, lengths, masked in pairs(given, source):
+        segments = None if q_segs[qi] is None else (q_segs[qi], kv_segs[ki])
+
+        def run(qi=qi, ki=ki, offsets=offsets, lengths=lengths,
+                segments=segments):
+          return attend(q_parts[qi], k_parts[ki], v_parts[ki], offsets,
+                        lengths, segments)
+
+        acc[qi] = _merge(*acc[qi], *guarded(masked, run, lambda: empty_out))
+      return blocks
+
+    walk((k, v, given.get("kv_segments")), visit)
+    return (jnp.concatenate([o for o, _ in acc], axis=1),
+            jnp.concatenate([lse for _, lse in acc], axis=2))
+
+  def backward(q, k, v, given, out, lse, d_out, d_lse):
+    """q, k, v gradients: the ring again, each pair's kernel backward fed
+    the cotangents of its partial output and log-sum-exp through the merge:
+    with w = exp(lse_pair - lse), d o_pair = w dO and d lse_pair =
+    w (rowsum(dO * (o_pair - o)) + d lse)."""
+    q_parts, q_segs = split(q), split(given.get("q_segments"))
+    outs, lses = split(out), split(lse, axis=2)
+    d_outs = split(d_out.astype(jnp.float32))
+    d_lses = split(d_lse.astype(jnp.float32), axis=2)
+    dq = [jnp.zeros(x.shape, jnp.float32) for x in q_parts]
+
+    def visit(source, blocks):
+      k, v, kv_seg, dk, dv = blocks
+      k_parts, v_parts, kv_segs = split(k), split(v), split(kv_seg)
+      dk_parts, dv_parts = list(split(dk)), list(split(dv))
+      for qi, ki, offsets, lengths, masked in pairs(given, source):
+        segments = None if q_segs[qi] is None else (q_segs[qi], kv_segs[ki])
+
+        def run(qi=qi, ki=ki, offsets=offsets, lengths=lengths,
+                segments=segments):
+          (o_pair, lse_pair), pull = jax.vjp(
+              lambda q_, k_, v_: attend(q_, k_, v_, offsets, lengths,
+                                        segments),
+              q_parts[qi], k_parts[ki], v_parts[ki])
+          w = jnp.where(jnp.isfinite(lse_pair), jnp.exp(
+              lse_pair - jnp.where(jnp.isfinite(lses[qi]), lses[qi], 0.0)),
+                        0.0)  # (batch, heads, q)
+          rows = jnp.swapaxes(w, 1, 2)[..., None]  # (batch, q, heads, 1)
+          shift = jnp.swapaxes(jnp.sum(d_outs[qi] * (o_pair - outs[qi]),
+                                       axis=-1), 1, 2)
+          grads = pull((rows * d_outs[qi], w * (shift + d_lses[qi])))
+          return tuple(g.astype(jnp.float32) for g in grads)
+
+        def empty(qi=qi, ki=ki):
+          return tuple(jnp.zeros(x.shape, jnp.float32) for x in (
+              q_parts[qi], k_parts[ki], v_parts[ki]))
+
+        d_q, d_k, d_v = guarded(masked, run, empty)
+        dq[qi] = dq[qi] + d_q
+        dk_parts[ki] = dk_parts[ki] + d_k
+        dv_parts[ki] = dv_parts[ki] + d_v
+      return (k, v, kv_seg, jnp.concatenate(dk_parts, axis=1),
+              jnp.concatenate(dv_parts, axis=1))
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    *_, dk, dv = walk((k, v, given.get("kv_segments"), zeros, zeros), visit)
+    if last:
+      dk, dv = jax.lax.ppermute((dk, dv), context_axis, home)
+    return (jnp.concatenate(dq, axis=1).astype(q.dtype), dk.astype(k.dtype),
+            dv.astype(v.dtype))
+
+  # The backward reruns the ring (each pair's forward and backward kernels)
+  # instead of keeping every step's key block: O(n / devices) residuals.
+  @jax.custom_vjp
+  def ring_local(q, k, v, given):
+    out, lse = forward(q, k, v, given)
+    return out.astype(q.dtype), lse
+
+  def ring_fwd(q, k, v, given):
+    out, lse = forward(q, k, v, given)
+    return (out.astype(q.dtype), lse), (q, k, v, given, out, lse)
+
+  def ring_bwd(residuals, cotangents):
+    q, k, v, given, out, lse = residuals
+    grads = backward(q, k, v, given, out, lse, *cotangents)
+    return (*grads, jax.tree.map(lambda _: None, given))
+
+  ring_local.defvjp(ring_fwd, ring_bwd)
 
   def local(q, k, v, *rest):
     given = dict(zip(present, rest))
-    lengths, offsets = given.get("key_lengths"), given.get("q_offset")
-    q_seg, kv_seg = given.get("q_segments"), given.get("kv_segments")
-    me = jax.lax.axis_index(context_axis)
-    batch, _, heads, dim = q.shape
-    if offsets is None:
-      offsets = jnp.full((batch,), kv_len - q_len, jnp.int32)
-    q_parts = jnp.split(q, per_device, axis=1)
-    q_seg_parts = (None,) * per_device if q_seg is None else jnp.split(
-        q_seg, per_device, axis=1)
-    q_ids = _chunk_ids(me, devices, layout)
-    acc = [(jnp.zeros((batch, q_chunk, heads, dim), jnp.float32),
-            jnp.full((batch, heads, q_chunk), -jnp.inf, jnp.float32))
-           for _ in range(per_device)]
-
-    def attend(qi, q_part, q_seg_part, k_id, k_part, v_part, kv_seg_part):
-      pair_offsets = offsets + (q_ids[qi] * q_chunk - k_id * kv_chunk)
-      chunk_lengths = None if lengths is None else jnp.clip(
-          lengths - k_id * kv_chunk, 0, kv_chunk)
-      segments = None if q_seg is None else (q_seg_part, kv_seg_part)
-
-      def run():
-        out, lse = local_attention(
-            q_part, k_part, v_part, causal=causal, window=window,
-            q_offset=pair_offsets, key_lengths=chunk_lengths,
-            segment_ids=segments, return_residuals=True, **options)
-        return out.astype(jnp.float32), lse
-
-      def empty():
-        return (jnp.zeros((batch, q_chunk, heads, dim), jnp.float32),
-                jnp.full((batch, heads, q_chunk), -jnp.inf, jnp.float32))
-
-      masked = _pair_masked(pair_offsets, pair_offsets + q_chunk - 1,
-                            kv_chunk, causal, window, chunk_lengths)
-      if masked is False:  # no mask can empty a pair: attend unconditionally
-        return run()
-      return jax.lax.cond(jnp.all(masked), empty, run)
-
-    for step in range(steps[-1] + 1):
-      if step in steps:
-        source = (me - step) % devices  # whose key block this device holds
-        k_ids = _chunk_ids(source, devices, layout)
-        k_parts = jnp.split(k, per_device, axis=1)
-        v_parts = jnp.split(v, per_device, axis=1)
-        kv_seg_parts = (None,) * per_device if kv_seg is None else (
-            jnp.split(kv_seg, per_device, axis=1))
-        for qi in range(per_device):
-          for ki in range(per_device):
-            o_new, lse_new = attend(qi, q_parts[qi], q_seg_parts[qi],
-                                    k_ids[ki], k_parts[ki], v_parts[ki],
-                                    kv_seg_parts[ki])
-            acc[qi] = _merge(*acc[qi], o_new, lse_new)
-      if step < steps[-1]:  # pass the key block on round the ring
-        k, v = jax.lax.ppermute((k, v), context_axis, ring)
-        if kv_seg is not None:
-          kv_seg = jax.lax.ppermute(kv_seg, context_axis, ring)
-    out = jnp.concatenate([o for o, _ in acc], axis=1).astype(q.dtype)
-    lse = jnp.concatenate([lse for _, lse in acc], axis=2)
+    if "q_offset" not in given:  # the bottom-right alignment
+      given["q_offset"] = jnp.full((q.shape[0],), kv_len - q_len, jnp.int32)
+    out, lse = ring_local(q, k, v, given)
     return (out, lse) if return_residuals else out
 
   lse_spec = PartitionSpec(b, h, context_axis)

@@ -513,6 +513,18 @@ CASES = {
         ("key_lengths shape", lambda: kernels.attention(
             *[jnp.ones((2, 5, 2, 8))] * 3, key_lengths=jnp.array([1, 2, 3])),
          ValueError, "key_lengths"),
+        ("q_offset shape", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, q_offset=jnp.array([1, 2, 3])),
+         ValueError, "q_offset"),
+        ("q_offset float", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, q_offset=jnp.ones((2,))),
+         TypeError, "q_offset"),
+        ("q_offset through xla", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, q_offset=jnp.ones((2,), jnp.int32),
+            implementation="xla"), ValueError, "q_offset"),
+        ("context_layout without context_axis", lambda: kernels.attention(
+            *[jnp.ones((2, 5, 2, 8))] * 3, context_layout="zigzag"),
+         ValueError, "context_layout"),
         ("mesh not a Mesh", lambda: kernels.attention(
             *[jnp.ones((2, 5, 2, 8))] * 3, mesh="data", batch_axes="data"),
          TypeError, "mesh"),
@@ -527,6 +539,20 @@ CASES = {
         ("scale nan", lambda: kernels.attention(
             *[jnp.ones((2, 5, 2, 8))] * 3, scale=float("nan")), ValueError,
          "scale"),
+    ],
+    "to_zigzag": [
+        ("length not divisible", lambda: kernels.to_zigzag(
+            jnp.ones((1, 6, 2)), 2), ValueError, "x"),
+        ("devices zero", lambda: kernels.to_zigzag(jnp.ones((1, 8)), 0),
+         ValueError, "devices"),
+        ("axis out of range", lambda: kernels.to_zigzag(
+            jnp.ones((1, 8)), 2, axis=3), ValueError, "axis"),
+    ],
+    "from_zigzag": [
+        ("length not divisible", lambda: kernels.from_zigzag(
+            jnp.ones((1, 6, 2)), 2), ValueError, "x"),
+        ("devices a float", lambda: kernels.from_zigzag(
+            jnp.ones((1, 8)), 2.0), ValueError, "devices"),
     ],
     "cuda_compute_capability": [
         ("capability str", lambda: kernels.cuda_compute_capability(

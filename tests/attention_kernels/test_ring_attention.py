@@ -30,7 +30,7 @@ def _check(report, implementations):
               row["permutes"] for row in rows}
   if ("reference", (8,), "sliding") in permutes:
     # A window of 12 keys over blocks of 8 needs 2 of the 7 ring passes.
-    assert permutes["reference", (8,), "sliding"] * 3 <= permutes[
+    assert permutes["reference", (8,), "sliding"] * 3 < permutes[
         "reference", (8,), "causal"]
 
 
@@ -82,7 +82,7 @@ def test_zigzag_round_trip_and_errors():
   x = np.arange(3 * 48).reshape(3, 48)
   np.testing.assert_array_equal(
       kernels.from_zigzag(kernels.to_zigzag(x, 3), 3), x)
-  with pytest.raises(ValueError, match="cuts axis 1 into 2 x 5 chunks"):
+  with pytest.raises(ValueError, match="needs axis 1 to divide into 2 x 5 chunks"):
     kernels.to_zigzag(x, 5)
   with pytest.raises(ValueError, match="devices: expected a positive int"):
     kernels.from_zigzag(x, 0)
