@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.prompt_len = 16  # prompt tokens before generation
   config.new_tokens = 256  # generated tokens per sequence
   config.gen_batch = 1  # sequences generated at once
+  config.cache_len = 8192  # KV cache of the cache-attention rows
+  config.chunk_len = 64  # prefill chunk of the cache-attention rows
   config.warmup = 1  # untimed calls after compilation
   config.iters = 5  # timed calls; the median is reported
   if arg == "tiny":  # seconds on a CPU; used by the test suite
@@ -38,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch, config.seq_lens = 2, (8, 16)
     config.implementations = ("xla", "blockwise")
     config.prompt_len, config.new_tokens = 4, 8
+    config.cache_len, config.chunk_len = 32, 4
     config.warmup, config.iters = 1, 2
   elif arg is not None:
     raise ValueError(f"config argument: expected 'tiny' or nothing, got {arg!r}")

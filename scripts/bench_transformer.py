@@ -1,5 +1,7 @@
 r"""Benchmarks the Transformer LM: training step per attention implementation,
-and generation with and without the KV cache.
+generation with and without the KV cache, and one layer's attention of a
+prefill chunk and of a decoded token through the cache (query offset against
+all cache rows).
 
     python scripts/bench_transformer.py
     python scripts/bench_transformer.py --config.seq_lens='(512, 1024)' \
@@ -32,7 +34,7 @@ _OUTPUT_DIR = flags.DEFINE_string(
 def main(argv):
   del argv
   config = _CONFIG.value
-  training, generation, skipped = transformer_benchmark.run(config)
+  training, generation, cache, skipped = transformer_benchmark.run(config)
   model = config.model
   title = (f"{outputs.device_description()}; {model.num_layers} layers, "
            f"width {model.model_dim}, {model.num_heads} heads, mlp "
@@ -41,7 +43,10 @@ def main(argv):
            f"{config.gen_batch}, prompt {config.prompt_len}, greedy")
   report = "\n\n".join(
       [title, transformer_benchmark.format_training(training),
-       transformer_benchmark.format_generation(generation)] +
+       transformer_benchmark.format_generation(generation),
+       f"Attention through a {config.cache_len}-token cache filled to its "
+       f"middle (one layer, batch {config.gen_batch}):",
+       transformer_benchmark.format_cache_attention(cache)] +
       ["skipped: " + "; ".join(skipped)] * bool(skipped))
   print(report)
   if _OUTPUT_DIR.value:
@@ -52,7 +57,7 @@ def main(argv):
     with open(os.path.join(_OUTPUT_DIR.value, "bench_transformer.json"),
               "w") as f:
       json.dump(dict(title=title, training=training, generation=generation,
-                     skipped=skipped), f, indent=1)
+                     cache_attention=cache, skipped=skipped), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ device, so rows compare by ratio.
   length, reported as tokens/s;
 * generation: `new_tokens` greedy tokens after a prompt, with the KV cache
   (`rnn_transformer.generate`) and without it (the full forward re-run over
-  the fixed-size token buffer for every new token), as tokens/s.
+  the fixed-size token buffer for every new token), as tokens/s;
+* attention through the cache: one layer's attention of a `chunk_len`-token
+  prefill chunk and of one decoded token written at the middle of a
+  `cache_len` cache, with a query offset (`kernels.attention(q_offset=)`,
+  `q_len` rows) against the `cache_len` query rows that the bottom-right
+  mask needs without it, and the full causal forward over the cache, per
+  implementation that takes `q_offset`.
 """
 
 from __future__ import annotations
@@ -36,13 +42,17 @@ def _model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig.from_mapping(fields)
 
 
-def unavailable_reason(implementation: str, model: ModelConfig) -> str | None:
-  """Why `kernels.attention` cannot run `implementation` here, or None."""
+def unavailable_reason(implementation: str, model: ModelConfig,
+                       q_offset: bool = False) -> str | None:
+  """Why `kernels.attention` cannot run `implementation` here (with a query
+  offset: `q_offset`), or None."""
   shape = (1, 16, model.num_heads, model.head_dim)
   q = jnp.zeros(shape, model.dtype or jnp.float32)
+  offset = jnp.zeros((1,), jnp.int32) if q_offset else None
   try:
     jax.eval_shape(lambda q: kernels.attention(
-        q, q, q, causal=True, implementation=implementation), q)
+        q, q, q, causal=True, implementation=implementation,
+        q_offset=offset), q)
   except ValueError as error:
     return str(error)
   return None
@@ -107,22 +117,83 @@ def time_generation(config: ml_collections.ConfigDict,
   return rows
 
 
+def time_cache_attention(config: ml_collections.ConfigDict,
+                         model_config: ModelConfig,
+                         implementation: str) -> list[dict[str, Any]]:
+  """Attention of new tokens against a KV cache filled to its middle."""
+  heads, head_dim = model_config.num_heads, model_config.head_dim
+  cache_len, batch = config.cache_len, config.gen_batch
+  dtype = model_config.dtype or jnp.float32
+  index = cache_len // 2
+  keys = jax.random.split(jax.random.key(2), 3)
+  cache_k, cache_v = (jax.random.normal(key, (batch, cache_len, heads,
+                                              head_dim), dtype)
+                      for key in keys[:2])
+  options = dict(causal=True, implementation=implementation)
+
+  def with_offset(q):
+    return kernels.attention(
+        q, cache_k, cache_v, key_lengths=jnp.full((batch,), index + q.shape[1]),
+        q_offset=jnp.full((batch,), index), **options)
+
+  def through_all_rows(q):  # the chunk placed at its rows of cache_len
+    rows = jax.lax.dynamic_update_slice(
+        jnp.zeros((batch, cache_len, heads, head_dim), dtype), q,
+        (0, index, 0, 0))
+    out = kernels.attention(rows, cache_k, cache_v, key_lengths=jnp.full(
+        (batch,), index + q.shape[1]), **options)
+    return jax.lax.dynamic_slice_in_dim(out, index, q.shape[1], axis=1)
+
+  rows = []
+  for label, new_tokens in (("prefill chunk", config.chunk_len),
+                            ("one decoded token", 1)):
+    q = jax.random.normal(keys[2], (batch, new_tokens, heads, head_dim), dtype)
+    calls = {"query offset": jax.jit(with_offset),
+             f"{cache_len} query rows": jax.jit(through_all_rows)}
+    results = [call(q) for call in calls.values()]
+    if not bool(jnp.allclose(*results, atol=1e-3, rtol=1e-3)):
+      raise AssertionError(f"{label}: the query-offset and all-rows "
+                           f"attention differ")
+    timed = {path: timing.median_seconds(call, q, warmup=config.warmup,
+                                         iters=config.iters)
+             for path, call in calls.items()}
+    for path, seconds in timed.items():
+      rows.append(dict(implementation=implementation, case=label, path=path,
+                       new_tokens=new_tokens, cache_len=cache_len,
+                       ms=1e3 * seconds,
+                       tokens_per_s=batch * new_tokens / seconds,
+                       speedup=timed[f"{cache_len} query rows"] / seconds))
+  full = jax.jit(lambda k: kernels.attention(k, cache_k, cache_v, **options))
+  seconds = timing.median_seconds(full, cache_k, warmup=config.warmup,
+                                  iters=config.iters)
+  rows.append(dict(implementation=implementation, case="full forward",
+                   path=f"{cache_len} query rows", new_tokens=cache_len,
+                   cache_len=cache_len, ms=1e3 * seconds,
+                   tokens_per_s=batch * cache_len / seconds, speedup=None))
+  return rows
+
+
 def run(config: ml_collections.ConfigDict
-        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-  """(training rows, generation rows, skipped implementations with reasons)."""
+        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                   list[dict[str, Any]], list[str]]:
+  """(training rows, generation rows, cache-attention rows, skipped
+  implementations with reasons)."""
   model_config = _model_config(config)
   unknown = sorted(set(config.implementations) - set(kernels.IMPLEMENTATIONS))
   if unknown:
     raise ValueError(f"config.implementations: expected names from "
                      f"{list(kernels.IMPLEMENTATIONS)}, got {unknown}")
-  training, skipped = [], []
+  training, cache, skipped = [], [], []
   for implementation in config.implementations:
     reason = unavailable_reason(implementation, model_config)
     if reason is not None:
       skipped.append(f"{implementation}: {reason}")
       continue
     training += time_training(config, model_config, implementation)
-  return training, time_generation(config, model_config), skipped
+    if unavailable_reason(implementation, model_config,
+                          q_offset=True) is None:
+      cache += time_cache_attention(config, model_config, implementation)
+  return (training, time_generation(config, model_config), cache, skipped)
 
 
 def format_training(rows: list[dict[str, Any]]) -> str:
@@ -137,4 +208,15 @@ def format_generation(rows: list[dict[str, Any]]) -> str:
       ["generation", "new tokens", "ms", "tokens/s", "speed-up"],
       [(r["mode"], r["new_tokens"], f"{r['ms']:.1f}",
         f"{r['tokens_per_s']:,.1f}", f"{r['speedup_over_uncached']:.1f}x")
+       for r in rows])
+
+
+def format_cache_attention(rows: list[dict[str, Any]]) -> str:
+  """Speed-up: over the same case through all cache rows."""
+  return outputs.markdown_table(
+      ["attention", "case", "path", "new tokens", "cache", "ms", "tokens/s",
+       "speed-up"],
+      [(r["implementation"], r["case"], r["path"], r["new_tokens"],
+        r["cache_len"], f"{r['ms']:.3f}", f"{r['tokens_per_s']:,.0f}",
+        "-" if r["speedup"] is None else f"{r['speedup']:.1f}x")
        for r in rows])
