@@ -38,9 +38,12 @@ from kernels.triton import block_sizes
 from kernels.triton import launch as triton_launch
 from kernels.triton import ops as triton_ops
 
-VARIANTS = ("plain", "segments", "gqa", "decode", "window_softcap")
+VARIANTS = ("plain", "segments", "gqa", "decode", "window_softcap",
+            "offset")
 # The window_softcap variant: a sliding window (causal rows) or a two-sided
-# one, and Gemma 2's soft-capping; both are constexprs of the kernels.
+# one, and Gemma 2's soft-capping; both are constexprs of the kernels. The
+# offset variant adds per-example query offsets (HAS_Q_OFFSET: ring
+# attention's chunk pairs, decoding into a cache) to the same masks.
 _WINDOW = {True: (256, 0), False: (128, 128)}
 _SOFTCAP = 30.0
 # Head dims that are not a tile width: each runs in the power-of-two tile of
@@ -116,12 +119,15 @@ def trace_launches(head_dim: int, dtype: str, causal: bool, variant: str,
   the kernels support it (head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM).
   """
   q, kv, seg = _variant_inputs(variant, head_dim, dtype)
-  window = _WINDOW[causal] if variant == "window_softcap" else (None, None)
+  windowed = variant in ("window_softcap", "offset")
+  window = _WINDOW[causal] if windowed else (None, None)
   mask = masking.Mask(causal=causal, key_lengths=None, q_segment_ids=seg,
                       kv_segment_ids=seg, window_left=window[0],
-                      window_right=window[1])
+                      window_right=window[1],
+                      q_offset=jnp.zeros((1,), jnp.int32) if (
+                          variant == "offset") else None)
   scale = 1.0 / np.sqrt(head_dim)
-  softcap = _SOFTCAP if variant == "window_softcap" else None
+  softcap = _SOFTCAP if windowed else None
 
   def forward(q, k, v):
     return triton_ops.attention_triton(q, k, v, mask, float(scale),

@@ -15,7 +15,8 @@ query `i` of example `b` when `j < min(key_lengths[b], kv_len)`, and, when
 causal, `j <= i'`, and, with segments, the segment ids match, and, with a
 window (constexprs `WINDOW_LEFT`/`WINDOW_RIGHT`, -1 unbounded),
 `i' - WINDOW_LEFT <= j <= i' + WINDOW_RIGHT`, where `i' = i + Q_OFFSETS[b]`
-(the launch passes `kv_len - q_len` unless the caller gave query offsets).
+with the constexpr `HAS_Q_OFFSET` (query offsets given), else `i' = i +
+kv_len - q_len`.
 Key blocks wholly outside the causal triangle or the window are skipped, so a
 window of w keys costs O(n w), not O(n^2).
 
@@ -118,6 +119,19 @@ def _allowed(offs_m, offs_n, key_len, q_len, offset, q_seg, kv_seg,
   if HAS_SEGMENTS:
     ok = ok & (q_seg[:, None] == kv_seg[None, :])
   return ok
+
+
+@triton.jit
+def _query_offset(Q_OFFSETS, off_b, q_len, kv_len,
+                  HAS_Q_OFFSET: tl.constexpr):
+  """Key position of example off_b's first query: Q_OFFSETS[off_b] with
+  HAS_Q_OFFSET, else the bottom-right alignment kv_len - q_len (computed
+  from the launch's scalars, so it holds no register across the loops:
+  the loaded offset cost the float32 backward rows 1-2 spilled registers)."""
+  if HAS_Q_OFFSET:
+    return tl.load(Q_OFFSETS + off_b)
+  else:
+    return kv_len - q_len
 
 
 @triton.jit
@@ -324,7 +338,8 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, scale, softcap, q_
               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
               HAS_SEGMENTS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
               WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-              DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+              DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+              HAS_Q_OFFSET: tl.constexpr):
   """O = softmax(scale * Q K^T + mask) V and LSE = log2 sum_j exp2(...)."""
   start_m = tl.program_id(0)
   off_bh = tl.program_id(1)
@@ -339,7 +354,7 @@ def _attn_fwd(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, scale, softcap, q_
   q = _load_tile(Q + q_base, offs_m, q_len, offs_d, Q.dtype.element_ty,
                  NUM_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True, WIDEN)
   key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
-  offset = tl.load(Q_OFFSETS + off_b)
+  offset = _query_offset(Q_OFFSETS, off_b, q_len, kv_len, HAS_Q_OFFSET)
   lo, mid_lo, mid_hi, hi = _key_range(start_m, key_len, offset, BLOCK_M,
                                       BLOCK_N, CAUSAL, WINDOW_LEFT,
                                       WINDOW_RIGHT, HAS_SEGMENTS)
@@ -466,7 +481,8 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELT
                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                    HAS_SEGMENTS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
                    WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+                   DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+                   HAS_Q_OFFSET: tl.constexpr):
   """dV = P^T dO and dK = scale * dS^T Q for one block of keys of one kv head.
 
   Sums over the GROUP query heads that share the kv head, so no atomics are
@@ -489,7 +505,7 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELT
     kv_seg = tl.load(KV_SEG + off_b * kv_len + offs_n, mask=offs_n < kv_len,
                      other=-2)
   # Key blocks past the example's key length receive no gradient.
-  offset = tl.load(Q_OFFSETS + off_b)
+  offset = _query_offset(Q_OFFSETS, off_b, q_len, kv_len, HAS_Q_OFFSET)
   lo, mid_lo, mid_hi, hi = _query_range(start_n, key_len, q_len, offset,
                                         BLOCK_M, BLOCK_N, CAUSAL, WINDOW_LEFT,
                                         WINDOW_RIGHT, HAS_SEGMENTS)
@@ -566,7 +582,8 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELTA,
                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                  HAS_SEGMENTS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
                  WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+                 HAS_Q_OFFSET: tl.constexpr):
   """dQ = scale * dS K for one block of queries of one query head."""
   start_m = tl.program_id(0)
   off_bh = tl.program_id(1)
@@ -587,7 +604,7 @@ def _attn_bwd_dq(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELTA,
   delta = tl.load(DELTA + off_bh * q_len + offs_m, mask=offs_m < q_len,
                   other=0.0)
   key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
-  offset = tl.load(Q_OFFSETS + off_b)
+  offset = _query_offset(Q_OFFSETS, off_b, q_len, kv_len, HAS_Q_OFFSET)
   lo, mid_lo, mid_hi, hi = _key_range(start_m, key_len, offset, BLOCK_M,
                                       BLOCK_N, CAUSAL, WINDOW_LEFT,
                                       WINDOW_RIGHT, HAS_SEGMENTS)

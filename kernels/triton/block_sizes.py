@@ -26,7 +26,10 @@ head_dim 64 causal to 32 x 64 with 8 warps (64 x 32 spilled nothing but
 lost wgmma: 32 keys are below its 64-row minimum), dQ head_dim 64 to 8
 warps, float32 forward head_dim 256 to 2 stages.
 float32 rows run tf32x3 tensor-core dots and need small tiles (16 queries or
-keys from head_dim 64 up) to stay within 255 registers.
+keys from head_dim 64 up) to stay within 255 registers. Query offsets
+(HAS_Q_OFFSET, the gate's "offset" variant, 2026-12-05) spilled 12 B in the
+float32 head_dim 64 dK/dV row on sm_80 at 2 stages: it runs 1 stage (227
+registers, no spill; 16 x 32 with 8 warps and 2 stages also fit, 178).
 Replace rows with the output of `python scripts/tune_attention.py` run on the
 target GPU, then rerun the gate.
 
@@ -96,8 +99,8 @@ TABLE: dict[tuple[str, int, str, bool], BlockSizes] = {
     ("bwd_dkdv", 64, "float16", True): BlockSizes(32, 64, 8, 3),
     ("bwd_dkdv", 64, "bfloat16", False): BlockSizes(32, 64, 4, 3),
     ("bwd_dkdv", 64, "bfloat16", True): BlockSizes(32, 64, 8, 3),
-    ("bwd_dkdv", 64, "float32", False): BlockSizes(16, 32, 4, 2),
-    ("bwd_dkdv", 64, "float32", True): BlockSizes(16, 32, 4, 2),
+    ("bwd_dkdv", 64, "float32", False): BlockSizes(16, 32, 4, 1),
+    ("bwd_dkdv", 64, "float32", True): BlockSizes(16, 32, 4, 1),
     ("bwd_dkdv", 128, "float16", False): BlockSizes(64, 64, 8, 3),
     ("bwd_dkdv", 128, "float16", True): BlockSizes(64, 64, 8, 3),
     ("bwd_dkdv", 128, "bfloat16", False): BlockSizes(64, 64, 8, 3),

@@ -40,6 +40,7 @@ class _Static:
   window_left: int | None
   window_right: int | None
   softcap: float | None
+  has_q_offset: bool
   # Kernel name -> its block sizes, resolved before tracing so that a change
   # of table row (an override) is a new cache key, never a stale trace.
   blocks: tuple[tuple[str, block_sizes.BlockSizes], ...]
@@ -83,6 +84,7 @@ def _common(st: _Static, q, k, kernel: str):
       WINDOW_LEFT=-1 if st.window_left is None else st.window_left,
       WINDOW_RIGHT=-1 if st.window_right is None else st.window_right,
       HAS_SOFTCAP=st.softcap is not None,
+      HAS_Q_OFFSET=st.has_q_offset,
       # float32: three tf32 tensor-core products (a_hi b_hi + a_hi b_lo +
       # a_lo b_hi), about float32 accuracy; plain "tf32" would round operands
       # to 10 mantissa bits, and "ieee" (FMA) spills registers on every
@@ -220,8 +222,8 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
   if key_lengths is None:
     key_lengths = jnp.full((batch,), kv_len, jnp.int32)
   q_offsets = mask.q_offset
-  if q_offsets is None:  # bottom-right alignment
-    q_offsets = jnp.full((batch,), kv_len - q_len, jnp.int32)
+  if q_offsets is None:  # Never read (HAS_Q_OFFSET=False): a pointer.
+    q_offsets = jnp.zeros((batch,), jnp.int32)
   if mask.has_segments:
     q_seg = mask.q_segment_ids.astype(jnp.int32)
     kv_seg = mask.kv_segment_ids.astype(jnp.int32)
@@ -236,6 +238,7 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
                scale=float(np.float32(scale)), interpret=interpret,
                window_left=mask.window_left, window_right=mask.window_right,
                softcap=None if softcap is None else float(np.float32(softcap)),
+               has_q_offset=mask.q_offset is not None,
                blocks=tuple((k, block_sizes.lookup(
                    k, block_sizes.row_head_dim(head_dim), q.dtype,
                    mask.causal, interpret,

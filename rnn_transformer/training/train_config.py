@@ -215,11 +215,15 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
                          parallel.rules.time_axes(mesh)]))
   if context > 1:
     takes = model_config.LINEAR_BACKBONES + ("transformer",)
-    if model.backbone not in takes:
+    newton = (model.backbone in model_config.NEWTON_BACKBONES and
+              model.evaluation == "newton")
+    if model.backbone not in takes and not newton:
       raise ValueError(
           f"config.mesh.axes: a 'context' axis splits time over devices, "
           f"which only the backbones whose layers run across devices take: "
-          f"{takes}; got backbone {model.backbone!r} (drop the context axis)")
+          f"{takes}, and {model_config.NEWTON_BACKBONES} with "
+          f"evaluation='newton'; got backbone {model.backbone!r} (drop the "
+          f"context axis)")
     if model.backbone == "transformer" and model.attention_impl in (
         "xla", "cudnn"):
       raise ValueError(
