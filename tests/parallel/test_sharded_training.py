@@ -14,6 +14,7 @@ import pytest
 from tests.parallel.sharding_helpers import LOSS_RTOL
 from tests.parallel.sharding_helpers import assert_params_close
 from tests.parallel.sharding_helpers import run
+from tests.script_helpers import REPO
 
 PROBE = os.path.join(os.path.dirname(__file__), "sharded_training_probe.py")
 STRATEGIES = ("dp", "fsdp", "tp", "fsdp_tp")
@@ -123,3 +124,30 @@ def _check_refusals(refusals):
     assert refusals[case] is not None, f"{case} was accepted"
     assert refusals[case].startswith("ValueError: "), refusals[case]
     assert message in refusals[case], (case, refusals[case])
+
+
+def _train_losses(workdir, devices, *flags):
+  run([REPO / "scripts" / "train.py", f"--workdir={workdir}", *flags],
+      devices=devices)
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def test_newton_lstm_trains_with_time_split_like_one_device(tmp_path):
+  """LSTM with evaluation='newton' on (data 4 x context 2): each Newton
+  iteration's linear solve scans across the two time shards; 6 steps give
+  the 1-device losses."""
+  flags = [f"--config={REPO / 'configs' / 'copy.py'}:lstm",
+           "--config.model.evaluation=newton",
+           "--config.model.model_dim=32", "--config.train.steps=6",
+           "--config.train.warmup_steps=1", "--config.train.log_every=1",
+           "--config.train.eval_every=6", "--config.train.eval_batches=1",
+           "--config.train.checkpoint_every=6", "--config.train.batch_size=16",
+           "--config.train.progress_bar=False"]
+  one = _train_losses(tmp_path / "one", 1, *flags)
+  split = _train_losses(tmp_path / "split", 8, *flags,
+                        "--config.mesh.axes=('data', 'context')",
+                        "--config.mesh.shape=(4, 2)")
+  assert len(one) == 6 and one[-1] < one[0]
+  np.testing.assert_allclose(split, one, rtol=LOSS_RTOL)
