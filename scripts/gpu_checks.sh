@@ -109,7 +109,7 @@ step newton "$NEWTON_S" python3 scripts/bench_newton.py \
   --config=configs/bench_newton.py:gpu_lease --output_dir="$out"
 # Forward kernel, bfloat16, head_dim 128: the row the issue's goals name.
 step tune "$TUNE_S" python3 scripts/tune_attention.py --kernels=fwd \
-  --head_dims=128 --dtypes=bfloat16 --block_ms=64,128 --block_ns=32,64 \
+  --head_dims=128 --dtypes=bfloat16 --block_ms=64,128 --block_ns=32,64,128 \
   --num_warps=4,8 --num_stages=3 --iters=10 --out="$out/block_sizes_tuned.txt"
 # Rows of (out subfolder, seq_len, extra flags); one process each.
 step attention_long "$LONG_S" bash -c '
