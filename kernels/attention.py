@@ -193,6 +193,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         segment_ids=segment_ids, scale=scale, window=window,
         softcap=softcap, return_residuals=return_residuals,
         implementation=implementation, q_offset=q_offset)
+  if context_layout not in ring.LAYOUTS:
+    raise ValueError(f"context_layout must be one of {ring.LAYOUTS}, got "
+                     f"{context_layout!r}")
   if context_layout != "contiguous":
     raise ValueError(f"context_layout: {context_layout!r} needs "
                      f"context_axis; without it the sequence is whole")

@@ -15,8 +15,10 @@ starting at `ks` is the single-device mask with the query offset
 their global meaning. A chunk pair that the causal mask, the window or the
 key lengths leave wholly masked is skipped (`lax.cond`); with a window and
 no query offset, ring steps whose every pair is masked on every device are
-not run at all, so a sliding window shorter than a block costs one
-`ppermute`, not `devices - 1`.
+not run at all (`schedule`): in the contiguous layout a causal window
+shorter than a block costs one `ppermute`, not `devices - 1`. In the
+zigzag layout a device's late chunk needs its neighbour's, so a sliding
+window still visits the last step; a two-sided window visits every step.
 
 Layouts (`LAYOUTS`). "contiguous": device `d` holds block `d` of the
 sequence; with a causal mask device `d` has `d + 1` blocks of work and the
@@ -28,7 +30,8 @@ on every other). The caller keeps the sequence in that order
 (`to_zigzag` / `from_zigzag`), as a data pipeline would; the outputs come
 back in the layout the inputs had.
 
-Backward (`jax.custom_vjp`): the forward keeps only this device's q, k, v,
+Reverse-mode only (like the kernels' own custom VJPs): `jax.jvp` through
+the ring raises. Backward (`jax.custom_vjp`): the forward keeps only this device's q, k, v,
 output and log-sum-exp; the backward runs the ring again, the key/value
 gradients travelling with their block and going home in one last hop. Each
 pair's kernel backward gets its partial output's and log-sum-exp's
@@ -63,11 +66,11 @@ def _zigzag_order(devices: int) -> np.ndarray:
 
 def _check_layout_args(x, devices: int, axis: int) -> jax.Array:
   x = jnp.asarray(x)
-  if not isinstance(devices, int) or isinstance(devices, bool) or (
-      devices < 1):
+  if not isinstance(devices, (int, np.integer)) or isinstance(
+      devices, bool) or devices < 1:
     raise ValueError(f"devices: expected a positive int, got {devices!r}")
-  if not isinstance(axis, int) or isinstance(axis, bool) or not (
-      -x.ndim <= axis < x.ndim):
+  if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool) or (
+      not -x.ndim <= axis < x.ndim):
     raise ValueError(f"axis: expected an axis of x (ndim {x.ndim}), got "
                      f"{axis!r}")
   if x.shape[axis] % (2 * devices):
@@ -85,15 +88,16 @@ def to_zigzag(x: jax.Array, devices: int, axis: int = 1) -> jax.Array:
   of the same sequence are reordered the same way.
   """
   x = _check_layout_args(x, devices, axis)
-  chunks = jnp.split(x, 2 * devices, axis=axis)
-  return jnp.concatenate([chunks[c] for c in _zigzag_order(devices)], axis)
+  chunks = jnp.split(x, 2 * int(devices), axis=axis)
+  return jnp.concatenate([chunks[c] for c in _zigzag_order(int(devices))],
+                         axis)
 
 
 def from_zigzag(x: jax.Array, devices: int, axis: int = 1) -> jax.Array:
   """Inverse of `to_zigzag`: the zigzag layout back in sequence order."""
   x = _check_layout_args(x, devices, axis)
-  chunks = jnp.split(x, 2 * devices, axis=axis)
-  inverse = np.argsort(_zigzag_order(devices))
+  chunks = jnp.split(x, 2 * int(devices), axis=axis)
+  inverse = np.argsort(_zigzag_order(int(devices)))
   return jnp.concatenate([chunks[c] for c in inverse], axis)
 
 

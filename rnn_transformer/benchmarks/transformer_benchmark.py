@@ -125,6 +125,10 @@ def time_cache_attention(config: ml_collections.ConfigDict,
   cache_len, batch = config.cache_len, config.gen_batch
   dtype = model_config.dtype or jnp.float32
   index = cache_len // 2
+  if not 0 < config.chunk_len <= cache_len - index:
+    raise ValueError(f"config.chunk_len: expected 1 .. {cache_len - index} "
+                     f"(the chunk is written at the middle of the "
+                     f"{cache_len}-token cache), got {config.chunk_len}")
   keys = jax.random.split(jax.random.key(2), 3)
   cache_k, cache_v = (jax.random.normal(key, (batch, cache_len, heads,
                                               head_dim), dtype)
