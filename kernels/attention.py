@@ -62,6 +62,12 @@ def _check_window(window) -> tuple[int | None, int | None]:
   return tuple(None if w is None else int(w) for w in window)
 
 
+def _check_causal(causal) -> None:
+  if not isinstance(causal, (bool, np.bool_)):
+    raise TypeError(f"causal must be a bool, got {type(causal).__name__} "
+                    f"{causal!r}")
+
+
 def _check_softcap(softcap) -> float | None:
   if softcap is None:
     return None
@@ -247,9 +253,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     raise TypeError(f"scale must be a Python float, got {type(scale)}")
   if not math.isfinite(scale):
     raise ValueError(f"scale must be finite, got {scale}")
-  if not isinstance(causal, (bool, np.bool_)):
-    raise TypeError(f"causal must be a bool, got {type(causal).__name__} "
-                    f"{causal!r}")
+  _check_causal(causal)
   window_left, window_right = _check_window(window)
   softcap = _check_softcap(softcap)
   if not isinstance(return_residuals, (bool, np.bool_)):
@@ -440,9 +444,7 @@ def _context_parallel(q, k, v, *, mesh, context_axis, context_layout,
   if q_offset is not None:
     q_offset = _check_int_array("q_offset", q_offset, (batch,))
   window = _check_window(window)
-  if not isinstance(causal, (bool, np.bool_)):
-    raise TypeError(f"causal must be a bool, got {type(causal).__name__} "
-                    f"{causal!r}")
+  _check_causal(causal)
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
   if scale is None:
     scale = 1.0 / math.sqrt(q.shape[3])
