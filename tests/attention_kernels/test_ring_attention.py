@@ -6,14 +6,13 @@ heads and softcap; the compiled program passes key blocks round the ring
 and gathers no sequence, and a window shorter than the ring runs fewer
 steps."""
 
-import json
 
 import numpy as np
 import pytest
 
 import kernels
 from kernels import ring
-from tests.parallel.sharding_helpers import run
+from tests.parallel.sharding_helpers import run_report
 
 PROBE = __file__.replace("test_ring_attention.py", "ring_probe.py")
 
@@ -38,8 +37,7 @@ def _check(report, implementations):
                                              ("triton",)])
 def test_ring_attention_equals_one_device(implementations):
   """The Triton interpreter runs two cases on 8 devices: it is slow."""
-  done = run([PROBE, ",".join(implementations)])
-  report = json.loads(done.stdout.strip().splitlines()[-1])
+  report = run_report([PROBE, ",".join(implementations)])
   _check(report, implementations)
   refusals = report["refusals"]
   assert refusals["xla"].startswith("implementation='xla' cannot serve "

@@ -1,5 +1,6 @@
 """Shared by the multi-device tests: child processes and parameter checks."""
 
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +37,12 @@ def run(args, devices=None, timeout=900):
                         env=child_env(devices), check=False)
   assert done.returncode == 0, done.stderr[-4000:]
   return done
+
+
+def run_report(args, devices=None, timeout=900):
+  """`run`, then the JSON object a probe prints on its last line."""
+  done = run(args, devices=devices, timeout=timeout)
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ import pytest
 from tests.parallel.sharding_helpers import LOSS_RTOL
 from tests.parallel.sharding_helpers import assert_params_close
 from tests.parallel.sharding_helpers import run
+from tests.parallel.sharding_helpers import run_report
 from tests.script_helpers import REPO
 
 PROBE = os.path.join(os.path.dirname(__file__), "sharded_training_probe.py")
@@ -21,8 +22,7 @@ STRATEGIES = ("dp", "fsdp", "tp", "fsdp_tp")
 
 
 def _probe(devices, backbone, root, *extra):
-  done = run([PROBE, devices, backbone, root, *extra])
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  return run_report([PROBE, devices, backbone, root, *extra])
 
 
 def _params(root, name):

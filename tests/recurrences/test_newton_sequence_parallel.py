@@ -5,7 +5,6 @@ The cases run in one child process (`newton_sequence_parallel_probe.py`):
 the device count is fixed when jax starts.
 """
 
-import json
 
 import chex
 import jax
@@ -17,7 +16,7 @@ import rnn_transformer as rt
 import tolerances
 from rnn_transformer import parallel
 from rnn_transformer.recurrences import newton_recurrence as nr
-from tests.parallel.sharding_helpers import run
+from tests.parallel.sharding_helpers import run_report
 
 PROBE = __file__.replace("test_newton_sequence_parallel.py",
                          "newton_sequence_parallel_probe.py")
@@ -26,7 +25,7 @@ BATCH, TIME, HIDDEN = 4, 128, 4
 
 def test_time_split_over_8_devices_equals_one_device():
   """One child process for every case (jax starts once)."""
-  report = json.loads(run([PROBE]).stdout.strip().splitlines()[-1])
+  report = run_report([PROBE])
   _check_values(report["rows"])
   _check_communication(report["rows"])
   axis_error, time_error = report["refusals"]

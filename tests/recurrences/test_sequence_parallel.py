@@ -5,7 +5,6 @@ The cases run in one child process (`sequence_parallel_probe.py`): the
 device count is fixed when jax starts.
 """
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from rnn_transformer.recurrences import linear_recurrence as lr
-from tests.parallel.sharding_helpers import run
+from tests.parallel.sharding_helpers import run_report
 
 PROBE = __file__.replace("test_sequence_parallel.py",
                          "sequence_parallel_probe.py")
@@ -22,7 +21,7 @@ BATCH, TIME, FEATURES = 4, 256, 3
 
 def test_time_split_over_8_devices_equals_one_device():
   """One child process for every case (jax starts once)."""
-  report = json.loads(run([PROBE]).stdout.strip().splitlines()[-1])
+  report = run_report([PROBE])
   _check_values(report["rows"])
   _check_communication(report["rows"])
   time_error, batch_error = report["refusals"]
