@@ -28,6 +28,7 @@ from absl import flags
 
 from kernels.gate import aot_compile
 from kernels.gate import compile_gate
+from kernels.triton import compiling
 
 _CASES = flags.DEFINE_list(
     "cases", ["128:bfloat16:full:plain", "128:bfloat16:causal:plain",
@@ -42,10 +43,10 @@ _JOBS = flags.DEFINE_integer("jobs", 2, "Parallel compile processes.")
 _SOURCE_MODULE = "anatomy_kernels"
 
 
-def _measure(spec: aot_compile.CompileSpec, capability: int, path: str):
+def _measure(spec: compiling.CompileSpec, capability: int, path: str):
   if path not in sys.path:
     sys.path.insert(0, path)
-  compiled = aot_compile.compile_kernel(spec, capability)
+  compiled = compiling.compile_kernel(spec, capability)
   registers, stores, loads = aot_compile.ptxas_resources(compiled.asm["ptx"],
                                                          capability)
   loops = aot_compile.sass_loops(
@@ -59,7 +60,7 @@ def _launches(case: str, capability: int):
                                             causal == "causal", variant,
                                             capability):
     if record.name in compile_gate.TABLE_KERNEL:
-      yield case, compile_gate.compile_spec(record)
+      yield case, compiling.launch_spec(record)
 
 
 def main(argv):

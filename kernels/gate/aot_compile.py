@@ -2,54 +2,28 @@
 
 Triton's wheel bundles `ptxas`, so a kernel compiles to PTX and a cubin for
 any `sm_XX` on a CPU-only machine. This module compiles a launch exactly as
-jax-triton would (same signature, specialisations and options), then runs
-`ptxas -v` on the PTX to read what only the assembler knows: registers per
-thread and spill bytes.
-
-It imports triton but not jax, so compile workers start quickly.
+the library launches it (`kernels.triton.compiling`: jax-triton's signature,
+specialisations and options), then runs `ptxas -v` on the PTX to read what
+only the assembler knows: registers per thread and spill bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import re
 import subprocess
 import tempfile
 import time
-from typing import Any
+
+from kernels.triton.compiling import CompileSpec
+from kernels.triton.compiling import compile_kernel
 
 # Dynamic shared memory one block may opt into, bytes (CUDA programming guide,
 # "Technical Specifications per Compute Capability").
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448,
                        100: 232448, 120: 101376}
 MAX_REGISTERS = 255
-
-
-@dataclasses.dataclass(frozen=True)
-class CompileSpec:
-  """A picklable description of one launch to compile.
-
-  Attributes:
-    module: module holding the kernel, e.g. "kernels.triton.attention".
-    kernel: name of the `@triton.jit` function in `module`.
-    signature: argument name -> Triton type ("*bf16", "i32", "fp32") or
-      "constexpr", in the kernel's argument order.
-    constexprs: argument name -> value, for every "constexpr" entry.
-    pointer_args: indices of pointer arguments; all are 16-byte aligned, as
-      jax-triton assumes for XLA buffers.
-    num_warps: warps per program.
-    num_stages: software-pipelining stages.
-  """
-
-  module: str
-  kernel: str
-  signature: tuple[tuple[str, str], ...]
-  constexprs: tuple[tuple[str, Any], ...]
-  pointer_args: tuple[int, ...]
-  num_warps: int
-  num_stages: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +40,11 @@ class CompileResult:
   tcgen05: int | None = None
   ptx_target: str | None = None
   # Bytes of global scratch the kernel expects as a hidden argument (device-
-  # side TMA descriptors); jaxlib's Triton call passes a null pointer.
+  # side TMA descriptors); only the library's own call passes it.
   global_scratch: int | None = None
+  # Warps the compiled kernel runs (`metadata.num_warps`): more than
+  # requested when a loop is warp-specialized.
+  num_warps: int | None = None
   # Read back from the driver after loading the cubin (`on_device=True`).
   device_registers: int | None = None
   device_spills: int | None = None
@@ -198,22 +175,6 @@ def ptx_target(ptx: str) -> str | None:
   return match.group(1) if match else None
 
 
-def compile_kernel(spec: CompileSpec, capability: int) -> Any:
-  """Compiles `spec` for `sm_<capability>`: Triton's `CompiledKernel`."""
-  import triton  # pylint: disable=g-import-not-at-top
-  from triton.backends.compiler import GPUTarget  # pylint: disable=g-import-not-at-top
-
-  fn = getattr(importlib.import_module(spec.module), spec.kernel)
-  source = triton.compiler.ASTSource(
-      fn=fn, signature=dict(spec.signature), constexprs=dict(spec.constexprs),
-      attrs={(i,): [["tt.divisibility", 16]] for i in spec.pointer_args})
-  # The options jax-triton 0.3.x passes (triton_lib.get_or_create_triton_kernel).
-  options = dict(num_warps=spec.num_warps, num_stages=spec.num_stages,
-                 num_ctas=1, enable_fp_fusion=True, debug=False)
-  return triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                        options=options)
-
-
 def compile_ptx(spec: CompileSpec, capability: int) -> tuple[str, int]:
   """Compiles `spec` for `sm_<capability>`; returns (PTX, shared bytes)."""
   compiled = compile_kernel(spec, capability)
@@ -271,6 +232,7 @@ def compile_and_measure(spec: CompileSpec, capability: int,
       capability=capability, registers=registers, spill_stores=stores,
       spill_loads=loads, shared_bytes=shared, ptx_target=ptx_target(ptx),
       global_scratch=int(getattr(compiled.metadata, "global_scratch_size", 0)),
+      num_warps=int(compiled.metadata.num_warps),
       seconds=time.perf_counter() - start, **device, **count_instructions(ptx))
 
 

@@ -15,7 +15,10 @@ distinct launch is compiled for each requested capability that makes it
 * a table row that no compiled launch used, on any requested capability;
 * a float16/bfloat16 `tl.dot` kernel on sm_90 without `wgmma` (Hopper tensor
   cores);
-* a kernel that needs global scratch memory (`kernels.gate.tma_probe` says why).
+* a kernel that needs global scratch memory but is launched through
+  jax-triton, which passes none (`kernels.gate.tma_probe` says why);
+* a Hopper forward launch ("tma" variant, `own_call`) without TMA copies
+  or with no more warps than it asked for (warp specialization off).
 
 `scripts/check_kernels.py` is the command-line entry point.
 """
@@ -35,17 +38,23 @@ import numpy as np
 from kernels import masking
 from kernels.gate import aot_compile
 from kernels.triton import block_sizes
+from kernels.triton import compiling
 from kernels.triton import launch as triton_launch
 from kernels.triton import ops as triton_ops
 
 VARIANTS = ("plain", "segments", "gqa", "decode", "window_softcap",
-            "offset")
+            "offset", "tma")
 # The window_softcap variant: a sliding window (causal rows) or a two-sided
 # one, and Gemma 2's soft-capping; both are constexprs of the kernels. The
 # offset variant adds per-example query offsets (HAS_Q_OFFSET: ring
 # attention's chunk pairs, decoding into a cache) to the same masks.
 _WINDOW = {True: (256, 0), False: (128, 128)}
 _SOFTCAP = 30.0
+# The tma variant: the Hopper forward (`attention_hopper._attn_fwd_tma`) on
+# its `block_sizes.TMA_CANDIDATES` row, for the non-causal 16-bit rows of
+# those head dims, on sm_90 only (forward only: the backward kernels are
+# the plain variant's).
+_TMA_CAPABILITY = 90
 # Head dims that are not a tile width: each runs in the power-of-two tile of
 # `block_sizes.padded_head_dim` with masked columns, under the row of
 # `block_sizes.row_head_dim`. Compiled plain, causal and not, in one 16-bit
@@ -55,9 +64,8 @@ EXTRA_DTYPES = ("bfloat16", "float32")
 # Which table kernel each Triton function takes its row from; the backward
 # preprocess has no row (it borrows bwd_dq's BLOCK_M) and no tl.dot.
 TABLE_KERNEL = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "bwd_dkdv",
-                "_attn_bwd_dq": "bwd_dq"}
-_TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32",
-                "int32": "i32"}
+                "_attn_bwd_dq": "bwd_dq",
+                "_attn_fwd_tma": block_sizes.TMA_KERNEL}
 _SEQ_LEN = 1024  # Any length > 1 traces the same kernels (lengths are scalars).
 
 RowKey = tuple[str, int, str, bool]
@@ -65,13 +73,13 @@ RowKey = tuple[str, int, str, bool]
 # A TMA tile copy (`kernels.gate.tma_probe`): not a library launch, the evidence
 # that device-side descriptors compile to TMA on sm_90 but need the global
 # scratch `check` refuses.
-TMA_PROBE = aot_compile.CompileSpec(
+TMA_PROBE = compiling.CompileSpec(
     module="kernels.gate.tma_probe", kernel="_tma_tile_copy",
-    signature=(("X", "*bf16"), ("Y", "*bf16"), ("batch", "i32"),
-               ("seq_len", "i32"), ("NUM_HEADS", "constexpr"),
+    signature=(("X", "*bf16"), ("batch", "i32"), ("seq_len", "i32"),
+               ("Y", "*bf16"), ("NUM_HEADS", "constexpr"),
                ("HEAD_DIM", "constexpr"), ("BLOCK_M", "constexpr")),
     constexprs=(("NUM_HEADS", 8), ("HEAD_DIM", 128), ("BLOCK_M", 128)),
-    pointer_args=(0, 1), num_warps=4, num_stages=1)
+    pointer_args=(0, 3), num_warps=4, num_stages=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +87,11 @@ class Launch:
   """One distinct launch, the table row and variants that make it, and the
   compute capabilities it is made for (None: every one)."""
 
-  spec: aot_compile.CompileSpec
+  spec: compiling.CompileSpec
   row: RowKey | None
   variants: tuple[str, ...]
   capabilities: tuple[int, ...] | None = None
+  own_call: bool = False  # launched through `kernel_call` (scratch passed)
 
   def targets(self, capability: int) -> bool:
     return self.capabilities is None or capability in self.capabilities
@@ -95,7 +104,7 @@ class Launch:
 def _variant_inputs(variant: str, head_dim: int, dtype: str):
   """q, k, v and the mask of one variant, as shape-only placeholders."""
   q_len, kv_len, heads, kv_heads = _SEQ_LEN, _SEQ_LEN, 2, 2
-  if variant == "gqa":
+  if variant in ("gqa", "tma"):
     heads, kv_heads = 16, 4
   elif variant == "decode":
     q_len = 1
@@ -137,43 +146,18 @@ def trace_launches(head_dim: int, dtype: str, causal: bool, variant: str,
     out, vjp = jax.vjp(forward, q, k, v)
     return vjp(out)
 
-  backward = (variant != "decode"
+  backward = (variant not in ("decode", "tma")
               and head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM)
+  rows = {}
+  if variant == "tma":
+    candidate = block_sizes.TMA_CANDIDATES.get((head_dim, dtype))
+    if causal or candidate is None or capability != _TMA_CAPABILITY:
+      return []  # no Hopper forward for this call
+    rows = {(block_sizes.TMA_KERNEL, head_dim, dtype, causal): candidate}
   with triton_launch.cuda_compute_capability(capability), \
-      triton_launch.recording() as records:
+      block_sizes.override(rows), triton_launch.recording() as records:
     jax.make_jaxpr(forward_and_vjp if backward else forward)(q, kv, kv)
   return records
-
-
-def compile_spec(record: triton_launch.LaunchRecord) -> aot_compile.CompileSpec:
-  """The compile description jax-triton would derive from a launch.
-
-  Arrays become 16-byte-aligned pointers, Python ints `i32` and floats `fp32`
-  (the launcher passes float32 scalars); a scalar equal to 1 becomes the
-  constexpr 1, as jax-triton specialises it.
-  """
-  names = record.arg_names
-  signature, constexprs, pointers = {}, dict(record.constexprs), []
-  for i, arg in enumerate(record.args):
-    name = names[i]
-    if isinstance(arg, jax.ShapeDtypeStruct):
-      signature[name] = "*" + _TRITON_TYPE[np.dtype(arg.dtype).name]
-      pointers.append(i)
-    elif arg == 1:
-      signature[name] = "constexpr"
-      constexprs[name] = 1
-    elif isinstance(arg, int):
-      signature[name] = "i32" if -2**31 <= arg < 2**31 else "i64"
-    else:
-      signature[name] = "fp32"
-  for name in record.constexprs:
-    signature[name] = "constexpr"
-  ordered = tuple((n, signature[n]) for n in names if n in signature)
-  return aot_compile.CompileSpec(
-      module=record.module, kernel=record.name, signature=ordered,
-      constexprs=tuple(sorted(constexprs.items())),
-      pointer_args=tuple(pointers), num_warps=record.num_warps,
-      num_stages=record.num_stages)
 
 
 def table_rows() -> list[RowKey]:
@@ -197,13 +181,16 @@ def collect_launches(rows: Iterable[RowKey] | None = None,
   calls += [(hd, dt, causal, "plain") for hd in extra_head_dims
             for row_hd, dt, causal in keys
             if row_hd == block_sizes.row_head_dim(hd) and dt in EXTRA_DTYPES]
-  found: dict[aot_compile.CompileSpec,
+  found: dict[compiling.CompileSpec,
               tuple[RowKey | None, list[str], list[int]]] = {}
+  own_call = set()
   for capability in capabilities:
     for head_dim, dtype, causal, variant in calls:
       for record in trace_launches(head_dim, dtype, causal, variant,
                                    capability):
-        spec = compile_spec(record)
+        spec = compiling.launch_spec(record)
+        if record.own_call:
+          own_call.add(spec)
         kernel = TABLE_KERNEL.get(record.name)
         row = None if kernel is None else (
             kernel, block_sizes.row_head_dim(head_dim), dtype, causal)
@@ -212,7 +199,7 @@ def collect_launches(rows: Iterable[RowKey] | None = None,
           entry[1].append(variant)
         if capability not in entry[2]:
           entry[2].append(capability)
-  return [Launch(spec, row, tuple(v), tuple(c))
+  return [Launch(spec, row, tuple(v), tuple(c), own_call=spec in own_call)
           for spec, (row, v, c) in found.items()]
 
 
@@ -274,10 +261,18 @@ def check(launches: Sequence[Launch],
     if r.spill_bytes:
       failures.append(f"{where}: spills {r.spill_stores} B stored, "
                       f"{r.spill_loads} B loaded ({r.registers} registers)")
-    if r.global_scratch:
+    if r.global_scratch and not launch.own_call:
       failures.append(f"{where}: needs {r.global_scratch} B of global "
                       "scratch (device-side TMA descriptors), which "
-                      "jaxlib's Triton call passes as a null pointer")
+                      "jax-triton's call passes as a null pointer (launch "
+                      "it with own_call=True)")
+    if launch.kernel == "_attn_fwd_tma" and not r.tma:
+      failures.append(f"{where}: the Hopper forward without TMA copies")
+    if (launch.kernel == "_attn_fwd_tma" and capability >= _TMA_CAPABILITY
+        and r.num_warps is not None and r.num_warps <= launch.spec.num_warps):
+      failures.append(f"{where}: the Hopper forward was not warp-"
+                      f"specialized ({r.num_warps} warps compiled for "
+                      f"{launch.spec.num_warps} requested)")
     if capability == 90 and _uses_tensor_cores(launch) and not r.wgmma:
       failures.append(f"{where}: a 16-bit tl.dot kernel without wgmma")
     if launch.row is not None:
@@ -338,7 +333,7 @@ def format_table(launches: Sequence[Launch],
                f"{r.device_registers} / {r.device_spills}"]
     lines.append(
         f"| {kernel} | {head_dim} | {dtype} | {causal} | "
-        f"{'/'.join(launch.variants)} | {tile} | {launch.spec.num_warps} | "
+        f"{'/'.join(launch.variants)} | {tile} | {_warps(launch, r)} | "
         f"{launch.spec.num_stages} | {arch} | " + " | ".join(cells) +
         f" | {r.seconds:.1f} |")
   return "\n".join(lines)
@@ -380,6 +375,15 @@ def format_row_summary(
     lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {tile} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _warps(launch: Launch, result: aot_compile.CompileResult) -> str:
+  """Requested warps, and the compiled count where it differs (a warp-
+  specialized kernel: "4 (12)")."""
+  asked = launch.spec.num_warps
+  if result.num_warps is None or result.num_warps == asked:
+    return str(asked)
+  return f"{asked} ({result.num_warps})"
 
 
 def _tile(bs: block_sizes.BlockSizes) -> str:

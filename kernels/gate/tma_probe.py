@@ -31,10 +31,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _tma_tile_copy(X, Y, batch, seq_len, NUM_HEADS: tl.constexpr,
+def _tma_tile_copy(X, batch, seq_len, Y, NUM_HEADS: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
   """Y[b, m:m+BLOCK_M, h] = X[b, m:m+BLOCK_M, h] by TMA; rows >= seq_len
-  read as zeros and are not written."""
+  read as zeros and are not written. Arguments in the library's launch
+  order (inputs, then the output), so `kernels.triton.launch` can launch it."""
   start_m = tl.program_id(0) * BLOCK_M
   off_b = tl.program_id(1) // NUM_HEADS
   off_h = tl.program_id(1) % NUM_HEADS

@@ -37,7 +37,9 @@ Keys are `(kernel, head_dim, dtype name, causal)` where kernel is "fwd",
 "bwd_dkdv" or "bwd_dq"; the backward kernels have no head_dim 256 rows
 (unsupported). `CAPABILITY_TABLE` holds rows that replace TABLE's on one
 compute capability. Under the interpreter every kernel uses `INTERPRET`
-unless an `override` names its row.
+unless an `override` names its row. A "fwd_tma" row (`TMA_KERNEL`) selects
+the Hopper forward kernel instead of "fwd" where it serves the call
+(`tma_row`).
 """
 
 from __future__ import annotations
@@ -188,6 +190,24 @@ CAPABILITY_TABLE: dict[int, dict[tuple[str, int, str, bool], BlockSizes]] = {
     },
 }
 
+# The Hopper forward (`attention_hopper._attn_fwd_tma`: TMA loads, a
+# warp-specialized loop; 4 requested warps run as 12) serves non-causal
+# 16-bit calls without segments, window, soft-cap or query offsets. A
+# ("fwd_tma", head_dim, dtype, False) row in CAPABILITY_TABLE (or an
+# `override`) selects it for such calls; none is in the table, because no
+# lease has timed it against the pointer kernel yet. These candidates are
+# what the compile gate compiles (its "tma" variant) and the lease's tune
+# step times: with triton 3.6 for sm_90a, 168 registers, no spill, 384
+# threads; head_dim 128 takes 2 stages (3 need 240 KiB of shared memory,
+# over the 227 KiB limit).
+TMA_KERNEL = "fwd_tma"
+TMA_CANDIDATES: dict[tuple[int, str], BlockSizes] = {
+    (64, "float16"): BlockSizes(128, 128, 4, 3),
+    (64, "bfloat16"): BlockSizes(128, 128, 4, 3),
+    (128, "float16"): BlockSizes(128, 128, 4, 2),
+    (128, "bfloat16"): BlockSizes(128, 128, 4, 2),
+}
+
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 
 
@@ -206,6 +226,21 @@ def override(rows: Mapping[tuple[str, int, str, bool], BlockSizes]
   finally:
     _overrides.clear()
     _overrides.update(saved)
+
+
+def tma_row(head_dim: int, dtype: np.dtype, causal: bool, interpret: bool,
+            capability: int | None = None) -> BlockSizes | None:
+  """The `TMA_KERNEL` row of a call the Hopper forward serves, or None.
+
+  An `override` row wins (in both modes: how tests run it under the
+  interpreter); compiled, the `CAPABILITY_TABLE` row of `capability`.
+  """
+  key = (TMA_KERNEL, head_dim, np.dtype(dtype).name, causal)
+  if key in _overrides:
+    return _overrides[key]
+  if interpret:
+    return None
+  return CAPABILITY_TABLE.get(capability, {}).get(key)
 
 
 def supported_head_dims(kernel: str) -> tuple[int, ...]:

@@ -3,7 +3,11 @@
 Two modes, chosen at trace time:
 
 * compiled (CUDA GPU): `jax_triton.triton_call`, which compiles the kernel
-  with Triton and emits an XLA custom call.
+  with Triton and emits an XLA custom call; or, for a launch made with
+  `own_call=True` (kernels that need global scratch or warp specialization)
+  and for every launch under `RNN_TRANSFORMER_TRITON_CALL=own`, the
+  library's own custom call (`kernel_call`), which carries the compiled
+  warps and scratch size (jaxlib >= 0.11.2).
 * interpreted (any backend, for tests and debugging): a `jax.pure_callback`
   that hands the host buffers as torch CPU tensors to Triton's interpreter
   (`triton.runtime.interpreter.InterpretedFunction`). It runs the very same
@@ -48,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 INTERPRET_ENV = "RNN_TRANSFORMER_TRITON_INTERPRET"
+CALL_ENV = "RNN_TRANSFORMER_TRITON_CALL"
+CALLS = ("jax_triton", "own")
 COMPUTE_CAPABILITY_ENV = "RNN_TRANSFORMER_CUDA_COMPUTE_CAPABILITY"
 _interpret_override: contextvars.ContextVar[bool | None] = (
     contextvars.ContextVar("triton_interpret", default=None))
@@ -69,8 +75,10 @@ class LaunchRecord:
       for each array (inputs, then outputs), Python int or float scalars.
     constexprs: keyword constexprs.
     grid: launch grid.
-    num_warps: warps per program.
+    num_warps: warps per program, as requested.
     num_stages: software-pipelining stages.
+    own_call: launched through `kernel_call` (compiled warps and global
+      scratch), not jax-triton.
   """
 
   module: str
@@ -81,6 +89,7 @@ class LaunchRecord:
   grid: tuple[int, ...]
   num_warps: int
   num_stages: int
+  own_call: bool = False
 
 
 @contextlib.contextmanager
@@ -206,28 +215,47 @@ def unavailable_reason(interpret: bool) -> str | None:
             "kernels.triton_interpret() to run them under the interpreter, "
             f"or name a compute capability ({COMPUTE_CAPABILITY_ENV} or "
             "kernels.cuda_compute_capability) to lower them for cuda")
-  if not _installed("jax_triton"):
+  if call_requested() == "jax_triton" and not _installed("jax_triton"):
     return "jax_triton is not installed (pip install -e '.[cuda]')"
   return _triton_mode_mismatch(interpret)
 
 
+def call_requested() -> str:
+  """How compiled launches reach XLA: "jax_triton" (default) or "own"
+  (`kernel_call` for every launch), from `RNN_TRANSFORMER_TRITON_CALL`."""
+  value = os.environ.get(CALL_ENV, "jax_triton").strip() or "jax_triton"
+  if value not in CALLS:
+    raise ValueError(f"{CALL_ENV} must be one of {CALLS}, got {value!r}")
+  return value
+
+
 def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
            grid: tuple[int, ...], num_warps: int, num_stages: int,
-           interpret: bool, **constexprs: Any) -> tuple[jax.Array, ...]:
-  """Launches `kernel[grid](*args, *outputs, **constexprs)`; returns outputs."""
+           interpret: bool, own_call: bool = False,
+           **constexprs: Any) -> tuple[jax.Array, ...]:
+  """Launches `kernel[grid](*args, *outputs, **constexprs)`; returns outputs.
+
+  `own_call`: compile through `kernel_call` (the kernel needs global
+  scratch or runs more warps than requested); raises on a jaxlib that
+  cannot carry them.
+  """
   out_shape = tuple(out_shape)
   records = _recorder.get()
-  if records is not None:
+  if records is not None or (not interpret and (
+      own_call or call_requested() == "own")):
     # The compiled and the interpreted decorator both keep the function.
     fn = getattr(kernel, "fn", kernel)
-    records.append(LaunchRecord(
+    record = LaunchRecord(
         module=fn.__module__, name=fn.__name__,
         arg_names=tuple(inspect.signature(fn).parameters),
         args=tuple(a if _is_scalar(a) else jax.ShapeDtypeStruct(
             np.shape(a), a.dtype) for a in args) + out_shape,
         constexprs=tuple(sorted(constexprs.items())), grid=tuple(grid),
-        num_warps=num_warps, num_stages=num_stages))
-    return tuple(jnp.zeros(s.shape, s.dtype) for s in out_shape)
+        num_warps=num_warps, num_stages=num_stages, own_call=own_call)
+    if records is not None:
+      records.append(record)
+      return tuple(jnp.zeros(s.shape, s.dtype) for s in out_shape)
+    return _launch_own_call(record, args)
   if interpret:
     return _launch_interpreted(kernel, args, out_shape, grid, constexprs)
   import jax_triton  # pylint: disable=g-import-not-at-top
@@ -241,6 +269,22 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
       num_warps=num_warps, num_stages=num_stages,
       compute_capability=compute_capability(), **constexprs)
   return tuple(outs)
+
+
+def _launch_own_call(record: LaunchRecord, args) -> tuple[jax.Array, ...]:
+  from kernels.triton import compiling  # pylint: disable=g-import-not-at-top
+  from kernels.triton import kernel_call  # pylint: disable=g-import-not-at-top
+
+  capability = target_capability()
+  if capability is None:
+    raise ValueError(
+        f"{record.name}: the Triton call needs a compute capability to "
+        f"compile for: a CUDA GPU, {COMPUTE_CAPABILITY_ENV} or "
+        "kernels.cuda_compute_capability")
+  return kernel_call.call(
+      compiling.launch_spec(record), record.args,
+      [a for a in args if not _is_scalar(a)],
+      record.args[len(args):], record.grid, capability)
 
 
 def _triton_mode_mismatch(interpret: bool) -> str | None:

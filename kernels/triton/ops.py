@@ -94,9 +94,32 @@ def _common(st: _Static, q, k, kernel: str):
   return bs, constexprs
 
 
+def _hopper_forward(st: _Static, q, k, v, key_lengths):
+  """`attention_hopper._attn_fwd_tma` on its `TMA_KERNEL` row: TMA loads
+  and a warp-specialized loop, through the library's own call."""
+  batch, q_len, num_heads, head_dim = q.shape
+  bs = st.block(block_sizes.TMA_KERNEL)
+  kernels_ = triton_launch.import_kernels("kernels.triton.attention_hopper",
+                                          st.interpret)
+  return triton_launch.launch(
+      kernels_._attn_fwd_tma, q, k, v, key_lengths, st.scale, q_len,
+      k.shape[1],
+      out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((batch, num_heads, q_len),
+                                      jnp.float32)),
+      grid=(_cdiv(q_len, bs.block_m), batch * num_heads),
+      num_warps=bs.num_warps, num_stages=bs.num_stages,
+      interpret=st.interpret, own_call=True, NUM_HEADS=num_heads,
+      NUM_KV_HEADS=k.shape[2], HEAD_DIM=head_dim, BLOCK_M=bs.block_m,
+      BLOCK_N=bs.block_n, WARP_SPECIALIZE=True,
+      WIDEN=st.interpret and q.dtype == jnp.bfloat16)
+
+
 @functools.cache
 def _forward_op(st: _Static):
   def op(q, k, v, key_lengths, q_offsets, q_seg, kv_seg):
+    if block_sizes.TMA_KERNEL in dict(st.blocks):
+      return _hopper_forward(st, q, k, v, key_lengths)
     batch, q_len, num_heads, _ = q.shape
     bs, constexprs = _common(st, q, k, "fwd")
     grid = (_cdiv(q_len, bs.block_m), batch * num_heads)
@@ -155,6 +178,19 @@ def _backward_op(st: _Static):
     return dq, dk, dv
 
   return _fold_vmap(op)
+
+
+def _hopper_serves(q: jax.Array, mask: masking.Mask,
+                   softcap: float | None) -> bool:
+  """Whether `attention_hopper._attn_fwd_tma` computes this call: 16-bit,
+  a power-of-two head_dim, non-causal, no segments, window, soft-cap or
+  query offsets (key lengths and grouped-query heads are served)."""
+  head_dim = q.shape[-1]
+  return (q.dtype in (jnp.float16, jnp.bfloat16)
+          and head_dim == block_sizes.padded_head_dim(head_dim)
+          and not mask.causal and not mask.has_segments
+          and mask.window_left is None and mask.window_right is None
+          and mask.q_offset is None and softcap is None)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -234,17 +270,25 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
   if head_dim > MAX_BACKWARD_HEAD_DIM:
     kernels_ = ("fwd",)  # No backward rows; the VJP raises a named error.
   capability = None if interpret else triton_launch.target_capability()
+  blocks = tuple((k, block_sizes.lookup(
+      k, block_sizes.row_head_dim(head_dim), q.dtype, mask.causal,
+      interpret, masked=block_sizes.padded_head_dim(head_dim) != head_dim,
+      capability=capability)) for k in kernels_)
+  if _hopper_serves(q, mask, softcap):
+    tma = block_sizes.tma_row(head_dim, q.dtype, mask.causal, interpret,
+                              capability)
+    if tma is not None:
+      if not interpret and (capability is None or capability < 90):
+        raise ValueError(
+            f"a {block_sizes.TMA_KERNEL!r} block-size row selects the Hopper "
+            "forward kernel (TMA, warp specialization), which needs a "
+            f"compute capability >= 90; this launch targets {capability}")
+      blocks += ((block_sizes.TMA_KERNEL, tma),)
   st = _Static(causal=mask.causal, has_segments=mask.has_segments,
                scale=float(np.float32(scale)), interpret=interpret,
                window_left=mask.window_left, window_right=mask.window_right,
                softcap=None if softcap is None else float(np.float32(softcap)),
-               has_q_offset=mask.q_offset is not None,
-               blocks=tuple((k, block_sizes.lookup(
-                   k, block_sizes.row_head_dim(head_dim), q.dtype,
-                   mask.causal, interpret,
-                   masked=block_sizes.padded_head_dim(head_dim) != head_dim,
-                   capability=capability))
-                            for k in kernels_))
+               has_q_offset=mask.q_offset is not None, blocks=blocks)
   o, lse = _attention(st, q, k, v, key_lengths.astype(jnp.int32),
                       q_offsets.astype(jnp.int32), q_seg, kv_seg)
   if not return_residuals:

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels.gate import aot_compile  # noqa: E402
-from kernels.gate import compile_gate  # noqa: E402
+from kernels.triton import compiling  # noqa: E402
 from kernels.triton import launch as triton_launch  # noqa: E402
 
 _SHAPES = dict(q=(1, 200, 4, 64), kv=(1, 200, 2, 64))  # grouped-query, ragged
@@ -97,6 +97,111 @@ def _triton_shapes(lowered) -> list[list[list[int]]]:
   """Per Triton custom call: its operand shapes, then its result shapes."""
   return [shapes for name, _, shapes in _custom_calls(
       lowered.compiler_ir("stablehlo")) if name in TARGETS]
+
+
+def decode_proto(data: bytes) -> dict[int, list]:
+  """Protocol-buffer wire format to {field number: [values]}: varints as
+  ints, length-delimited fields as bytes (decode nested messages again)."""
+  fields, i = {}, 0
+
+  def varint():
+    nonlocal i
+    value, shift = 0, 0
+    while True:
+      byte = data[i]
+      i += 1
+      value |= (byte & 0x7F) << shift
+      shift += 7
+      if byte < 0x80:
+        return value
+
+  while i < len(data):
+    key = varint()
+    number, wire = key >> 3, key & 7
+    if wire == 0:
+      value = varint()
+    elif wire == 2:
+      size = varint()
+      value, i = data[i:i + size], i + size
+    elif wire == 5:
+      value, i = data[i:i + 4], i + 4
+    elif wire == 1:
+      value, i = data[i:i + 8], i + 8
+    else:
+      raise ValueError(f"wire type {wire} of field {number}")
+    fields.setdefault(number, []).append(value)
+  return fields
+
+
+# jaxlib's triton.proto: TritonAnyKernelCall {1: TritonKernelCall}, which is
+# {1: TritonKernel, 2-4: grid, 5: parameters}; TritonKernel {1: name,
+# 2: num_warps, 3: shared_mem_bytes, 4: ptx, 5: ttir, 6: compute_capability,
+# 12: global_scratch_size, 13: global_scratch_align} (jaxlib >= 0.11.2).
+_KERNEL_FIELDS = dict(name=1, num_warps=2, shared=3, ptx=4, capability=6,
+                      scratch_size=12, scratch_align=13)
+
+
+def kernel_fields(proto: bytes) -> dict:
+  """The TritonKernel fields, grid and parameters of a serialised call."""
+  kernel_call = decode_proto(decode_proto(proto)[1][0])
+  kernel = decode_proto(kernel_call[1][0])
+  out = {name: kernel.get(number, [None])[0]
+         for name, number in _KERNEL_FIELDS.items()}
+  out["grid"] = [kernel_call.get(n, [0])[0] for n in (2, 3, 4)]
+  out["params"] = kernel_call.get(5, [])
+  return out
+
+
+def _jsonable(fields: dict) -> dict:
+  return {k: (v.decode() if isinstance(v, bytes) and k == "name" else
+              len(v) if isinstance(v, bytes) else
+              [p.hex() for p in v] if k == "params" else v)
+          for k, v in fields.items()}
+
+
+def own_call(capability: int, forward_record, forward_config: bytes) -> dict:
+  """The library's own Triton call (`kernel_call`) for cuda on a CPU.
+
+  * The plain forward launch, serialised by `kernel_call.serialized_call`,
+    against what jax-triton embeds for it: every TritonKernel field but
+    the TTIR text, the grid and the parameters.
+  * The Hopper forward (TMA descriptors: global scratch; warp-specialized:
+    12 warps for 4 requested) lowered through `kernels.attention`: the FFI
+    call carries both where jaxlib can (>= 0.11.2); elsewhere the launch
+    is refused by name.
+  """
+  from kernels.triton import kernel_call  # pylint: disable=g-import-not-at-top
+
+  ours = kernel_fields(kernel_call.serialized_call(
+      compiling.launch_spec(forward_record), forward_record.args,
+      forward_record.grid, capability))
+  theirs = kernel_fields(forward_config)
+  # The Hopper forward through kernels.attention, on its candidate row.
+  from kernels.triton import block_sizes  # pylint: disable=g-import-not-at-top
+
+  q = jax.ShapeDtypeStruct((2, 300, 8, 128), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((2, 300, 2, 128), jnp.bfloat16)
+  row = {(block_sizes.TMA_KERNEL, 128, "bfloat16", False):
+         block_sizes.TMA_CANDIDATES[(128, "bfloat16")]}
+  tma = dict(supports_scratch=kernel_call.supports_global_scratch())
+  if capability < 90:
+    return dict(matches_jax_triton={k: ours[k] == theirs[k] for k in ours},
+                ours=_jsonable(ours))
+  try:
+    with kernels.cuda_compute_capability(capability), \
+        block_sizes.override(row):
+      lowered = jax.jit(lambda q, k, v: kernels.attention(
+          q, k, v, implementation="triton")).trace(q, kv, kv).lower(
+              lowering_platforms=("cuda",))
+    ((target, config, shapes),) = _custom_calls(
+        lowered.compiler_ir("stablehlo"))
+    tma.update(target=target, shapes=shapes,
+               kernel=_jsonable(kernel_fields(config)))
+  except ValueError as e:
+    tma.update(error=str(e))
+  return dict(
+      matches_jax_triton={k: ours[k] == theirs[k] for k in ours},
+      ours=_jsonable(ours), tma=tma)
 
 
 def sharded() -> dict:
@@ -176,10 +281,11 @@ def main(capability: int) -> dict:
     ring_lowering = ring()
   roundtrip = jax.export.deserialize(serialized)
   aot_compile.init_worker(tempfile.mkdtemp())
-  gate_ptx, _ = aot_compile.compile_ptx(compile_gate.compile_spec(records[0]),
+  gate_ptx, _ = aot_compile.compile_ptx(compiling.launch_spec(records[0]),
                                         capability)
   forward_config = _custom_calls(forward.compiler_ir("stablehlo"))[0][1]
   return dict(
+      own_call=own_call(capability, records[0], forward_config),
       forward=_summary(forward, capability),
       gradient=_summary(gradient, capability),
       export_bytes=len(serialized),

@@ -20,6 +20,7 @@ import kernels
 from kernels.gate import aot_compile
 from kernels.gate import compile_gate
 from kernels.triton import block_sizes
+from kernels.triton import compiling
 from kernels.triton import launch as triton_launch
 
 _PTXAS_LOG = """\
@@ -97,7 +98,7 @@ def test_forward_and_gradient_launches_follow_the_table():
 
 def test_decode_traces_the_forward_only_with_q_len_a_constexpr():
   (record,) = compile_gate.trace_launches(128, "float16", True, "decode")
-  spec = compile_gate.compile_spec(record)
+  spec = compiling.launch_spec(record)
   signature = dict(spec.signature)
   assert signature["q_len"] == "constexpr"  # jax-triton specialises 1
   assert dict(spec.constexprs)["q_len"] == 1
@@ -122,7 +123,7 @@ def test_override_is_never_served_from_a_stale_trace():
 
 def _launch(kernel="_attn_fwd", row=("fwd", 64, "bfloat16", True),
             pointer_type="*bf16"):
-  spec = aot_compile.CompileSpec(
+  spec = compiling.CompileSpec(
       module="kernels.triton.attention", kernel=kernel,
       signature=(("Q", pointer_type), ("q_len", "i32")), constexprs=(),
       pointer_args=(0,), num_warps=4, num_stages=3)
@@ -244,10 +245,11 @@ def test_recording_works_where_triton_is_interpreted():
   """
   script = (
       "from kernels.gate import compile_gate\n"
+      "from kernels.triton import compiling\n"
       "from kernels.triton import launch as triton_launch\n"
       "triton_launch.import_kernels('kernels.triton.attention', True)\n"
       "r = compile_gate.trace_launches(32, 'bfloat16', False, 'segments')\n"
-      "print(r[0].name, compile_gate.compile_spec(r[0]).module)\n")
+      "print(r[0].name, compiling.launch_spec(r[0]).module)\n")
   root = pathlib.Path(__file__).resolve().parents[2]
   run = subprocess.run([sys.executable, "-c", script], capture_output=True,
                        text=True, cwd=root, timeout=300, check=False,

@@ -87,3 +87,33 @@ def test_ring_attention_lowers_per_chunk_for_cuda():
     assert result[name]["permutes"] > 0 and result[name]["gathers"] == 0
   entries = len(result["gradient"]["shapes"])
   assert entries > len(result["forward"]["shapes"])
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+def test_own_call_serialises_what_jax_triton_does(capability):
+  """`kernel_call.serialized_call` for the plain forward launch: every
+  TritonKernel field jax-triton embeds (name, warps, shared memory, the PTX
+  itself, capability), the grid and each parameter, equal."""
+  result = _probe(capability)["own_call"]
+  assert all(result["matches_jax_triton"].values()), result
+  assert result["ours"]["name"] == "_attn_fwd"
+  assert result["ours"]["scratch_size"] is None  # pointer loads: no scratch
+
+
+def test_hopper_forward_carries_its_warps_and_scratch_or_is_refused():
+  """The TMA, warp-specialized forward asked for 4 warps; it compiles to 12
+  and 384 B of descriptor scratch. A jaxlib whose TritonKernel takes a
+  scratch size (>= 0.11.2) gets both in the FFI call; an older one refuses
+  the launch, naming the version, never launching 4 warps without
+  scratch."""
+  tma = _probe(90)["own_call"]["tma"]
+  if not tma["supports_scratch"]:
+    assert "jaxlib >= 0.11.2" in tma["error"]
+    assert "global_scratch_size" in tma["error"]
+    return
+  assert tma["target"] == "triton_kernel_call_ffi"
+  kernel = tma["kernel"]
+  assert kernel["name"] == "_attn_fwd_tma"
+  assert kernel["num_warps"] == 12
+  assert kernel["scratch_size"] >= 3 * 128 and kernel["scratch_align"] == 128
+  assert kernel["grid"] == [3, 16, 1]
