@@ -43,18 +43,22 @@ from kernels.triton import launch as triton_launch
 from kernels.triton import ops as triton_ops
 
 VARIANTS = ("plain", "segments", "gqa", "decode", "window_softcap",
-            "offset", "tma")
+            "offset", "tma", "fused_bwd")
 # The window_softcap variant: a sliding window (causal rows) or a two-sided
 # one, and Gemma 2's soft-capping; both are constexprs of the kernels. The
 # offset variant adds per-example query offsets (HAS_Q_OFFSET: ring
 # attention's chunk pairs, decoding into a cache) to the same masks.
 _WINDOW = {True: (256, 0), False: (128, 128)}
 _SOFTCAP = 30.0
-# The tma variant: the Hopper forward (`attention_hopper._attn_fwd_tma`) on
-# its `block_sizes.TMA_CANDIDATES` row, for the non-causal 16-bit rows of
-# those head dims, on sm_90 only (forward only: the backward kernels are
-# the plain variant's).
+# The optional kernels' variants, on sm_90 only, each on its candidate row
+# (for the rows of the candidates' head dims and dtypes): "tma", the Hopper
+# forward (`attention_hopper._attn_fwd_tma`), non-causal, forward only (the
+# backward kernels are the plain variant's); "fused_bwd", the one-kernel
+# backward (`attention._attn_bwd_fused`), causal and not.
 _TMA_CAPABILITY = 90
+_OPTIONAL = {"tma": (block_sizes.TMA_KERNEL, block_sizes.TMA_CANDIDATES),
+             "fused_bwd": (block_sizes.FUSED_BWD_KERNEL,
+                           block_sizes.FUSED_BWD_CANDIDATES)}
 # Head dims that are not a tile width: each runs in the power-of-two tile of
 # `block_sizes.padded_head_dim` with masked columns, under the row of
 # `block_sizes.row_head_dim`. Compiled plain, causal and not, in one 16-bit
@@ -65,7 +69,8 @@ EXTRA_DTYPES = ("bfloat16", "float32")
 # preprocess has no row (it borrows bwd_dq's BLOCK_M) and no tl.dot.
 TABLE_KERNEL = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "bwd_dkdv",
                 "_attn_bwd_dq": "bwd_dq",
-                "_attn_fwd_tma": block_sizes.TMA_KERNEL}
+                "_attn_fwd_tma": block_sizes.TMA_KERNEL,
+                "_attn_bwd_fused": block_sizes.FUSED_BWD_KERNEL}
 _SEQ_LEN = 1024  # Any length > 1 traces the same kernels (lengths are scalars).
 
 RowKey = tuple[str, int, str, bool]
@@ -149,11 +154,13 @@ def trace_launches(head_dim: int, dtype: str, causal: bool, variant: str,
   backward = (variant not in ("decode", "tma")
               and head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM)
   rows = {}
-  if variant == "tma":
-    candidate = block_sizes.TMA_CANDIDATES.get((head_dim, dtype))
-    if causal or candidate is None or capability != _TMA_CAPABILITY:
-      return []  # no Hopper forward for this call
-    rows = {(block_sizes.TMA_KERNEL, head_dim, dtype, causal): candidate}
+  if variant in _OPTIONAL:
+    kernel, candidates = _OPTIONAL[variant]
+    candidate = candidates.get((head_dim, dtype))
+    if (candidate is None or capability != _TMA_CAPABILITY
+        or (variant == "tma" and causal)):
+      return []  # the optional kernel has no candidate for this call
+    rows = {(kernel, head_dim, dtype, causal): candidate}
   with triton_launch.cuda_compute_capability(capability), \
       block_sizes.override(rows), triton_launch.recording() as records:
     jax.make_jaxpr(forward_and_vjp if backward else forward)(q, kv, kv)

@@ -17,8 +17,11 @@ take) can pass neither:
 
 jax-triton 0.4.x passes both (`jax_triton.TensorDescriptor`, and a scratch
 buffer with jaxlib > 0.11.0), but requires triton >= 3.7 and Python >= 3.12.
-So the kernels keep pointer loads (`cp.async` on sm_80/sm_90), and the
-compile gate refuses any launch that needs global scratch.
+So the pointer kernels keep pointer loads (`cp.async` on sm_80/sm_90), and
+the compile gate refuses any jax-triton launch that needs global scratch.
+The Hopper forward (`kernels.triton.attention_hopper`) uses device-side
+descriptors through the library's own call (`kernels.triton.kernel_call`),
+which passes the scratch size on jaxlib >= 0.11.2.
 
 `_tma_tile_copy` copies a tile in the kernels' `(batch, seq, heads,
 head_dim)` layout through device-side descriptors; `compile_gate.TMA_PROBE`

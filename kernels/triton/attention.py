@@ -414,18 +414,20 @@ def _attn_bwd_preprocess(O, DO, q_len, DELTA, NUM_HEADS: tl.constexpr,
 
 @triton.jit
 def _dkdv_query_blocks(dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA,
-                       Q_SEG, off_b, off_hk, key_len, scale, softcap, q_len,
-                       kv_len, offset, start, end, mid_lo, mid_hi,
+                       Q_SEG, DQ_ACC, off_b, off_hk, key_len, scale, softcap,
+                       q_len, kv_len, offset, start, end, mid_lo, mid_hi,
                        NUM_HEADS: tl.constexpr,
                        NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                        HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
                        WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
                        HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                       WIDEN: tl.constexpr, MASKED: tl.constexpr):
+                       WIDEN: tl.constexpr, MASKED: tl.constexpr,
+                       FUSE_DQ: tl.constexpr):
   """Adds the query blocks of [start, end) of every query head of the group
   to (dk, dv) for one key block; blocks and MASKED as in
-  `_fwd_key_blocks`."""
+  `_fwd_key_blocks`. With FUSE_DQ each block's dQ share, scale * dS K, is
+  added to the float32 DQ_ACC atomically (FlashAttention-2's backward)."""
   group: tl.constexpr = NUM_HEADS // NUM_KV_HEADS
   # One flat loop over (query head of the group, query block): a nested loop
   # would restart the software pipeline per head and keep more values live.
@@ -467,27 +469,31 @@ def _dkdv_query_blocks(dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA,
                  input_precision=DOT_PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     ds_t = _score_grad(p_t, dp_t, delta[None, :], t_t, HAS_SOFTCAP)
-    dk += tl.dot(_operand(ds_t, k.dtype, WIDEN), q,
-                 input_precision=DOT_PRECISION)
+    ds_op = _operand(ds_t, k.dtype, WIDEN)
+    dk += tl.dot(ds_op, q, input_precision=DOT_PRECISION)
+    if FUSE_DQ:
+      dq = tl.dot(tl.trans(ds_op), k, input_precision=DOT_PRECISION) * scale
+      tl.atomic_add(
+          DQ_ACC + q_base + (offs_m[:, None] * (NUM_HEADS * HEAD_DIM) +
+                             offs_d[None, :]), dq,
+          mask=_in_bounds(offs_m, q_len, offs_d, HEAD_DIM, HEAD_DIM_PAD),
+          sem="relaxed")
   return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELTA, scale,
-                   softcap, q_len, kv_len, DK, DV,
-                   NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-                   BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   HAS_SEGMENTS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
-                   WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                   DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr,
-                   HAS_Q_OFFSET: tl.constexpr):
-  """dV = P^T dO and dK = scale * dS^T Q for one block of keys of one kv head.
-
-  Sums over the GROUP query heads that share the kv head, so no atomics are
-  needed. P = exp2(scale log2(e) Q K^T - LSE), dS = P * (dO V^T - DELTA).
-  """
+def _dkdv_program(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE,
+                  DELTA, scale, softcap, q_len, kv_len, DK, DV, DQ_ACC,
+                  NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_SEGMENTS: tl.constexpr,
+                  WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+                  HAS_SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  WIDEN: tl.constexpr, HAS_Q_OFFSET: tl.constexpr,
+                  FUSE_DQ: tl.constexpr):
+  """One key block of one kv head: dK and dV (and, with FUSE_DQ, the
+  block's dQ shares into DQ_ACC); see `_attn_bwd_dkdv`."""
   start_n = tl.program_id(0) * BLOCK_N
   off_bhk = tl.program_id(1)
   off_b = off_bhk // NUM_KV_HEADS
@@ -514,22 +520,69 @@ def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE, DELT
   dv = tl.zeros((BLOCK_N, HEAD_DIM_PAD), tl.float32)
   if not HAS_SEGMENTS:
     dk, dv = _dkdv_query_blocks(
-        dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA, Q_SEG, off_b,
-        off_hk, key_len, scale, softcap, q_len, kv_len, offset, mid_lo,
-        mid_hi, mid_lo, mid_hi, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD,
-        BLOCK_M, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP,
-        DOT_PRECISION, WIDEN, False)
+        dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA, Q_SEG,
+        DQ_ACC, off_b, off_hk, key_len, scale, softcap, q_len, kv_len,
+        offset, mid_lo, mid_hi, mid_lo, mid_hi, NUM_HEADS, NUM_KV_HEADS,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT,
+        WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION, WIDEN, False, FUSE_DQ)
   dk, dv = _dkdv_query_blocks(
-      dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA, Q_SEG, off_b,
-      off_hk, key_len, scale, softcap, q_len, kv_len, offset, lo,
+      dk, dv, k, v, kv_seg, offs_n, offs_d, Q, DO, LSE, DELTA, Q_SEG, DQ_ACC,
+      off_b, off_hk, key_len, scale, softcap, q_len, kv_len, offset, lo,
       hi - (mid_hi - mid_lo), mid_lo, mid_hi, NUM_HEADS, NUM_KV_HEADS,
       HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT,
-      WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION, WIDEN, True)
+      WINDOW_RIGHT, HAS_SOFTCAP, DOT_PRECISION, WIDEN, True, FUSE_DQ)
 
   _store_tile(DK + kv_base, offs_n, kv_len, offs_d, dk * scale,
               NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD)
   _store_tile(DV + kv_base, offs_n, kv_len, offs_d, dv,
               NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD)
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE,
+                   DELTA, scale, softcap, q_len, kv_len, DK, DV,
+                   NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                   BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                   HAS_SEGMENTS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+                   WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+                   HAS_Q_OFFSET: tl.constexpr):
+  """dV = P^T dO and dK = scale * dS^T Q for one block of keys of one kv head.
+
+  Sums over the GROUP query heads that share the kv head, so no atomics are
+  needed. P = exp2(scale log2(e) Q K^T - LSE), dS = P * (dO V^T - DELTA).
+  """
+  _dkdv_program(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE,
+                DELTA, scale, softcap, q_len, kv_len, DK, DV, DK, NUM_HEADS,
+                NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, CAUSAL,
+                HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT, HAS_SOFTCAP,
+                DOT_PRECISION, WIDEN, HAS_Q_OFFSET, False)
+
+
+@triton.jit
+def _attn_bwd_fused(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE,
+                    DELTA, scale, softcap, q_len, kv_len, DK, DV, DQ_ACC,
+                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                    BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                    HAS_SEGMENTS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+                    WINDOW_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, WIDEN: tl.constexpr,
+                    HAS_Q_OFFSET: tl.constexpr):
+  """The whole backward in one kernel (FlashAttention-2's): dK and dV as
+  `_attn_bwd_dkdv`, and dQ = scale * dS K accumulated into the zeroed
+  float32 DQ_ACC by atomic adds, one per (query block, key block). Five
+  matmuls per block pair instead of the separate kernels' seven (the dQ
+  kernel recomputes Q K^T and dO V^T); the float32 sum order is not fixed.
+  """
+  _dkdv_program(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE,
+                DELTA, scale, softcap, q_len, kv_len, DK, DV, DQ_ACC,
+                NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, HEAD_DIM_PAD, BLOCK_M,
+                BLOCK_N, CAUSAL, HAS_SEGMENTS, WINDOW_LEFT, WINDOW_RIGHT,
+                HAS_SOFTCAP, DOT_PRECISION, WIDEN, HAS_Q_OFFSET, True)
 
 
 @triton.jit

@@ -5,7 +5,7 @@ base-2 log-sum-exp, `+inf` for rows without keys) for the calls it serves:
 non-causal, no segment ids, window, soft-cap or query offsets; key lengths,
 grouped-query heads and ragged lengths are served; 16-bit inputs and a
 power-of-two head_dim (>= 16). `ops` picks it only through a `"fwd_tma"`
-block-size row (`block_sizes.tma_row`) and only for such calls.
+block-size row (`block_sizes.optional_row`) and only for such calls.
 
 Two Hopper features replace the pointer kernel's loads and scheduling:
 

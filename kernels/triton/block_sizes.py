@@ -37,9 +37,11 @@ Keys are `(kernel, head_dim, dtype name, causal)` where kernel is "fwd",
 "bwd_dkdv" or "bwd_dq"; the backward kernels have no head_dim 256 rows
 (unsupported). `CAPABILITY_TABLE` holds rows that replace TABLE's on one
 compute capability. Under the interpreter every kernel uses `INTERPRET`
-unless an `override` names its row. A "fwd_tma" row (`TMA_KERNEL`) selects
-the Hopper forward kernel instead of "fwd" where it serves the call
-(`tma_row`).
+unless an `override` names its row. Two optional kernels run only where a
+row of theirs exists (`optional_row`): "fwd_tma" (`TMA_KERNEL`), the Hopper
+forward in place of "fwd" where it serves the call, and "bwd_fused"
+(`FUSED_BWD_KERNEL`), one backward kernel in place of "bwd_dkdv" and
+"bwd_dq".
 """
 
 from __future__ import annotations
@@ -208,6 +210,26 @@ TMA_CANDIDATES: dict[tuple[int, str], BlockSizes] = {
     (128, "bfloat16"): BlockSizes(128, 128, 4, 2),
 }
 
+# The fused backward (`attention._attn_bwd_fused`: dK/dV and dQ in one
+# kernel, dQ by float32 atomic adds as in FlashAttention-2; five matmuls
+# per block pair instead of seven) serves every call the separate kernels
+# do. A ("bwd_fused", head_dim, dtype, causal) row selects it in place of
+# "bwd_dkdv" + "bwd_dq"; none is in the table until a lease times it. The
+# candidates are what the gate compiles (its "fused_bwd" variant) and the
+# lease's benchmark times. Compiled with triton 3.6 (plain, window/softcap,
+# segment and offset calls): 32 x 128 with 8 warps and 3 stages takes at
+# most 252 registers on sm_90a and 220 at head_dim 64, no spill (the
+# separate dK/dV kernel's sm_90 tile; 64 x 64 spills 100-332 B on sm_90a,
+# 64 x 128 spills at head_dim 128). At head_dim 128 the tile spills on
+# sm_80 (280 B), so the candidates are sm_90's.
+FUSED_BWD_KERNEL = "bwd_fused"
+FUSED_BWD_CANDIDATES: dict[tuple[int, str], BlockSizes] = {
+    (64, "float16"): BlockSizes(32, 128, 8, 3),
+    (64, "bfloat16"): BlockSizes(32, 128, 8, 3),
+    (128, "float16"): BlockSizes(32, 128, 8, 3),
+    (128, "bfloat16"): BlockSizes(32, 128, 8, 3),
+}
+
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 
 
@@ -228,14 +250,16 @@ def override(rows: Mapping[tuple[str, int, str, bool], BlockSizes]
     _overrides.update(saved)
 
 
-def tma_row(head_dim: int, dtype: np.dtype, causal: bool, interpret: bool,
-            capability: int | None = None) -> BlockSizes | None:
-  """The `TMA_KERNEL` row of a call the Hopper forward serves, or None.
+def optional_row(kernel: str, head_dim: int, dtype: np.dtype, causal: bool,
+                 interpret: bool, capability: int | None = None
+                 ) -> BlockSizes | None:
+  """The row of an optional kernel (`TMA_KERNEL`, `FUSED_BWD_KERNEL`) for a
+  call, or None: the kernel then does not run.
 
   An `override` row wins (in both modes: how tests run it under the
   interpreter); compiled, the `CAPABILITY_TABLE` row of `capability`.
   """
-  key = (TMA_KERNEL, head_dim, np.dtype(dtype).name, causal)
+  key = (kernel, head_dim, np.dtype(dtype).name, causal)
   if key in _overrides:
     return _overrides[key]
   if interpret:

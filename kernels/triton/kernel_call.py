@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jaxlib
+import numpy as np
 
 from kernels.triton import compiling
 
@@ -81,7 +82,8 @@ def compiled_kernel(spec: compiling.CompileSpec, capability: int) -> Any:
 
 
 def serialized_call(spec: compiling.CompileSpec, args: Sequence[Any],
-                    grid: Sequence[int], capability: int) -> bytes:
+                    grid: Sequence[int], capability: int,
+                    zeroed_args: Sequence[int] = ()) -> bytes:
   """jaxlib's serialised `TritonKernelCall` of one launch.
 
   Args:
@@ -90,6 +92,8 @@ def serialized_call(spec: compiling.CompileSpec, args: Sequence[Any],
       arrays, inputs then outputs, and Python scalars).
     grid: programs along x, y, z (missing axes are 1).
     capability: compute capability to compile for, e.g. 90.
+    zeroed_args: positions in `args` of the outputs jaxlib zeroes before
+      the launch.
 
   Returns:
     The proto bytes (uncompressed): the kernel carries the compiled name,
@@ -117,7 +121,9 @@ def serialized_call(spec: compiling.CompileSpec, args: Sequence[Any],
     if triton_type == "constexpr":  # a scalar equal to 1, specialised away
       continue
     if i in spec.pointer_args:
-      params.append(lib.create_array_parameter(0, 16))
+      size = (int(np.prod(arg.shape)) * np.dtype(arg.dtype).itemsize
+              if i in zeroed_args else 0)
+      params.append(lib.create_array_parameter(size, 16))
     else:
       value = float(arg) if triton_type == "fp32" else int(arg)
       params.append(lib.create_scalar_parameter(value, triton_type))
@@ -129,15 +135,19 @@ def serialized_call(spec: compiling.CompileSpec, args: Sequence[Any],
 def call(spec: compiling.CompileSpec, args: Sequence[Any],
          arrays: Sequence[jax.Array],
          out_shape: Sequence[jax.ShapeDtypeStruct], grid: Sequence[int],
-         capability: int) -> tuple[jax.Array, ...]:
+         capability: int, zeroed_outputs: Sequence[int] = ()
+         ) -> tuple[jax.Array, ...]:
   """Launches `spec` through `triton_kernel_call_ffi`; returns the outputs.
 
-  `args` as for `serialized_call`; `arrays` the input arrays among them, in
-  order. Needs jaxlib >= `SCRATCH_JAXLIB` (the FFI target with scratch
-  sizes).
+  `args` as for `serialized_call` (the outputs last); `arrays` the input
+  arrays among them, in order; `zeroed_outputs` indices into `out_shape`.
+  Needs jaxlib >= `SCRATCH_JAXLIB` (the FFI target with scratch sizes).
   """
   require_own_call_support()
-  opaque = zlib.compress(serialized_call(spec, args, grid, capability))
+  first_output = len(args) - len(out_shape)
+  opaque = zlib.compress(serialized_call(
+      spec, args, grid, capability,
+      zeroed_args=[first_output + j for j in zeroed_outputs]))
   outs = jax.ffi.ffi_call(FFI_TARGET, tuple(out_shape))(*arrays,
                                                           opaque=opaque)
   return tuple(outs)

@@ -79,6 +79,7 @@ class LaunchRecord:
     num_stages: software-pipelining stages.
     own_call: launched through `kernel_call` (compiled warps and global
       scratch), not jax-triton.
+    zeroed_outputs: indices of outputs zeroed before the launch.
   """
 
   module: str
@@ -90,6 +91,7 @@ class LaunchRecord:
   num_warps: int
   num_stages: int
   own_call: bool = False
+  zeroed_outputs: tuple[int, ...] = ()
 
 
 @contextlib.contextmanager
@@ -232,12 +234,15 @@ def call_requested() -> str:
 def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
            grid: tuple[int, ...], num_warps: int, num_stages: int,
            interpret: bool, own_call: bool = False,
+           zeroed_outputs: tuple[int, ...] = (),
            **constexprs: Any) -> tuple[jax.Array, ...]:
   """Launches `kernel[grid](*args, *outputs, **constexprs)`; returns outputs.
 
   `own_call`: compile through `kernel_call` (the kernel needs global
   scratch or runs more warps than requested); raises on a jaxlib that
-  cannot carry them.
+  cannot carry them. `zeroed_outputs`: indices of outputs set to zero
+  before the kernel runs (it accumulates into them); the others must be
+  written in full.
   """
   out_shape = tuple(out_shape)
   records = _recorder.get()
@@ -251,7 +256,8 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
         args=tuple(a if _is_scalar(a) else jax.ShapeDtypeStruct(
             np.shape(a), a.dtype) for a in args) + out_shape,
         constexprs=tuple(sorted(constexprs.items())), grid=tuple(grid),
-        num_warps=num_warps, num_stages=num_stages, own_call=own_call)
+        num_warps=num_warps, num_stages=num_stages, own_call=own_call,
+        zeroed_outputs=tuple(zeroed_outputs))
     if records is not None:
       records.append(record)
       return tuple(jnp.zeros(s.shape, s.dtype) for s in out_shape)
@@ -267,6 +273,7 @@ def launch(kernel: Any, *args: Any, out_shape: Sequence[jax.ShapeDtypeStruct],
   outs = jax_triton.triton_call(
       *args, kernel=kernel, out_shape=out_shape, grid=grid,
       num_warps=num_warps, num_stages=num_stages,
+      zeroed_outputs=tuple(zeroed_outputs),
       compute_capability=compute_capability(), **constexprs)
   return tuple(outs)
 
@@ -284,7 +291,8 @@ def _launch_own_call(record: LaunchRecord, args) -> tuple[jax.Array, ...]:
   return kernel_call.call(
       compiling.launch_spec(record), record.args,
       [a for a in args if not _is_scalar(a)],
-      record.args[len(args):], record.grid, capability)
+      record.args[len(args):], record.grid, capability,
+      zeroed_outputs=record.zeroed_outputs)
 
 
 def _triton_mode_mismatch(interpret: bool) -> str | None:
@@ -380,6 +388,7 @@ def _launch_interpreted(kernel, args, out_shape, grid, constexprs):
     call_args = list(args)
     for i, a in zip(array_pos, arrays):
       call_args[i] = _to_torch(a)
+    # Zeros: what `zeroed_outputs` asks of the compiled launches.
     outs = [torch.zeros(s.shape, dtype=_torch_dtype(s.dtype))
             for s in out_shape]
     with _INTERPRETER_LOCK:

@@ -4,7 +4,10 @@ Forward: `_attn_fwd` returns the output and the base-2 log-sum-exp per row.
 Backward: `_attn_bwd_preprocess` computes `delta = rowsum(dO * O)`, then
 `_attn_bwd_dkdv` (one program per key block and kv head) and `_attn_bwd_dq`
 (one program per query block and query head) recompute the probabilities from
-the saved log-sum-exp, so no n x n matrix is ever stored.
+the saved log-sum-exp, so no n x n matrix is ever stored. Where a
+"bwd_fused" row exists, `_attn_bwd_fused` does both in one kernel (dQ by
+float32 atomic adds). Where a "fwd_tma" row exists and the call allows it,
+the forward is `attention_hopper._attn_fwd_tma`.
 
 jax-triton's primitive refuses `jax.vmap`, so every launch is wrapped in a
 `jax.custom_batching.custom_vmap` whose rule folds the mapped axis into the
@@ -159,6 +162,18 @@ def _backward_op(st: _Static):
                 delta,
                 st.scale, _softcap_arg(st), q_len, kv_len)
 
+    if block_sizes.FUSED_BWD_KERNEL in dict(st.blocks):
+      bs, constexprs = _common(st, q, k, block_sizes.FUSED_BWD_KERNEL)
+      dk, dv, dq = triton_launch.launch(
+          kern._attn_bwd_fused, *operands,
+          out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype),
+                     jax.ShapeDtypeStruct(v.shape, v.dtype),
+                     jax.ShapeDtypeStruct(q.shape, jnp.float32)),
+          grid=(_cdiv(kv_len, bs.block_n), batch * num_kv_heads),
+          num_warps=bs.num_warps, num_stages=bs.num_stages,
+          interpret=st.interpret, zeroed_outputs=(2,), **constexprs)
+      return dq.astype(q.dtype), dk, dv
+
     bs, constexprs = _common(st, q, k, "bwd_dkdv")
     dk, dv = triton_launch.launch(
         kern._attn_bwd_dkdv, *operands,
@@ -275,8 +290,9 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
       interpret, masked=block_sizes.padded_head_dim(head_dim) != head_dim,
       capability=capability)) for k in kernels_)
   if _hopper_serves(q, mask, softcap):
-    tma = block_sizes.tma_row(head_dim, q.dtype, mask.causal, interpret,
-                              capability)
+    tma = block_sizes.optional_row(block_sizes.TMA_KERNEL, head_dim,
+                                   q.dtype, mask.causal, interpret,
+                                   capability)
     if tma is not None:
       if not interpret and (capability is None or capability < 90):
         raise ValueError(
@@ -284,6 +300,12 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
             "forward kernel (TMA, warp specialization), which needs a "
             f"compute capability >= 90; this launch targets {capability}")
       blocks += ((block_sizes.TMA_KERNEL, tma),)
+  if head_dim <= MAX_BACKWARD_HEAD_DIM:
+    fused = block_sizes.optional_row(
+        block_sizes.FUSED_BWD_KERNEL, block_sizes.row_head_dim(head_dim),
+        q.dtype, mask.causal, interpret, capability)
+    if fused is not None:
+      blocks += ((block_sizes.FUSED_BWD_KERNEL, fused),)
   st = _Static(causal=mask.causal, has_segments=mask.has_segments,
                scale=float(np.float32(scale)), interpret=interpret,
                window_left=mask.window_left, window_right=mask.window_right,

@@ -183,10 +183,11 @@ def own_call(capability: int, forward_record, forward_config: bytes) -> dict:
   kv = jax.ShapeDtypeStruct((2, 300, 2, 128), jnp.bfloat16)
   row = {(block_sizes.TMA_KERNEL, 128, "bfloat16", False):
          block_sizes.TMA_CANDIDATES[(128, "bfloat16")]}
+  fused = _fused_backward(capability)
   tma = dict(supports_scratch=kernel_call.supports_global_scratch())
   if capability < 90:
     return dict(matches_jax_triton={k: ours[k] == theirs[k] for k in ours},
-                ours=_jsonable(ours))
+                ours=_jsonable(ours), fused=fused)
   try:
     with kernels.cuda_compute_capability(capability), \
         block_sizes.override(row):
@@ -201,7 +202,38 @@ def own_call(capability: int, forward_record, forward_config: bytes) -> dict:
     tma.update(error=str(e))
   return dict(
       matches_jax_triton={k: ours[k] == theirs[k] for k in ours},
-      ours=_jsonable(ours), tma=tma)
+      ours=_jsonable(ours), tma=tma, fused=fused)
+
+
+def _fused_backward(capability: int) -> dict:
+  """The one-kernel backward's launch (its dQ accumulator zeroed by jaxlib):
+  jax-triton's serialised call against `kernel_call.serialized_call`."""
+  from kernels.triton import block_sizes  # pylint: disable=g-import-not-at-top
+  from kernels.triton import kernel_call  # pylint: disable=g-import-not-at-top
+
+  q = jnp.zeros(_SHAPES["q"], jnp.bfloat16)
+  kv = jnp.zeros(_SHAPES["kv"], jnp.bfloat16)
+  row = {(block_sizes.FUSED_BWD_KERNEL, 64, "bfloat16", True):
+         block_sizes.BlockSizes(32, 64, 4, 3)}
+  grad = jax.grad(_loss, argnums=(0, 1, 2))
+  with kernels.cuda_compute_capability(capability), \
+      block_sizes.override(row):
+    lowered = jax.jit(grad).trace(q, kv, kv).lower(
+        lowering_platforms=("cuda",))
+    with triton_launch.recording() as records:
+      jax.make_jaxpr(grad)(q, kv, kv)
+  (config,) = [c for _, c, _ in _custom_calls(
+      lowered.compiler_ir("stablehlo")) if b".entry _attn_bwd_fused" in c]
+  (record,) = [r for r in records if r.name == "_attn_bwd_fused"]
+  first_output = len(record.args) - 3
+  ours = kernel_fields(kernel_call.serialized_call(
+      compiling.launch_spec(record), record.args, record.grid, capability,
+      zeroed_args=[first_output + j for j in record.zeroed_outputs]))
+  theirs = kernel_fields(config)
+  return dict(matches_jax_triton={k: ours[k] == theirs[k] for k in ours},
+              zeroed_param=decode_proto(decode_proto(ours["params"][-1])[1][0]
+                                        ).get(1, [0])[0],
+              dq_bytes=int(np.prod(_SHAPES["q"])) * 4)
 
 
 def sharded() -> dict:

@@ -1,7 +1,7 @@
 """The Hopper forward (`attention_hopper._attn_fwd_tma`: TMA descriptors, a
 warp-specialized loop) under Triton's interpreter, and when it is chosen.
 
-The kernel runs where a "fwd_tma" row exists (`block_sizes.tma_row`); the
+The kernel runs where a "fwd_tma" row exists (`block_sizes.optional_row`); the
 table holds none until a lease times it, so each test names one through
 `block_sizes.override`. Its output and log-sum-exp must match the pure-JAX
 reference like the pointer kernel's, gradients included (the backward

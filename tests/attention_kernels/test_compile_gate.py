@@ -189,6 +189,59 @@ def test_tma_descriptors_compile_for_hopper_but_need_scratch_jaxlib_nulls():
   assert "null pointer" in failure
 
 
+def test_tma_variant_traces_the_hopper_forward_on_sm90_only():
+  """The "tma" variant: the candidate row's Hopper forward, own call, for
+  non-causal 16-bit rows of the candidates' head dims on sm_90; nothing
+  elsewhere."""
+  (record,) = compile_gate.trace_launches(128, "bfloat16", False, "tma", 90)
+  assert record.name == "_attn_fwd_tma" and record.own_call
+  tile = block_sizes.TMA_CANDIDATES[(128, "bfloat16")]
+  assert (dict(record.constexprs)["BLOCK_N"], record.num_warps,
+          record.num_stages) == (tile.block_n, tile.num_warps,
+                                 tile.num_stages)
+  assert dict(record.constexprs)["WARP_SPECIALIZE"] is True
+  for args in ((128, "bfloat16", False, "tma", 80),
+               (128, "bfloat16", True, "tma", 90),
+               (128, "float32", False, "tma", 90),
+               (32, "bfloat16", False, "tma", 90)):
+    assert compile_gate.trace_launches(*args) == [], args
+
+
+def test_check_accepts_scratch_for_the_own_call_only():
+  spec = compiling.CompileSpec(
+      module="kernels.triton.attention_hopper", kernel="_attn_fwd_tma",
+      signature=(("Q", "*bf16"),), constexprs=(), pointer_args=(0,),
+      num_warps=4, num_stages=2)
+  row = (block_sizes.TMA_KERNEL, 128, "bfloat16", False)
+  own = compile_gate.Launch(spec, row, ("tma",), own_call=True)
+  good = _ok(90, global_scratch=384, tma=4, num_warps=12)
+  assert compile_gate.check([own], {(0, 90): good}, rows=[]) == []
+  not_own = compile_gate.Launch(spec, row, ("tma",))
+  (failure,) = compile_gate.check([not_own], {(0, 90): good}, rows=[])
+  assert "384 B of global scratch" in failure
+  failures = compile_gate.check(
+      [own], {(0, 90): _ok(90, global_scratch=384, tma=0, num_warps=4)},
+      rows=[])
+  assert len(failures) == 2
+  assert "without TMA copies" in failures[0]
+  assert "not warp-specialized (4 warps compiled for 4" in failures[1]
+
+
+def test_the_hopper_forward_compiles_warp_specialized_for_sm90():
+  """One real compile of the tma variant: 12 warps from 4, TMA copies,
+  descriptor scratch, wgmma, no spill; the gate accepts it."""
+  launches = [launch for launch in compile_gate.collect_launches(
+      [("fwd", 64, "bfloat16", False)], ["tma"], extra_head_dims=(),
+      capabilities=(90,))]
+  assert [launch.kernel for launch in launches] == ["_attn_fwd_tma"]
+  results = compile_gate.compile_all(launches, [90], jobs=1)
+  result = results[(0, 90)]
+  assert result.error is None, result.error
+  assert result.num_warps == 12 and result.tma > 0 and result.wgmma > 0
+  assert result.global_scratch > 0 and result.spill_bytes == 0
+  assert compile_gate.check(launches, results, rows=[]) == []
+
+
 @pytest.mark.parametrize("bad,error", [("90", TypeError), (9.0, TypeError),
                                        (True, TypeError), (5, ValueError)])
 def test_compute_capability_must_be_an_int(bad, error):
@@ -205,6 +258,17 @@ def test_compute_capability_from_the_environment(monkeypatch):
   monkeypatch.setenv(kernels.COMPUTE_CAPABILITY_ENV, "sm90")
   with pytest.raises(ValueError, match=kernels.COMPUTE_CAPABILITY_ENV):
     triton_launch.compute_capability()
+
+
+def test_the_call_route_from_the_environment(monkeypatch):
+  monkeypatch.delenv(triton_launch.CALL_ENV, raising=False)
+  assert triton_launch.call_requested() == "jax_triton"
+  monkeypatch.setenv(triton_launch.CALL_ENV, "own")
+  assert triton_launch.call_requested() == "own"
+  monkeypatch.setenv(triton_launch.CALL_ENV, "jax-triton")
+  with pytest.raises(ValueError, match=f"{triton_launch.CALL_ENV} must be "
+                     r"one of \('jax_triton', 'own'\), got 'jax-triton'"):
+    triton_launch.call_requested()
 
 
 @pytest.mark.parametrize("reported, want", [("9.0", 90), ("8.6", 86),

@@ -117,3 +117,12 @@ def test_hopper_forward_carries_its_warps_and_scratch_or_is_refused():
   assert kernel["num_warps"] == 12
   assert kernel["scratch_size"] >= 3 * 128 and kernel["scratch_align"] == 128
   assert kernel["grid"] == [3, 16, 1]
+
+
+def test_the_fused_backward_zeroes_its_dq_accumulator_in_both_calls():
+  """The one-kernel backward accumulates dQ by atomic adds into a float32
+  output that jaxlib zeroes first: jax-triton's `zeroed_outputs` and the own
+  call's `bytes_to_zero` serialise the same call."""
+  fused = _probe(90)["own_call"]["fused"]
+  assert all(fused["matches_jax_triton"].values()), fused
+  assert fused["zeroed_param"] == fused["dq_bytes"]
