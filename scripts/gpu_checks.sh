@@ -14,6 +14,12 @@
 # short lease can run part of it or add recurrence_sweep, newton, tune or
 # tune_bwd (the backward kernels' block sizes, head_dim 128, non-causal):
 #   GPU_STEPS=gpu_tests,compile_gate bash ...
+# Issue 28's lease (about 9 minutes; the summary table prints last):
+#   GPU_STEPS=triton_call,gpu_tests,compile_gate,kernel_rows bash ...
+# triton_call records whether jaxlib's Triton call takes a global scratch
+# size (the own call, TMA descriptors); kernel_rows times the forward and
+# backward candidates (kernels/candidates.py) against cuDNN and XLA at batch
+# 4 x 4096 and 1 x 16384, causal and not, forward and forward+backward.
 # attention_long times issue 14's long-context rows: 64k tokens in one
 # sequence (dense, causal) and a 4096-key sliding window at 64k against dense
 # causal 8k, Triton forward and forward+backward, bfloat16, head_dim 128.
@@ -36,9 +42,11 @@ log="$out/gpu_checks.log"
 # Limits from the leases: the tests took 152 s in 6 processes (over 170 s
 # serially), the gate 37 s, the attention rows below 63-90 s, the recurrent
 # benchmark 44 s, the sweep about 105 s, the tune 26 s, attention_long 33 s.
+# kernel_rows (42 timed calls, each compiled first) is an estimate: not yet
+# run on a GPU.
 : "${TESTS_S:=200}" "${GATE_S:=45}" "${ATTENTION_S:=140}" "${RECURRENT_S:=65}"
 : "${SWEEP_S:=120}" "${NEWTON_S:=80}" "${TUNE_S:=60}" "${LONG_S:=90}"
-: "${TUNE_BWD_S:=150}" "${SHARDED_S:=60}"
+: "${TUNE_BWD_S:=150}" "${SHARDED_S:=60}" "${CALL_S:=30}" "${ROWS_S:=240}"
 : "${GPU_STEPS:=gpu_tests,compile_gate,sharded_attention,attention_bench,recurrent_bench,attention_long}"
 
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -79,6 +87,17 @@ except m.PackageNotFoundError:
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
 
+# Whether this jaxlib's Triton call takes a global scratch size (the own
+# call's TMA descriptors need it; checked from the wheels: 0.10.2 no, 0.11.2
+# and 0.12.0.1 yes).
+step triton_call "$CALL_S" python3 -c '
+import jaxlib
+from jax._src.lib import gpu_triton
+from kernels.triton import kernel_call
+print("jaxlib", jaxlib.__version__)
+print("TritonKernel.__init__:", gpu_triton.TritonKernel.__init__.__doc__)
+print("global scratch supported:", kernel_call.supports_global_scratch())'
+
 # The compiled-kernel tests spend their time in Triton's compiler, on the
 # CPU: pytest-xdist (in the GPU image) runs them in 6 processes.
 xdist=()
@@ -87,7 +106,8 @@ step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q -rfE ${xdist[@]+"${xdist[@
   --durations=10 -p no:cacheprovider tests/
 # The compile gate's ptxas figures against the driver's own n_regs/n_spills.
 step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \
-  --variants=plain,gqa,window_softcap --dtypes=bfloat16,float32 \
+  --variants=plain,gqa,window_softcap,tma,fused_bwd \
+  --dtypes=bfloat16,float32 \
   --head_dims=64,128 \
   --jobs=8 --device --out="$out/compile_gate.md"
 # Issue 25: the Triton hot path per shard (a mesh of the visible GPUs, one
@@ -128,3 +148,15 @@ step tune_bwd "$TUNE_BWD_S" python3 scripts/tune_attention.py \
   --kernels=bwd_dkdv,bwd_dq --head_dims=128 --dtypes=bfloat16 --causal=false \
   --block_ms=32,64,128 --block_ns=32,64,128 --num_warps=8 --num_stages=2,3 \
   --iters=5 --out="$out/block_sizes_tuned_bwd.txt"
+# Issue 28: every forward/backward candidate against cuDNN and XLA in one
+# run (fwd_128x64 is left out: it is the causal table row, and its
+# non-causal figure is the leases' 361 TF/s).
+step kernel_rows "$ROWS_S" python3 scripts/bench_kernel_rows.py \
+  --candidates=triton,fwd_128x128,fwd_tma,bwd_fused,tma_fused,cudnn,xla \
+  --out_dir="$out/kernel_rows"
+
+# The candidates' summary (TF/s, x cuDNN, the goals) last.
+if [[ ",$GPU_STEPS," == *",kernel_rows,"* && -f "$out/kernel_rows/kernel_rows.md" ]]; then
+  echo "== kernel_rows summary" | tee -a "$log"
+  sed -n '/^| pass | batch x seq/,$p' "$out/kernel_rows/kernel_rows.md" | tee -a "$log"
+fi
