@@ -369,7 +369,7 @@ def format_row_summary(
   lines = [f"| kernel | head_dim | dtype | causal | tile, warps, stages | {head} |",
            "|" + " --- |" * (5 + len(capabilities))]
   for row in sorted({row for row, _ in worst}):
-    bs = block_sizes.TABLE.get(row)
+    bs = block_sizes.TABLE.get(row) or _candidate(row)
     tile = _tile(bs) if bs else "-"
     cells = []
     for c in capabilities:
@@ -382,6 +382,14 @@ def format_row_summary(
     lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {tile} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _candidate(row: RowKey) -> block_sizes.BlockSizes | None:
+  """An optional kernel's candidate tile for its row (the gate's variant)."""
+  for kernel, candidates in _OPTIONAL.values():
+    if row[0] == kernel:
+      return candidates.get((row[1], row[2]))
+  return None
 
 
 def _warps(launch: Launch, result: aot_compile.CompileResult) -> str:
