@@ -2,13 +2,17 @@
 
 No GPU is needed: Triton's wheel bundles ptxas. For every row of
 `kernels/triton/block_sizes.py` and every call variant (plain, segment ids,
-grouped-query, decode, window/soft-cap) the real forward and gradient are
+grouped-query, decode, window/soft-cap, query offsets, and on sm_90 the
+optional Hopper forward and fused backward on their candidate rows) the
+real forward and gradient are
 traced once per `--archs` entry (whose `CAPABILITY_TABLE` rows apply), each
 distinct launch is compiled for the archs that make it, and a table of
 registers, spill
 bytes, shared memory, wgmma/TMA instruction counts and compile time is
 printed. Exits 1 on a compile error, shared memory over the limit, any spill,
-a table row never compiled, or a 16-bit kernel on sm_90 without wgmma.
+a table row never compiled, a 16-bit kernel on sm_90 without wgmma, global
+scratch in a jax-triton launch, or a Hopper forward without TMA or warp
+specialization.
 
   python scripts/check_kernels.py                           # sm_80 and sm_90
   python scripts/check_kernels.py --archs=80,90,100 --jobs=2 --out=gate.md

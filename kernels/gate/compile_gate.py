@@ -1,7 +1,9 @@
 """The compile gate: every Triton launch the library makes, compiled for GPUs.
 
 For every row of `block_sizes.TABLE` and every call variant (plain, segment
-ids, grouped-query, decode, and a local window with logit soft-capping), the
+ids, grouped-query, decode, a local window with logit soft-capping, query
+offsets; on sm_90 also the optional kernels on their candidate rows: "tma",
+the Hopper forward, and "fused_bwd", the one-kernel backward), the
 real forward and gradient of
 `triton_ops.attention_triton` are traced with `triton_launch.recording()`, so
 the launches are exactly the library's. Calls are traced once per compute
