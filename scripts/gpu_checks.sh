@@ -106,7 +106,7 @@ step gpu_tests "$TESTS_S" python3 -m pytest -m gpu -q -rfE ${xdist[@]+"${xdist[@
   --durations=10 -p no:cacheprovider tests/
 # The compile gate's ptxas figures against the driver's own n_regs/n_spills.
 step compile_gate "$GATE_S" python3 scripts/check_kernels.py --archs=90 \
-  --variants=plain,gqa,window_softcap,tma,fused_bwd \
+  --variants=plain,gqa,window_softcap,tma,fused_bwd,fused_bwd_window \
   --dtypes=bfloat16,float32 \
   --head_dims=64,128 \
   --jobs=8 --device --out="$out/compile_gate.md"

@@ -45,7 +45,8 @@ from kernels.triton import launch as triton_launch
 from kernels.triton import ops as triton_ops
 
 VARIANTS = ("plain", "segments", "gqa", "decode", "window_softcap",
-            "offset", "tma", "fused_bwd")
+            "offset", "tma", "fused_bwd", "fused_bwd_window",
+            "fused_bwd_segments")
 # The window_softcap variant: a sliding window (causal rows) or a two-sided
 # one, and Gemma 2's soft-capping; both are constexprs of the kernels. The
 # offset variant adds per-example query offsets (HAS_Q_OFFSET: ring
@@ -56,11 +57,14 @@ _SOFTCAP = 30.0
 # (for the rows of the candidates' head dims and dtypes): "tma", the Hopper
 # forward (`attention_hopper._attn_fwd_tma`), non-causal, forward only (the
 # backward kernels are the plain variant's); "fused_bwd", the one-kernel
-# backward (`attention._attn_bwd_fused`), causal and not.
+# backward (`attention._attn_bwd_fused`), causal and not, with plain masks,
+# "fused_bwd_window" with the offset variant's (window, soft-cap, query
+# offsets) and "fused_bwd_segments" with segment ids.
 _TMA_CAPABILITY = 90
+_FUSED = (block_sizes.FUSED_BWD_KERNEL, block_sizes.FUSED_BWD_CANDIDATES)
 _OPTIONAL = {"tma": (block_sizes.TMA_KERNEL, block_sizes.TMA_CANDIDATES),
-             "fused_bwd": (block_sizes.FUSED_BWD_KERNEL,
-                           block_sizes.FUSED_BWD_CANDIDATES)}
+             "fused_bwd": _FUSED, "fused_bwd_window": _FUSED,
+             "fused_bwd_segments": _FUSED}
 # Head dims that are not a tile width: each runs in the power-of-two tile of
 # `block_sizes.padded_head_dim` with masked columns, under the row of
 # `block_sizes.row_head_dim`. Compiled plain, causal and not, in one 16-bit
@@ -120,7 +124,7 @@ def _variant_inputs(variant: str, head_dim: int, dtype: str):
   q = jnp.zeros((1, q_len, heads, head_dim), dtype)
   kv = jnp.zeros((1, kv_len, kv_heads, head_dim), dtype)
   seg = None
-  if variant == "segments":
+  if variant in ("segments", "fused_bwd_segments"):
     seg = jnp.zeros((1, q_len), jnp.int32)
   return q, kv, seg
 
@@ -135,13 +139,14 @@ def trace_launches(head_dim: int, dtype: str, causal: bool, variant: str,
   the kernels support it (head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM).
   """
   q, kv, seg = _variant_inputs(variant, head_dim, dtype)
-  windowed = variant in ("window_softcap", "offset")
+  offsets = variant in ("offset", "fused_bwd_window")
+  windowed = offsets or variant == "window_softcap"
   window = _WINDOW[causal] if windowed else (None, None)
   mask = masking.Mask(causal=causal, key_lengths=None, q_segment_ids=seg,
                       kv_segment_ids=seg, window_left=window[0],
                       window_right=window[1],
-                      q_offset=jnp.zeros((1,), jnp.int32) if (
-                          variant == "offset") else None)
+                      q_offset=jnp.zeros((1,), jnp.int32) if offsets
+                      else None)
   scale = 1.0 / np.sqrt(head_dim)
   softcap = _SOFTCAP if windowed else None
 
@@ -391,7 +396,7 @@ def _candidate(row: RowKey) -> block_sizes.BlockSizes | None:
   for kernel, candidates in _OPTIONAL.values():
     if row[0] == kernel:
       return candidates.get((row[1], row[2]))
-  return None
+  return None  # not an optional kernel's row
 
 
 def _warps(launch: Launch, result: aot_compile.CompileResult) -> str:

@@ -501,11 +501,25 @@ def _dkdv_program(Q, K, V, KEY_LENGTHS, Q_OFFSETS, Q_SEG, KV_SEG, DO, LSE,
   kv_base = (off_b.to(tl.int64) * kv_len * NUM_KV_HEADS + off_hk) * HEAD_DIM
   offs_n = start_n + tl.arange(0, BLOCK_N)
   offs_d = tl.arange(0, HEAD_DIM_PAD)
-  k = _load_tile(K + kv_base, offs_n, kv_len, offs_d, Q.dtype.element_ty,
-                 NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True, WIDEN)
-  v = _load_tile(V + kv_base, offs_n, kv_len, offs_d, Q.dtype.element_ty,
-                 NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True, WIDEN)
-  key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
+  if FUSE_DQ:
+    # dQ multiplies every key row of the block: dS is zero past the key
+    # length, but 0 * NaN is NaN, so padded keys load as zeros (as the dQ
+    # kernel loads them) and never reach another query's dQ.
+    key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
+    k = _load_tile(K + kv_base, offs_n, key_len, offs_d, Q.dtype.element_ty,
+                   NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True,
+                   WIDEN)
+    v = _load_tile(V + kv_base, offs_n, key_len, offs_d, Q.dtype.element_ty,
+                   NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True,
+                   WIDEN)
+  else:
+    k = _load_tile(K + kv_base, offs_n, kv_len, offs_d, Q.dtype.element_ty,
+                   NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True,
+                   WIDEN)
+    v = _load_tile(V + kv_base, offs_n, kv_len, offs_d, Q.dtype.element_ty,
+                   NUM_KV_HEADS * HEAD_DIM, HEAD_DIM, HEAD_DIM_PAD, True,
+                   WIDEN)
+    key_len = tl.minimum(tl.load(KEY_LENGTHS + off_b), kv_len)
   kv_seg = offs_n
   if HAS_SEGMENTS:
     kv_seg = tl.load(KV_SEG + off_b * kv_len + offs_n, mask=offs_n < kv_len,

@@ -16,11 +16,18 @@ Two Hopper features replace the pointer kernel's loads and scheduling:
   next example are masked like keys past the key length. The descriptors
   live in a global scratch buffer (`metadata.global_scratch_size`), which
   only the library's own call passes (`kernel_call`, jaxlib >= 0.11.2).
-* `tl.range(..., warp_specialize=True)` over the full key blocks: Triton
+* `tl.range(..., warp_specialize=True)` over the key blocks: Triton
   splits the loop into a TMA producer warp group and two consumer warp
   groups of 64 rows, so 4 requested warps compile to 12 (`.reqntid 384`);
-  the own call launches the compiled count. The partial last key block runs
-  after it in a masked loop of its own.
+  the own call launches the compiled count. It is the kernel's only loop
+  (a second, masked one stopped the pass), so every block applies the
+  key-length mask, as a per-key `-inf` bias.
+
+Unlike the pointer kernels, which load keys past the key length as zeros,
+this kernel reads them (and the next example's rows in the last block) and
+masks their scores: **keys and values past `key_lengths` must be finite**,
+or NaN reaches the output (NaN + -inf is NaN, and 0 * NaN in P V). Padding
+with zeros, as a KV cache does, is fine.
 
 The 4-D `(batch, seq, heads, head_dim)` descriptor that would clip rows at
 each example's end is not used: reshaping its `[1, BLOCK, 1, HEAD_DIM]`

@@ -213,21 +213,22 @@ TMA_CANDIDATES: dict[tuple[int, str], BlockSizes] = {
 # The fused backward (`attention._attn_bwd_fused`: dK/dV and dQ in one
 # kernel, dQ by float32 atomic adds as in FlashAttention-2; five matmuls
 # per block pair instead of seven) serves every call the separate kernels
-# do. A ("bwd_fused", head_dim, dtype, causal) row selects it in place of
-# "bwd_dkdv" + "bwd_dq"; none is in the table until a lease times it. The
+# do whose head_dim is a tile width (a power of two, <= 128). A ("bwd_fused",
+# head_dim, dtype, causal) row selects it in place of "bwd_dkdv" +
+# "bwd_dq"; none is in the table until a lease times it. The
 # candidates are what the gate compiles (its "fused_bwd" variant) and the
-# lease's benchmark times. Compiled with triton 3.6 (plain, window/softcap,
-# segment and offset calls): 32 x 128 with 8 warps and 3 stages takes at
-# most 252 registers on sm_90a and 220 at head_dim 64, no spill (the
-# separate dK/dV kernel's sm_90 tile; 64 x 64 spills 100-332 B on sm_90a,
-# 64 x 128 spills at head_dim 128). At head_dim 128 the tile spills on
-# sm_80 (280 B), so the candidates are sm_90's.
+# lease's benchmark times. Compiled with triton 3.6 for sm_90a (the gate's
+# fused_bwd variants: plain, window/soft-cap/offsets, segments): 32 x 128
+# with 8 warps, 3 stages at head_dim 64 (189-220 registers) and 2 stages at
+# 128 (228-253; 3 stages spill 16 B with the window masks, 255 registers),
+# no spill. 64 x 64 spills 100-332 B and 64 x 128 800-930 B at head_dim
+# 128; 32 x 128 spills there on sm_80 (280 B), so these are sm_90's.
 FUSED_BWD_KERNEL = "bwd_fused"
 FUSED_BWD_CANDIDATES: dict[tuple[int, str], BlockSizes] = {
     (64, "float16"): BlockSizes(32, 128, 8, 3),
     (64, "bfloat16"): BlockSizes(32, 128, 8, 3),
-    (128, "float16"): BlockSizes(32, 128, 8, 3),
-    (128, "bfloat16"): BlockSizes(32, 128, 8, 3),
+    (128, "float16"): BlockSizes(32, 128, 8, 2),
+    (128, "bfloat16"): BlockSizes(32, 128, 8, 2),
 }
 
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}

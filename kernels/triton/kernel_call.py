@@ -9,8 +9,8 @@ global scratch. Two kinds of kernel need more:
   compiled `metadata.global_scratch_size` / `global_scratch_align` so that
   jaxlib allocates it. jaxlib's `TritonKernel` takes them from 0.11.2 on
   (checked on the jax-cuda13-plugin wheels: 0.10.2 has no such argument;
-  0.11.2 and 0.12.0.1 do); on older jaxlib a kernel that needs scratch
-  raises, naming the version.
+  0.11.2 and 0.12.0.1 do); on older jaxlib the own call raises, naming the
+  version.
 * a warp-specialized loop (`tl.range(..., warp_specialize=True)`) compiles
   to more warps than requested (4 become 12: `.reqntid 384` in the PTX);
   the call must launch the compiled `metadata.num_warps`.
@@ -23,6 +23,10 @@ zlib-compressed proto as its `opaque` attribute, as jax-triton 0.4 does.
 `kernels.triton.launch` sends a launch here when the launch asks for it
 (`own_call=True`: the kernels that need scratch or warp specialization) or
 when `RNN_TRANSFORMER_TRITON_CALL=own` routes every compiled launch here.
+Every launch through `call` needs jaxlib >= 0.11.2, the FFI target that
+jax-triton 0.4 (with scratch) is built for; `serialized_call` alone serves
+any jaxlib with the CUDA plugin (the lowering tests compare it with
+jax-triton 0.3.1's proto on jaxlib 0.10.2).
 """
 
 from __future__ import annotations

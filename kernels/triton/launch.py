@@ -28,8 +28,9 @@ ahead-of-time compile gate in `kernels.gate.compile_gate`.
 
 Kernel arguments follow jax-triton's convention: positional inputs (arrays
 become pointers, Python ints/floats become scalars), then one pointer per
-output, then keyword constexprs. Kernels must write every output element:
-the compiled mode does not initialise outputs.
+output, then keyword constexprs. Kernels must write every output element
+that `zeroed_outputs` does not name: the compiled mode does not initialise
+other outputs.
 """
 
 from __future__ import annotations

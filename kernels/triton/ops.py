@@ -290,7 +290,8 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
       interpret, masked=block_sizes.padded_head_dim(head_dim) != head_dim,
       capability=capability)) for k in kernels_)
   if _hopper_serves(q, mask, softcap):
-    tma = block_sizes.optional_row(block_sizes.TMA_KERNEL, head_dim,
+    tma = block_sizes.optional_row(block_sizes.TMA_KERNEL,
+                                   block_sizes.row_head_dim(head_dim),
                                    q.dtype, mask.causal, interpret,
                                    capability)
     if tma is not None:
@@ -300,7 +301,10 @@ def attention_triton(q: jax.Array, k: jax.Array, v: jax.Array,
             "forward kernel (TMA, warp specialization), which needs a "
             f"compute capability >= 90; this launch targets {capability}")
       blocks += ((block_sizes.TMA_KERNEL, tma),)
-  if head_dim <= MAX_BACKWARD_HEAD_DIM:
+  # The fused backward's candidates are compiled for tile-width head dims;
+  # a padded one (e.g. 96) keeps the separate kernels and their padded rows.
+  if (head_dim <= MAX_BACKWARD_HEAD_DIM
+      and head_dim == block_sizes.padded_head_dim(head_dim)):
     fused = block_sizes.optional_row(
         block_sizes.FUSED_BWD_KERNEL, block_sizes.row_head_dim(head_dim),
         q.dtype, mask.causal, interpret, capability)

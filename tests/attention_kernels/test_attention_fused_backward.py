@@ -77,11 +77,40 @@ def test_windows_softcap_and_query_offsets():
     return kernels.attention(q, k, v, implementation="triton", **kwargs)
 
   with block_sizes.override(_rows(32, "float32")):
+    with triton_launch.recording() as records:
+      jax.make_jaxpr(lambda *a: base.jit_vjp(attention)(*a))(q, k, v, do)
     out, grads = base.jit_vjp(attention)(q, k, v, do)
+  assert "_attn_bwd_fused" in [r.name for r in records]
   ref_out, ref_grads = base.reference_vjp(q, k, v, do, kwargs)
   base.assert_close(out, ref_out, "float32", "out", "out")
   for name, g, ref_g in zip("qkv", grads, ref_grads):
     base.assert_close(g, ref_g, "float32", "grad", f"d{name}")
+
+
+def test_keys_past_the_key_length_never_reach_dq():
+  """NaN in the padded keys and values (past key_lengths): the fused dQ,
+  which multiplies every key row of a block, stays what the separate
+  kernels give (they load padded rows as zeros, and so does the fused
+  kernel)."""
+  case = base.Case("nan_padding", q_len=33, kv_len=48, num_heads=2,
+                   num_kv_heads=1, head_dim=32, batch=2, key_lengths=(48, 21))
+  q, k, v, do, kwargs = base.make_inputs(case, "float32")
+  padded = jnp.arange(48)[None, :, None, None] >= jnp.asarray(
+      [48, 21])[:, None, None, None]
+  k, v = (jnp.where(padded, jnp.nan, x) for x in (k, v))
+
+  def grads():
+    return base.jit_vjp(lambda q, k, v: kernels.attention(
+        q, k, v, implementation="triton", **kwargs))(q, k, v, do)[1]
+
+  separate = grads()
+  with block_sizes.override(_rows(32, "float32")):
+    fused = grads()
+  assert bool(jnp.all(jnp.isfinite(fused[0])))
+  base.assert_close(fused[0], separate[0], "float32", "grad", "dq")
+  for name, f, s in zip("kv", fused[1:], separate[1:]):
+    keep = ~padded[..., 0, 0]
+    base.assert_close(f[keep], s[keep], "float32", "grad", f"d{name}")
 
 
 def test_without_a_row_the_separate_kernels_run():

@@ -26,7 +26,9 @@ _TILE = block_sizes.BlockSizes(16, 16, 4, 2)
 
 
 def _rows(head_dim: int, dtype: str, causal: bool = False, tile=_TILE):
-  return {(block_sizes.TMA_KERNEL, head_dim, dtype, causal): tile}
+  """The "fwd_tma" row a call of `head_dim` looks up (its table row's)."""
+  return {(block_sizes.TMA_KERNEL, block_sizes.row_head_dim(head_dim), dtype,
+           causal): tile}
 
 
 @pytest.fixture(autouse=True)
@@ -131,14 +133,22 @@ def test_calls_it_does_not_serve_run_the_pointer_kernel(name, extra, dtype,
 
 
 def test_no_table_row_selects_it_yet():
-  """Compiled for sm_90 without an override: the pointer kernel, because no
-  lease has timed the Hopper kernel (the gate compiles the candidates)."""
-  q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
-  with triton_launch.cuda_compute_capability(90), \
-      triton_launch.recording() as records:
-    jax.make_jaxpr(lambda q: kernels.attention(
-        q, q, q, implementation="triton"))(q)
-  assert [r.name for r in records] == ["_attn_fwd"]
+  """Traced for sm_90 (compiled mode) without an override: the pointer
+  kernel, because no lease has timed the Hopper kernel (the gate compiles
+  the candidates); with the candidate row, the Hopper kernel."""
+  q = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
+  mask = masking.Mask(causal=False)
+
+  def traced():
+    with triton_launch.cuda_compute_capability(90), \
+        triton_launch.recording() as records:
+      triton_ops.attention_triton(q, q, q, mask, 0.125, interpret=False)
+    return [r.name for r in records]
+
+  assert traced() == ["_attn_fwd"]
+  with block_sizes.override(_rows(128, "bfloat16", tile=block_sizes
+                                  .TMA_CANDIDATES[(128, "bfloat16")])):
+    assert traced() == ["_attn_fwd_tma"]
   assert not any(key[0] == block_sizes.TMA_KERNEL
                  for rows in block_sizes.CAPABILITY_TABLE.values()
                  for key in rows)

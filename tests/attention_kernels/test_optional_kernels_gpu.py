@@ -79,15 +79,19 @@ def test_own_call_gives_jax_tritons_results_bit_for_bit(monkeypatch):
   _require_hopper()
   q, k, v, do = _inputs(2, 700, 700, 4, 2, 128, "bfloat16", seed=2)
 
-  def run():
-    def attention(q, k, v):
-      return kernels.attention(q, k, v, causal=True, implementation="triton")
-    return base.jit_vjp(attention)(q, k, v, do)
+  def attention(q, k, v):
+    return kernels.attention(q, k, v, causal=True, implementation="triton")
 
-  jax_triton_out, jax_triton_grads = run()
+  def run():
+    targets = jax.jit(base.jit_vjp(attention)).lower(q, k, v, do).as_text()
+    return base.jit_vjp(attention)(q, k, v, do), targets
+
+  (jax_triton_out, jax_triton_grads), text = run()
+  assert "triton_kernel_call_ffi" not in text
   monkeypatch.setenv(triton_launch.CALL_ENV, "own")
   jax.clear_caches()
-  own_out, own_grads = run()
+  (own_out, own_grads), text = run()
+  assert text.count("triton_kernel_call_ffi") == 4  # fwd, delta, dK/dV, dQ
   np.testing.assert_array_equal(np.asarray(own_out),
                                 np.asarray(jax_triton_out))
   for own, theirs in zip(own_grads, jax_triton_grads):
