@@ -43,16 +43,18 @@ def candidate_rows(name: str, head_dim: int, dtype: str, causal: bool,
   rows = {}
   if name in _FORWARD_TILES:
     rows[("fwd", head_dim, dtype, causal)] = _FORWARD_TILES[name]
+  optional = []
   if name in ("fwd_tma", "tma_fused"):
-    tile = block_sizes.TMA_CANDIDATES.get((head_dim, dtype))
-    if causal or tile is None:
-      return None
-    rows[(block_sizes.TMA_KERNEL, head_dim, dtype, causal)] = tile
+    optional.append(block_sizes.TMA_KERNEL)
   if name in ("bwd_fused", "tma_fused"):
-    tile = block_sizes.FUSED_BWD_CANDIDATES.get((head_dim, dtype))
-    if pass_ != "fwd+bwd" or tile is None:
+    if pass_ != "fwd+bwd":
       return None
-    rows[(block_sizes.FUSED_BWD_KERNEL, head_dim, dtype, causal)] = tile
+    optional.append(block_sizes.FUSED_BWD_KERNEL)
+  for kernel in optional:
+    row = block_sizes.candidate_row(kernel, head_dim, dtype, causal)
+    if row is None:
+      return None
+    rows.update(row)
   return rows
 
 

@@ -61,10 +61,10 @@ _SOFTCAP = 30.0
 # "fused_bwd_window" with the offset variant's (window, soft-cap, query
 # offsets) and "fused_bwd_segments" with segment ids.
 _TMA_CAPABILITY = 90
-_FUSED = (block_sizes.FUSED_BWD_KERNEL, block_sizes.FUSED_BWD_CANDIDATES)
-_OPTIONAL = {"tma": (block_sizes.TMA_KERNEL, block_sizes.TMA_CANDIDATES),
-             "fused_bwd": _FUSED, "fused_bwd_window": _FUSED,
-             "fused_bwd_segments": _FUSED}
+_OPTIONAL = {"tma": block_sizes.TMA_KERNEL,
+             "fused_bwd": block_sizes.FUSED_BWD_KERNEL,
+             "fused_bwd_window": block_sizes.FUSED_BWD_KERNEL,
+             "fused_bwd_segments": block_sizes.FUSED_BWD_KERNEL}
 # Head dims that are not a tile width: each runs in the power-of-two tile of
 # `block_sizes.padded_head_dim` with masked columns, under the row of
 # `block_sizes.row_head_dim`. Compiled plain, causal and not, in one 16-bit
@@ -162,12 +162,10 @@ def trace_launches(head_dim: int, dtype: str, causal: bool, variant: str,
               and head_dim <= triton_ops.MAX_BACKWARD_HEAD_DIM)
   rows = {}
   if variant in _OPTIONAL:
-    kernel, candidates = _OPTIONAL[variant]
-    candidate = candidates.get((head_dim, dtype))
-    if (candidate is None or capability != _TMA_CAPABILITY
-        or (variant == "tma" and causal)):
+    rows = block_sizes.candidate_row(_OPTIONAL[variant], head_dim, dtype,
+                                     causal)
+    if rows is None or capability != _TMA_CAPABILITY:
       return []  # the optional kernel has no candidate for this call
-    rows = {(kernel, head_dim, dtype, causal): candidate}
   with triton_launch.cuda_compute_capability(capability), \
       block_sizes.override(rows), triton_launch.recording() as records:
     jax.make_jaxpr(forward_and_vjp if backward else forward)(q, kv, kv)
@@ -393,10 +391,9 @@ def format_row_summary(
 
 def _candidate(row: RowKey) -> block_sizes.BlockSizes | None:
   """An optional kernel's candidate tile for its row (the gate's variant)."""
-  for kernel, candidates in _OPTIONAL.values():
-    if row[0] == kernel:
-      return candidates.get((row[1], row[2]))
-  return None  # not an optional kernel's row
+  if row[0] not in _OPTIONAL.values():
+    return None
+  return (block_sizes.candidate_row(*row) or {}).get(row)
 
 
 def _warps(launch: Launch, result: aot_compile.CompileResult) -> str:

@@ -231,6 +231,21 @@ FUSED_BWD_CANDIDATES: dict[tuple[int, str], BlockSizes] = {
     (128, "bfloat16"): BlockSizes(32, 128, 8, 2),
 }
 
+
+
+def candidate_row(kernel: str, head_dim: int, dtype: str, causal: bool
+                  ) -> dict[tuple[str, int, str, bool], BlockSizes] | None:
+  """The `override` that selects an optional kernel (`TMA_KERNEL`,
+  `FUSED_BWD_KERNEL`) on its candidate tile, or None where it has none
+  (the Hopper forward serves non-causal calls only)."""
+  candidates = {TMA_KERNEL: TMA_CANDIDATES,
+                FUSED_BWD_KERNEL: FUSED_BWD_CANDIDATES}[kernel]
+  tile = candidates.get((head_dim, dtype))
+  if tile is None or (kernel == TMA_KERNEL and causal):
+    return None
+  return {(kernel, head_dim, dtype, causal): tile}
+
+
 _overrides: dict[tuple[str, int, str, bool], BlockSizes] = {}
 
 
