@@ -12,6 +12,7 @@ import numpy as np
 
 from kernels import backends
 from kernels import masking
+from kernels import mesh_axes
 from kernels import ring
 
 _DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16),
@@ -287,13 +288,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                     return_residuals=bool(return_residuals))
 
 
-def _spec_axes(entry) -> tuple[str, ...]:
-  """One `PartitionSpec` entry (None, a name or names) as a tuple of names."""
-  if entry is None:
-    return ()
-  return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
 def _input_sharding(name: str, x, wanted: tuple | None = None):
   """`(mesh, batch_axes, head_axes)` of a concrete rank-4 `x` laid out by a
   `NamedSharding`; None for a tracer or any other array or layout.
@@ -307,7 +301,7 @@ def _input_sharding(name: str, x, wanted: tuple | None = None):
       or not isinstance(x.sharding, jax.sharding.NamedSharding)):
     return None
   mesh, spec = x.sharding.mesh, x.sharding.spec
-  axes = [_spec_axes(e) for e in spec] + [()] * (4 - len(spec))
+  axes = [mesh_axes.axis_tuple(e) for e in spec] + [()] * (4 - len(spec))
   for dim, what in ((1, "the sequence"), (3, "head_dim")):
     if _split(mesh, axes[dim]) > 1:
       b, h = wanted or (axes[0], axes[2])
@@ -354,16 +348,6 @@ def _detect_sharding(q, k, v):
   return found["q"]
 
 
-def _mesh_axes(name: str, axes, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
-  """`axes` (None, a name or names) as a tuple of `mesh`'s axis names."""
-  names = _spec_axes(axes)
-  unknown = [a for a in names if a not in mesh.axis_names]
-  if unknown or not all(isinstance(a, str) for a in names):
-    raise ValueError(f"{name} must name axes of the mesh "
-                     f"{tuple(mesh.axis_names)}, got {axes!r}")
-  return names
-
-
 def _check_rank4(q, k, v, each=None) -> None:
   """Raises unless q, k and v have rank 4 `(batch, seq, heads, head_dim)`;
   `each(name, x)` runs on each right after its own rank check."""
@@ -382,8 +366,8 @@ def _check_mesh_axes(mesh, batch_axes, head_axes, given: str
   if not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"mesh must be a jax.sharding.Mesh when {given} is "
                     f"given, got {type(mesh).__name__}")
-  return (_mesh_axes("batch_axes", batch_axes, mesh),
-          _mesh_axes("head_axes", head_axes, mesh))
+  return (mesh_axes.mesh_axis_names("batch_axes", batch_axes, mesh),
+          mesh_axes.mesh_axis_names("head_axes", head_axes, mesh))
 
 
 def _check_shard_split(q, k, mesh, batch_axes, head_axes) -> None:

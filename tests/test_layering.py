@@ -35,6 +35,7 @@ KERNEL_RANKS = {
     "kernels.reference": 0,
     "kernels.blockwise": 0,
     "kernels.ring": 0,
+    "kernels.mesh_axes": 0,
     "kernels.triton": 1,
     "kernels.backends": 2,
     "kernels.attention": 2,
@@ -46,6 +47,7 @@ KERNEL_RANKS = {
 KERNEL_LAYERS = {
     "kernels.masking": "base", "kernels.reference": "base",
     "kernels.blockwise": "base", "kernels.ring": "base",
+    "kernels.mesh_axes": "base",
     "kernels.triton": "triton",
     "kernels.backends": "dispatch", "kernels.attention": "dispatch",
     "kernels.benchmark": "dispatch", "kernels": "dispatch",

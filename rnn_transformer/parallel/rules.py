@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import jax
 
+from kernels import mesh_axes
 from rnn_transformer.parallel import axis_names as la
 from rnn_transformer.parallel import mesh as mesh_lib
 
@@ -76,8 +77,7 @@ def check_rules(rules: Sequence, mesh: jax.sharding.Mesh,
                        f"{rule!r}; expected one of "
                        f"{tuple(a for a in la.LOGICAL_AXES if a != la.BATCH)} "
                        f"(the batch always splits over data and fsdp)")
-    targets = () if target is None else (
-        (target,) if isinstance(target, str) else tuple(target))
+    targets = mesh_axes.axis_tuple(target)
     unknown = [t for t in targets if t not in mesh.axis_names]
     if unknown:
       raise ValueError(f"{name}: the rule {rule!r} names mesh axes "

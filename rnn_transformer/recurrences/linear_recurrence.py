@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import mesh_axes
 from rnn_transformer import validation
 
 Array = jax.Array
@@ -202,17 +203,8 @@ def _time_sharding(mesh, time_axis, batch_axes, time: int, batch: int,
     raise TypeError(f"mesh: expected a jax.sharding.Mesh, got "
                     f"{type(mesh).__name__}")
 
-  def axes(name, value):
-    names = () if value is None else (
-        (value,) if isinstance(value, str) else tuple(value))
-    unknown = [x for x in names if x not in mesh.axis_names]
-    if unknown or not all(isinstance(x, str) for x in names):
-      raise ValueError(f"{name}: expected axis names of the mesh "
-                       f"{tuple(mesh.axis_names)}, got {value!r}")
-    return names
-
-  time_axes, batch_axes = axes("time_axis", time_axis), axes(
-      "batch_axes", batch_axes)
+  time_axes = mesh_axes.mesh_axis_names("time_axis", time_axis, mesh)
+  batch_axes = mesh_axes.mesh_axis_names("batch_axes", batch_axes, mesh)
   if not time_axes:
     raise ValueError("time_axis: expected the mesh axis (or axes) the time "
                      "steps are split over, got None")

@@ -81,7 +81,7 @@ _SEQUENCE = (r"ValueError: k is sharded P\('data', 'model'\), which splits the "
 @pytest.mark.parametrize("label,message", [
     ("heads", r"ValueError: head_axes \('model',\) split the heads 4 ways"),
     ("batch", r"ValueError: batch_axes \('data', 'model'\) split the batch"),
-    ("axis", r"ValueError: batch_axes must name axes of the mesh"),
+    ("axis", r"ValueError: batch_axes: expected axis names of the mesh"),
     ("no_mesh", r"TypeError: mesh must be a jax.sharding.Mesh"),
     ("sequence", _SEQUENCE),
     ("sequence_with_mesh", _SEQUENCE),
