@@ -104,10 +104,15 @@ def is_oom(e: Exception) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class CompiledMemory:
-  """Bytes XLA's buffer assignment reserves for one compiled program."""
+  """Bytes XLA's buffer assignment reserves for one compiled program (per
+  device for an SPMD program): `CompiledMemoryStats`' fields by their short
+  names. `aliased` is the part of `outputs` that reuses donated arguments;
+  `generated_code` the executable itself (0 where a backend says nothing)."""
   temp: int
   arguments: int
   outputs: int
+  aliased: int = 0
+  generated_code: int = 0
 
   @property
   def total(self) -> int:
@@ -138,12 +143,19 @@ def compile_attention(implementation: str, shape: Sequence[int], dtype,
 
 
 def compiled_memory(compiled) -> CompiledMemory | None:
-  """XLA's `memory_analysis()` of `compiled`; None where there is none."""
+  """XLA's `memory_analysis()` of `compiled`; None where the backend
+  reports none. Some jax versions return one entry per device: the first
+  (an SPMD program's devices hold the same sizes)."""
   mem = compiled.memory_analysis()
+  if isinstance(mem, (list, tuple)):
+    mem = mem[0] if mem else None
   if mem is None:
     return None
-  return CompiledMemory(mem.temp_size_in_bytes, mem.argument_size_in_bytes,
-                        mem.output_size_in_bytes)
+  return CompiledMemory(
+      mem.temp_size_in_bytes, mem.argument_size_in_bytes,
+      mem.output_size_in_bytes,
+      int(getattr(mem, "alias_size_in_bytes", 0) or 0),
+      int(getattr(mem, "generated_code_size_in_bytes", 0) or 0))
 
 
 def measure(row: Row, *, warmup: int, iters: int) -> Row:

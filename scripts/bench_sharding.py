@@ -89,6 +89,7 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from kernels import benchmark  # noqa: E402
 from rnn_transformer import parallel  # noqa: E402
 from rnn_transformer.benchmarks import outputs  # noqa: E402
 from rnn_transformer.training import metric_writer  # noqa: E402
@@ -401,29 +402,18 @@ def _itemsize(dtype) -> int:
   return np.dtype(dtype or "float32").itemsize
 
 
-MEMORY_FIELDS = (("arguments", "argument_size_in_bytes"),
-                 ("outputs", "output_size_in_bytes"),
-                 ("aliased", "alias_size_in_bytes"),
-                 ("temp", "temp_size_in_bytes"),
-                 ("generated code", "generated_code_size_in_bytes"))
+# Table labels of `kernels.benchmark.CompiledMemory`'s fields.
+MEMORY_FIELDS = (("arguments", "arguments"), ("outputs", "outputs"),
+                 ("aliased", "aliased"), ("temp", "temp"),
+                 ("generated code", "generated_code"))
 
 
 def memory(compiled) -> dict[str, int | None]:
-  """`compiled.memory_analysis()` fields, None where missing (jax versions
-  and backends differ; some return None or raise)."""
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001 - unimplemented on some backends
-    stats = None
-  if isinstance(stats, (list, tuple)):  # one entry per device in some jaxes
-    stats = stats[0] if stats else None
-  out = {}
-  for label, attribute in MEMORY_FIELDS:
-    value = getattr(stats, attribute, None) if stats is not None else None
-    if value is None and isinstance(stats, dict):
-      value = stats.get(attribute)
-    out[label] = int(value) if isinstance(value, (int, float)) else None
-  return out
+  """Per-device bytes of `compiled` by table label; None where this backend
+  reports no `memory_analysis()`."""
+  stats = benchmark.compiled_memory(compiled)
+  return {label: None if stats is None else getattr(stats, field)
+          for label, field in MEMORY_FIELDS}
 
 
 def human(nbytes: int | None) -> str:

@@ -178,9 +178,9 @@ def test_script_measures_dp_and_fsdp_on_eight_cpu_devices(tmp_path):
   reduced = sum(fsdp["measured"].get(k, {}).get("bytes", 0)
                 for k in ("reduce-scatter", "all-reduce"))
   assert reduced >= fsdp["textbook"]["reduce-scatter"]
-  # The state is split 8 ways: far fewer argument bytes per device.
-  if dp["memory"]["arguments"] and fsdp["memory"]["arguments"]:
-    assert fsdp["memory"]["arguments"] < dp["memory"]["arguments"] / 4
+  # The state is split 8 ways: far fewer argument bytes per device
+  # (XLA:CPU reports memory_analysis(), so the figures are there).
+  assert 0 < fsdp["memory"]["arguments"] < dp["memory"]["arguments"] / 4
 
 
 def test_script_rejects_an_unknown_strategy(tmp_path):
