@@ -240,10 +240,11 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
-    self.task, self.model_config = train_config.validate(config)
+    checked = train_config.validated(config)
+    self.task, self.model_config = checked.task, checked.model
     self.model = build_backbone(self.model_config)
     train = config.train
-    self.mesh, self.rules = train_config.mesh_and_rules(config)
+    self.mesh, self.rules = checked.mesh, checked.rules
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = self._batch_shardings()
     self.tx, self.schedule = make_optimizer(config)

@@ -8,6 +8,7 @@ the offending field and its valid choices.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -166,6 +167,14 @@ def _positive(config, path: str) -> None:
                      f"{value!r}")
 
 
+class ValidatedConfig(NamedTuple):
+  """What `validated` builds from a run's config, each built once."""
+  task: tasks.Task
+  model: model_config.ModelConfig
+  mesh: jax.sharding.Mesh
+  rules: parallel.rules.Rules
+
+
 def validate(config: ml_collections.ConfigDict) -> tuple[
     tasks.Task, model_config.ModelConfig]:
   """Checks `config` and builds its task and model config, before compiling.
@@ -173,6 +182,12 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   Raises ValueError naming the field (`config.model.backbone`, ...) and the
   valid choices or range.
   """
+  checked = validated(config)
+  return checked.task, checked.model
+
+
+def validated(config: ml_collections.ConfigDict) -> ValidatedConfig:
+  """`validate`, also returning the mesh and sharding rules it checked."""
   if config.task.name not in tasks.TASKS:
     raise ValueError(f"config.task.name: expected one of {sorted(tasks.TASKS)}, "
                      f"got {config.task.name!r}")
@@ -198,7 +213,7 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   if not 0 <= train.warmup_steps < train.steps:  # optax decays over the rest
     raise ValueError(f"config.train.warmup_steps: expected a value in [0, "
                      f"steps={train.steps}), got {train.warmup_steps}")
-  mesh, _ = mesh_and_rules(config)
+  mesh, rules = mesh_and_rules(config)
   batch_axes = parallel.batch_axes(mesh)
   batch_split = int(np.prod([mesh.shape[a] for a in batch_axes]))
   per_update = train.batch_size // train.grad_accum_steps
@@ -239,4 +254,4 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
   if model.backbone == "transformer" and task.seq_len > model.max_len:
     raise ValueError(f"config.model.max_len: expected at least the task's "
                      f"sequence length {task.seq_len}, got {model.max_len}")
-  return task, model
+  return ValidatedConfig(task, model, mesh, rules)
