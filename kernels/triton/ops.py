@@ -75,15 +75,22 @@ def _kernels(st: _Static):
                                       st.interpret)
 
 
+def _tile_constexprs(st: _Static, q, k, bs) -> dict:
+  """Constexprs every attention kernel takes: head counts, head_dim, the
+  tile, and whether the interpreter widens bfloat16 (numpy has none)."""
+  return dict(NUM_HEADS=q.shape[2], NUM_KV_HEADS=k.shape[2],
+              HEAD_DIM=q.shape[-1], BLOCK_M=bs.block_m, BLOCK_N=bs.block_n,
+              WIDEN=st.interpret and q.dtype == jnp.bfloat16)
+
+
 def _common(st: _Static, q, k, kernel: str):
-  """Block sizes and constexprs shared by the attention kernels."""
+  """Block sizes and constexprs of the kernels in `attention.py`."""
   head_dim = q.shape[-1]
   bs = st.block(kernel)
   constexprs = dict(
-      NUM_HEADS=q.shape[2], NUM_KV_HEADS=k.shape[2], HEAD_DIM=head_dim,
+      _tile_constexprs(st, q, k, bs),
       HEAD_DIM_PAD=block_sizes.padded_head_dim(head_dim),
-      BLOCK_M=bs.block_m, BLOCK_N=bs.block_n, CAUSAL=st.causal,
-      HAS_SEGMENTS=st.has_segments,
+      CAUSAL=st.causal, HAS_SEGMENTS=st.has_segments,
       WINDOW_LEFT=-1 if st.window_left is None else st.window_left,
       WINDOW_RIGHT=-1 if st.window_right is None else st.window_right,
       HAS_SOFTCAP=st.softcap is not None,
@@ -92,49 +99,38 @@ def _common(st: _Static, q, k, kernel: str):
       # a_lo b_hi), about float32 accuracy; plain "tf32" would round operands
       # to 10 mantissa bits, and "ieee" (FMA) spills registers on every
       # float32 tile the compile gate tried (BUILD_NOTES).
-      DOT_PRECISION="tf32x3" if q.dtype == jnp.float32 else "tf32",
-      WIDEN=st.interpret and q.dtype == jnp.bfloat16)
+      DOT_PRECISION="tf32x3" if q.dtype == jnp.float32 else "tf32")
   return bs, constexprs
-
-
-def _hopper_forward(st: _Static, q, k, v, key_lengths):
-  """`attention_hopper._attn_fwd_tma` on its `TMA_KERNEL` row: TMA loads
-  and a warp-specialized loop, through the library's own call."""
-  batch, q_len, num_heads, head_dim = q.shape
-  bs = st.block(block_sizes.TMA_KERNEL)
-  kernels_ = triton_launch.import_kernels("kernels.triton.attention_hopper",
-                                          st.interpret)
-  return triton_launch.launch(
-      kernels_._attn_fwd_tma, q, k, v, key_lengths, st.scale, q_len,
-      k.shape[1],
-      out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((batch, num_heads, q_len),
-                                      jnp.float32)),
-      grid=(_cdiv(q_len, bs.block_m), batch * num_heads),
-      num_warps=bs.num_warps, num_stages=bs.num_stages,
-      interpret=st.interpret, own_call=True, NUM_HEADS=num_heads,
-      NUM_KV_HEADS=k.shape[2], HEAD_DIM=head_dim, BLOCK_M=bs.block_m,
-      BLOCK_N=bs.block_n, WARP_SPECIALIZE=True,
-      WIDEN=st.interpret and q.dtype == jnp.bfloat16)
 
 
 @functools.cache
 def _forward_op(st: _Static):
   def op(q, k, v, key_lengths, q_offsets, q_seg, kv_seg):
-    if block_sizes.TMA_KERNEL in dict(st.blocks):
-      return _hopper_forward(st, q, k, v, key_lengths)
     batch, q_len, num_heads, _ = q.shape
-    bs, constexprs = _common(st, q, k, "fwd")
-    grid = (_cdiv(q_len, bs.block_m), batch * num_heads)
+    kv_len = k.shape[1]
+    if block_sizes.TMA_KERNEL in dict(st.blocks):
+      # `attention_hopper._attn_fwd_tma`: TMA loads and a warp-specialized
+      # loop, through the library's own call (global scratch, 12 warps).
+      bs = st.block(block_sizes.TMA_KERNEL)
+      kernel = triton_launch.import_kernels(
+          "kernels.triton.attention_hopper", st.interpret)._attn_fwd_tma
+      args = (q, k, v, key_lengths, st.scale, q_len, kv_len)
+      constexprs = dict(_tile_constexprs(st, q, k, bs), WARP_SPECIALIZE=True)
+      own_call = True
+    else:
+      bs, constexprs = _common(st, q, k, "fwd")
+      kernel = _kernels(st)._attn_fwd
+      args = (q, k, v, key_lengths, q_offsets, q_seg, kv_seg, st.scale,
+              _softcap_arg(st), q_len, kv_len)
+      own_call = False
     return triton_launch.launch(
-        _kernels(st)._attn_fwd, q, k, v, key_lengths, q_offsets, q_seg,
-        kv_seg, st.scale,
-        _softcap_arg(st), q_len, k.shape[1],
+        kernel, *args,
         out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((batch, num_heads, q_len),
                                         jnp.float32)),
-        grid=grid, num_warps=bs.num_warps, num_stages=bs.num_stages,
-        interpret=st.interpret, **constexprs)
+        grid=(_cdiv(q_len, bs.block_m), batch * num_heads),
+        num_warps=bs.num_warps, num_stages=bs.num_stages,
+        interpret=st.interpret, own_call=own_call, **constexprs)
 
   return _fold_vmap(op)
 
