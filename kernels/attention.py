@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +24,34 @@ IMPLEMENTATIONS = tuple(backends.REGISTRY)
 SegmentIds = jax.Array | tuple[jax.Array, jax.Array]
 
 
-def _check_int_array(name: str, x, shape: Sequence[int]) -> jax.Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.integer):
-    raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
-  if x.shape != tuple(shape):
-    raise ValueError(f"{name} must have shape {tuple(shape)}, got {x.shape}")
-  return x.astype(jnp.int32)
+def _check_int_array(name: str, x, shape: Sequence[int], *,
+                     low: int | None = None, high: int | None = None,
+                     high_name: str | None = None) -> jax.Array:
+  """`x` as int32 of `shape`. Concrete values are checked against the int32
+  range (int64 ones would wrap in the cast) and `[low, high]` where given;
+  traced ones cannot be."""
+  if isinstance(x, jax.core.Tracer) or (
+      isinstance(x, jax.Array) and not x.is_fully_addressable):
+    concrete, dtype = None, x.dtype  # values unknown here
+  else:
+    concrete = np.asarray(x) if not isinstance(x, (str, bytes)) else None
+    dtype = None if concrete is None else concrete.dtype
+  if dtype is None or not np.issubdtype(dtype, np.integer):
+    got = f"{type(x).__name__} {x!r}" if dtype is None else (
+        f"{type(x).__name__} of dtype {dtype}")
+    raise TypeError(f"{name} must be an integer array, got {got}")
+  if tuple(np.shape(x)) != tuple(shape):
+    raise ValueError(f"{name} must have shape {tuple(shape)}, got "
+                     f"{tuple(np.shape(x))}")
+  if concrete is not None and concrete.size:
+    info = np.iinfo(np.int32)
+    lo = info.min if low is None else low
+    hi = info.max if high is None else high
+    if concrete.min() < lo or concrete.max() > hi:
+      upper = f"{high_name}={hi}" if high_name else f"{hi}"
+      raise ValueError(f"{name} must lie in [{lo}, {upper}], got min "
+                       f"{concrete.min()} and max {concrete.max()}")
+  return jnp.asarray(x).astype(jnp.int32)
 
 
 def _canonical_segments(segment_ids, batch: int, q_len: int, kv_len: int):
@@ -49,18 +72,46 @@ def _canonical_segments(segment_ids, batch: int, q_len: int, kv_len: int):
           _check_int_array("kv_segment_ids", kv_seg, (batch, kv_len)))
 
 
+# Positions plus window sides must fit int32 in every kernel: a larger side
+# is None (unbounded) in effect, and saying None is what the error asks.
+_MAX_WINDOW = 2**30 - 1
+
+
 def _check_window(window) -> tuple[int | None, int | None]:
   if window is None:
     return None, None
+  if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+    window = (window, window)  # jax.nn's local_window_size=w: (w, w)
   if not isinstance(window, (tuple, list)) or len(window) != 2:
-    raise ValueError(f"window must be a pair (left, right) of ints >= 0 or "
-                     f"None, got {window!r}")
+    raise ValueError(f"window must be an int >= 0 or a pair (left, right) "
+                     f"of ints >= 0 or None, got {window!r}")
   for side, value in zip(("left", "right"), window):
     if value is not None and (isinstance(value, bool) or not isinstance(
-        value, (int, np.integer)) or value < 0):
-      raise ValueError(f"window {side} side must be an int >= 0 or None, got "
-                       f"{value!r}")
+        value, (int, np.integer)) or not 0 <= value <= _MAX_WINDOW):
+      raise ValueError(f"window {side} side must be an int in [0, "
+                       f"{_MAX_WINDOW}] or None (unbounded), got {value!r}")
   return tuple(None if w is None else int(w) for w in window)
+
+
+def _check_scale(scale, head_dim: int) -> float:
+  """`scale` as a Python float (default `1 / sqrt(head_dim)`). It is
+  compiled into the kernels, so it must be concrete: a Python or numpy
+  number, or a concrete 0-d array."""
+  if scale is None:
+    return 1.0 / math.sqrt(head_dim)
+  if isinstance(scale, jax.core.Tracer):
+    raise TypeError("scale must be a concrete number (it is compiled into "
+                    "the kernels), got a traced value; fold a traced scale "
+                    "into q instead")
+  if (isinstance(scale, (bool, np.bool_)) or np.ndim(scale) != 0 or not (
+      isinstance(scale, numbers.Real) or np.issubdtype(
+          np.asarray(scale).dtype, np.number))):
+    raise TypeError(f"scale must be a real number, got "
+                    f"{type(scale).__name__} {scale!r}")
+  value = float(scale)
+  if not math.isfinite(value) or abs(value) > float(np.finfo(np.float32).max):
+    raise ValueError(f"scale must be finite in float32, got {scale!r}")
+  return value
 
 
 def _check_causal(causal) -> None:
@@ -85,7 +136,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
               key_lengths: jax.Array | None = None,
               segment_ids: SegmentIds | None = None,
               scale: float | None = None,
-              window: tuple[int | None, int | None] | None = None,
+              window: int | tuple[int | None, int | None] | None = None,
               softcap: float | None = None,
               return_residuals: bool = False,
               implementation: str | None = None,
@@ -116,10 +167,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     segment_ids: `(batch, seq)` integer when `q_len == kv_len`, or a pair
       `((batch, q_len), (batch, kv_len))`; a query attends only to keys of its
       own segment.
-    scale: softmax scale, a Python float; default `1 / sqrt(head_dim)`.
+    scale: softmax scale, a concrete real number (compiled into the
+      kernels; a traced scale raises); default `1 / sqrt(head_dim)`.
     window: `(left, right)`: query `i` sees key `j` only if `i' - left <= j
       <= i' + right`, `i' = i + kv_len - q_len` (the causal alignment); a
-      side None is unbounded. `(w, 0)` with `causal` is sliding-window
+      side None is unbounded; an int `w` is `(w, w)`, as jax.nn's
+      `local_window_size`. `(w, 0)` with `causal` is sliding-window
       attention over the query and its `w` predecessors. Combines with
       every other mask.
     q_offset: `(batch,)` integer, the key position of each example's first
@@ -134,11 +187,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       `softcap * tanh(scores / softcap)` before masking (exact backward).
     return_residuals: also return the log-sum-exp of each row's capped,
       masked scores, `(batch, num_heads, q_len)` float32 whatever the input
-      dtype (`jax.nn.dot_product_attention(return_residual=True)` gives it
-      in the input dtype: `lse.astype(q.dtype)` matches that), natural log,
-      `-inf` for a row without any allowed key. Partial attentions over
-      disjoint key sets merge with it: `o = sum_i exp(lse_i - lse) o_i`,
-      `lse = logaddexp(lse_1, lse_2, ...)`. Differentiable.
+      dtype, natural log, `-inf` for a row without any allowed key.
+      Partial attentions over disjoint key sets merge with it: `o = sum_i
+      exp(lse_i - lse) o_i`, `lse = logaddexp(lse_1, lse_2, ...)`.
+      Differentiable. (`jax.nn.dot_product_attention(return_residual=True)`
+      gives `(batch, q_len, num_heads)` in the input dtype, without
+      gradient, about -2.4e38 for an empty row; `lse.transpose(0, 2, 1)`
+      maps ours onto its layout.)
     implementation: one of `IMPLEMENTATIONS`: "triton" (fused Triton kernels;
       compiled on CUDA GPUs, under Triton's interpreter where requested, see
       `kernels.triton_interpret`), "xla" / "cudnn"
@@ -192,14 +247,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     `return_residuals`. A query with no allowed key gives a zero row and zero
     gradients.
   """
+  a = _checked_arguments(q, k, v, causal=causal, key_lengths=key_lengths,
+                         segment_ids=segment_ids, scale=scale, window=window,
+                         softcap=softcap, return_residuals=return_residuals,
+                         implementation=implementation, q_offset=q_offset)
+  checked = dict(causal=a.causal, key_lengths=a.key_lengths,
+                 segment_ids=a.segment_ids, scale=a.scale, window=a.window,
+                 softcap=a.softcap, return_residuals=a.return_residuals,
+                 implementation=implementation, q_offset=a.q_offset)
   if context_axis is not None:
     return _context_parallel(
         q, k, v, mesh=mesh, context_axis=context_axis,
         context_layout=context_layout, batch_axes=batch_axes,
-        head_axes=head_axes, causal=causal, key_lengths=key_lengths,
-        segment_ids=segment_ids, scale=scale, window=window,
-        softcap=softcap, return_residuals=return_residuals,
-        implementation=implementation, q_offset=q_offset)
+        head_axes=head_axes, **checked)
   if context_layout not in ring.LAYOUTS:
     raise ValueError(f"context_layout must be one of {ring.LAYOUTS}, got "
                      f"{context_layout!r}")
@@ -210,12 +270,53 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     mesh, batch_axes, head_axes = _detect_sharding(q, k, v)
   if mesh is not None or batch_axes is not None or head_axes is not None:
     return _per_shard(q, k, v, mesh=mesh, batch_axes=batch_axes,
-                      head_axes=head_axes, causal=causal,
-                      key_lengths=key_lengths, q_offset=q_offset,
-                      segment_ids=segment_ids,
-                      scale=scale, window=window, softcap=softcap,
-                      return_residuals=return_residuals,
-                      implementation=implementation)
+                      head_axes=head_axes, **checked)
+
+  batch, q_len, num_heads, head_dim = q.shape
+  _, kv_len, num_kv_heads, _ = k.shape
+  q_seg, kv_seg = a.segment_ids or (None, None)
+  window_left, window_right = a.window
+  call = backends.AttentionCall(
+      batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads,
+      num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=np.dtype(q.dtype),
+      causal=a.causal, has_key_lengths=a.key_lengths is not None,
+      has_segments=q_seg is not None, platform=jax.default_backend(),
+      window=a.window, softcap=a.softcap is not None,
+      return_residuals=a.return_residuals,
+      has_q_offset=a.q_offset is not None)
+  if implementation is None:
+    backend = backends.select(call)
+  else:
+    backend = backends.REGISTRY[implementation]
+    reason = backend.supports(call)
+    if reason is not None:
+      raise ValueError(f"implementation={implementation!r} cannot serve this "
+                       f"call: {reason}")
+  mask = masking.Mask(causal=a.causal, key_lengths=a.key_lengths,
+                      q_segment_ids=q_seg, kv_segment_ids=kv_seg,
+                      window_left=window_left, window_right=window_right,
+                      q_offset=a.q_offset)
+  return backend.fn(q, k, v, mask, a.scale, softcap=a.softcap,
+                    return_residuals=a.return_residuals)
+
+
+class _Arguments(NamedTuple):
+  """`attention`'s arguments, checked and in canonical form."""
+  causal: bool
+  key_lengths: jax.Array | None
+  q_offset: jax.Array | None
+  segment_ids: tuple[jax.Array, jax.Array] | None
+  scale: float
+  window: tuple[int | None, int | None]
+  softcap: float | None
+  return_residuals: bool
+
+
+def _checked_arguments(q, k, v, *, causal, key_lengths, segment_ids, scale,
+                       window, softcap, return_residuals, implementation,
+                       q_offset) -> _Arguments:
+  """Every check of `attention`'s arguments, made once on the global arrays
+  whichever path (one device, per shard, ring) then runs them."""
   def check_dtype(name, x):
     if np.dtype(x.dtype) not in _DTYPES:
       raise TypeError(f"{name} must be float16, bfloat16 or float32, got "
@@ -228,7 +329,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   batch, q_len, num_heads, head_dim = q.shape
   _, kv_len, num_kv_heads, _ = k.shape
   if k.shape[0] != batch:
-    raise ValueError(f"k has batch {k.shape[0]}, q has batch {batch}")
+    raise ValueError(f"k must have the batch of q ({batch}), got "
+                     f"{k.shape[0]}")
+  for name, size in (("num_heads of q", num_heads),
+                     ("num_kv_heads of k and v", num_kv_heads),
+                     ("head_dim", head_dim)):
+    if size < 1:
+      raise ValueError(f"{name} must be at least 1, got {size}")
   if k.shape[3] != head_dim:
     raise ValueError(f"head_dim of k ({k.shape[3]}) must equal head_dim of q "
                      f"({head_dim})")
@@ -238,54 +345,31 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     raise ValueError(f"num_heads of q ({num_heads}) must be divisible by the "
                      f"num_kv_heads of k and v ({num_kv_heads})")
   if key_lengths is not None:
-    concrete = None if isinstance(key_lengths, jax.core.Tracer) else (
-        np.asarray(key_lengths))
-    key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
-    if concrete is not None and concrete.size and (
-        concrete.min() < 0 or concrete.max() > kv_len):
-      raise ValueError(f"key_lengths must lie in [0, kv_len={kv_len}], got "
-                       f"min {concrete.min()} and max {concrete.max()}")
-  if q_offset is not None:
-    q_offset = _check_int_array("q_offset", q_offset, (batch,))
-  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
-  if scale is None:
-    scale = 1.0 / math.sqrt(head_dim)
-  if not isinstance(scale, (int, float)) or isinstance(scale, bool):
-    raise TypeError(f"scale must be a Python float, got {type(scale)}")
-  if not math.isfinite(scale):
-    raise ValueError(f"scale must be finite, got {scale}")
+    key_lengths = _check_int_array("key_lengths", key_lengths, (batch,),
+                                   low=0, high=kv_len, high_name="kv_len")
   _check_causal(causal)
-  window_left, window_right = _check_window(window)
-  softcap = _check_softcap(softcap)
+  window = _check_window(window)
+  if q_offset is not None:
+    q_offset = _check_int_array("q_offset", q_offset, (batch,),
+                                low=-_MAX_WINDOW - 1, high=_MAX_WINDOW + 1)
+    if not causal and window == (None, None):
+      raise ValueError("q_offset only moves the causal and window masks; "
+                       "it needs causal=True or a window, got neither")
+  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
   if not isinstance(return_residuals, (bool, np.bool_)):
     raise TypeError(f"return_residuals must be a bool, got "
                     f"{type(return_residuals).__name__}")
-  if implementation is not None and implementation not in backends.REGISTRY:
+  if implementation is not None and (
+      not isinstance(implementation, str)
+      or implementation not in backends.REGISTRY):
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or "
                      f"None, got {implementation!r}")
-
-  call = backends.AttentionCall(
-      batch=batch, q_len=q_len, kv_len=kv_len, num_heads=num_heads,
-      num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=np.dtype(q.dtype),
-      causal=bool(causal), has_key_lengths=key_lengths is not None,
-      has_segments=q_seg is not None, platform=jax.default_backend(),
-      window=(window_left, window_right), softcap=softcap is not None,
-      return_residuals=bool(return_residuals),
-      has_q_offset=q_offset is not None)
-  if implementation is None:
-    backend = backends.select(call)
-  else:
-    backend = backends.REGISTRY[implementation]
-    reason = backend.supports(call)
-    if reason is not None:
-      raise ValueError(f"implementation={implementation!r} cannot serve this "
-                       f"call: {reason}")
-  mask = masking.Mask(causal=bool(causal), key_lengths=key_lengths,
-                      q_segment_ids=q_seg, kv_segment_ids=kv_seg,
-                      window_left=window_left, window_right=window_right,
-                      q_offset=q_offset)
-  return backend.fn(q, k, v, mask, float(scale), softcap=softcap,
-                    return_residuals=bool(return_residuals))
+  return _Arguments(
+      causal=bool(causal), key_lengths=key_lengths, q_offset=q_offset,
+      segment_ids=None if q_seg is None else (q_seg, kv_seg),
+      scale=_check_scale(scale, head_dim), window=window,
+      softcap=_check_softcap(softcap),
+      return_residuals=bool(return_residuals))
 
 
 def _input_sharding(name: str, x, wanted: tuple | None = None):
@@ -430,8 +514,7 @@ def _context_parallel(q, k, v, *, mesh, context_axis, context_layout,
   window = _check_window(window)
   _check_causal(causal)
   q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
-  if scale is None:
-    scale = 1.0 / math.sqrt(q.shape[3])
+  scale = _check_scale(scale, q.shape[3])
   return ring.ring_attention(
       attention, q, k, v, mesh=mesh, context_axis=context_axis,
       layout=context_layout, batch_axes=batch_axes, head_axes=head_axes,

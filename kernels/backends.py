@@ -81,7 +81,9 @@ def _xla_supports(call: AttentionCall) -> str | None:
     return ("jax.nn.dot_product_attention has no logit soft-capping (jax "
             "issue #23300)")
   if call.return_residuals:
-    return "jax.nn.dot_product_attention does not return the log-sum-exp"
+    return ("jax.nn.dot_product_attention's log-sum-exp (return_residual="
+            "True) is in the input dtype and carries no gradient; "
+            "return_residuals promises float32 and a differentiable one")
   return None
 
 

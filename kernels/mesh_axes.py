@@ -29,8 +29,8 @@ def mesh_axis_names(name: str, value: Any, mesh: jax.sharding.Mesh
   """`value` (None, an axis name or names) as a tuple of `mesh`'s axis names.
 
   Raises:
-    ValueError: naming `name` when `value` holds a non-string or an axis the
-      mesh lacks.
+    ValueError: naming `name` when `value` holds a non-string, an axis the
+      mesh lacks, or one axis twice.
   """
   names = axis_tuple(value)
   unknown = [a for a in names
@@ -38,4 +38,7 @@ def mesh_axis_names(name: str, value: Any, mesh: jax.sharding.Mesh
   if unknown:
     raise ValueError(f"{name}: expected axis names of the mesh "
                      f"{tuple(mesh.axis_names)}, got {value!r}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"{name}: expected each mesh axis at most once, got "
+                     f"{value!r}")
   return names

@@ -60,7 +60,8 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array,
   ok = masking.allowed(mask, jnp.arange(q_len), jnp.arange(kv_len), q_len,
                        kv_len)[:, None, None]
   s = jnp.where(ok, s, -jnp.inf)
-  m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+  m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True,
+                                    initial=-jnp.inf))  # kv_len may be 0
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   p = jnp.exp(s - m)
   denom = jnp.sum(p, axis=-1, keepdims=True)

@@ -272,9 +272,13 @@ def ring_attention(local_attention: Callable, q, k, v, *, mesh,
     return jax.lax.cond(jnp.all(masked), empty, run)
 
   def attend(q_part, k_part, v_part, pair_offsets, chunk_lengths, segments):
+    # The offset moves only the causal and window masks (attention refuses
+    # it without them); the pair's place in the sequence matters to no
+    # other mask.
+    moved = causal or window != (None, None)
     out, lse = local_attention(
         q_part, k_part, v_part, causal=causal, window=window,
-        q_offset=pair_offsets, key_lengths=chunk_lengths,
+        q_offset=pair_offsets if moved else None, key_lengths=chunk_lengths,
         segment_ids=segments, return_residuals=True, **options)
     return out.astype(jnp.float32), lse
 

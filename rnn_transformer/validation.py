@@ -74,6 +74,21 @@ def check_rate(name: str, value: Any) -> float:
   return float(value)
 
 
+def check_deterministic(deterministic: Any, dropout_rate: float,
+                        owner: str) -> bool:
+  """`deterministic` as flax's `nn.Dropout` resolves it: None is allowed
+  only when there is no dropout (then True); with `dropout_rate > 0` it
+  must be given, so a training call never runs without dropout silently."""
+  if deterministic is None:
+    if dropout_rate > 0:
+      raise ValueError(
+          f"deterministic: {owner}(dropout_rate={dropout_rate}) needs "
+          f"deterministic=True (evaluation) or False (training, with a "
+          f"'dropout' rng), as flax's Dropout does; got None")
+    return True
+  return check_bool("deterministic", deterministic)
+
+
 def check_bool(name: str, value: Any) -> bool:
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name}: expected True or False, got "

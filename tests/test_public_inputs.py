@@ -145,6 +145,11 @@ CASES = {
             rt.GRUCell, nn.GRUCell(4).init(KEY, jnp.zeros((2, 4)),
                                            jnp.zeros((2, 3)))),
          ValueError, "flax_params"),
+        ("one gate of another width", lambda: rt.params_from_flax(
+            rt.SimpleRNNCell, {"i": {"kernel": jnp.ones((3, 4)),
+                                     "bias": jnp.ones((4,))},
+                               "h": {"kernel": jnp.ones((5, 5))}}),
+         ValueError, "flax_params: expected SimpleRNNCell parameters of one"),
     ],
     "RNN": [
         ("scan_method unknown",
@@ -206,6 +211,12 @@ CASES = {
         ("scan_method unknown", lambda: _init(
             rt.StackedRNN([rt.MinGRU(4)], scan_method="fast"), X),
          ValueError, "scan_method"),
+        ("dropout without deterministic", lambda: _init(
+            rt.StackedRNN([rt.LSTMCell(4)] * 2, dropout_rate=0.5), X),
+         ValueError, "deterministic: StackedRNN"),
+        ("deterministic not a bool", lambda: _init(
+            rt.StackedRNN([rt.LSTMCell(4)]), X, deterministic="yes"),
+         TypeError, "deterministic"),
         ("inputs rank 4", lambda: _init(rt.StackedRNN([rt.LSTMCell(4)]),
                                         X[None]), ValueError, "inputs"),
     ],
@@ -217,6 +228,9 @@ CASES = {
             jnp.ones((2, 5, 8))), ValueError, "num_kv_heads"),
         ("dropout_rate 2", lambda: rt.MultiHeadAttention(2, dropout_rate=2.0),
          ValueError, "dropout_rate"),
+        ("dropout without deterministic", lambda: _init(
+            rt.MultiHeadAttention(2, dropout_rate=0.1), jnp.ones((2, 5, 8))),
+         ValueError, "deterministic: MultiHeadAttention"),
         ("attention_impl unknown",
          lambda: rt.MultiHeadAttention(2, attention_impl="flash"),
          ValueError, "attention_impl"),

@@ -9,6 +9,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -34,6 +35,39 @@ def test_training_config_errors_carry_the_full_path(field, value, message):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
+    train_config.validate(config)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda c: setattr(c.train, "learning_rate", float("nan")), ValueError,
+     r"config.train.learning_rate: expected a positive finite number"),
+    (lambda c: setattr(c.train, "weight_decay", -1.0), ValueError,
+     r"config.train.weight_decay: expected >= 0"),
+    (lambda c: setattr(c.train, "grad_clip_norm", "1"), TypeError,
+     r"config.train.grad_clip_norm: expected a number"),
+    (lambda c: setattr(c, "seed", 1.5), TypeError,
+     r"config.seed: expected an int"),
+    (lambda c: setattr(c.train, "warmup_steps", 10.5), TypeError,
+     r"config.train.warmup_steps: expected an int"),
+    (lambda c: setattr(c.train, "progress_bar", "no"), TypeError,
+     r"config.train.progress_bar: expected True or False"),
+    (lambda c: delattr(c.train, "steps"), ValueError,
+     r"config.train.steps: missing"),
+    (lambda c: setattr(c, "train", None), TypeError,
+     r"config.train: expected a section"),
+    (lambda c: setattr(c.task, "params", None), TypeError,
+     r"config.task.params: expected a ConfigDict"),
+    (lambda c: setattr(c.task, "name", ["copy"]), ValueError,
+     r"config.task.name: expected one of"),
+])
+def test_run_scalars_are_checked_by_path(change, error, message):
+  """Fields the trainer reads as numbers, flags and sections: a broken
+  value is named before anything compiles (type_safe=False lets a
+  command-line override or a hand-built config change a field's type)."""
+  config = ml_collections.ConfigDict(
+      train_config.task_config("copy", "lstm").to_dict(), type_safe=False)
+  change(config)
+  with pytest.raises(error, match=message):
     train_config.validate(config)
 
 

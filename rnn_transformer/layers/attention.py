@@ -101,8 +101,9 @@ class MultiHeadAttention(nn.Module):
     rope_base: the rotary base.
     attention_impl: `kernels.attention(implementation=...)`; None: automatic.
     window: local attention, `kernels.attention(window=(left, right))`:
-      query i sees keys i - left .. i + right (None: unbounded side); with
-      `causal`, `(w, 0)` is sliding-window attention. Decoding honours it.
+      query i sees keys i - left .. i + right (None: unbounded side; an int
+      `w` is `(w, w)`); with `causal`, `(w, 0)` is sliding-window
+      attention. Decoding honours it.
     softcap: logit soft-capping `softcap * tanh(scores / softcap)` (Gemma 2);
       None: off.
     cache_len: positions in the KV cache the first decode call creates
@@ -118,7 +119,7 @@ class MultiHeadAttention(nn.Module):
   rotary: bool = False
   rope_base: float = 10_000.0
   attention_impl: str | None = None
-  window: tuple[int | None, int | None] | None = None
+  window: int | tuple[int | None, int | None] | None = None
   softcap: float | None = None
   cache_len: int | None = None
   dtype: Any = None
@@ -133,6 +134,8 @@ class MultiHeadAttention(nn.Module):
     validation.check_int("out_features", self.out_features, optional=True)
     validation.check_int("cache_len", self.cache_len, optional=True)
     validation.check_rate("dropout_rate", self.dropout_rate)
+    validation.check_bool("use_bias", self.use_bias)
+    validation.check_bool("rotary", self.rotary)
     validation.check_float_dtype("dtype", self.dtype, optional=True)
     validation.check_float_dtype("param_dtype", self.param_dtype)
     validation.check_choice("attention_impl", self.attention_impl,
@@ -143,7 +146,7 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
                causal: bool = False, key_lengths: Array | None = None,
                positions: Array | None = None, decode: bool = False,
-               deterministic: bool = True) -> Array:
+               deterministic: bool | None = None) -> Array:
     """Attends from `inputs_q` to `inputs_kv` (self-attention if None).
 
     Args:
@@ -158,12 +161,18 @@ class MultiHeadAttention(nn.Module):
       decode: self-attention through the KV cache (see the module doc).
         Under `init` it only creates the empty cache, as in flax; an `apply`
         without a cache creates one and processes its tokens.
-      deterministic: disables dropout.
+      deterministic: disables dropout. As in flax, it must be given when
+        `dropout_rate > 0` (None raises then); without dropout None is
+        True.
 
     Returns:
       `(batch, q_len, out_features)`.
     """
     validation.check_rank("inputs_q", inputs_q, 3, "(batch, q_len, features)")
+    deterministic = validation.check_deterministic(
+        deterministic, self.dropout_rate, "MultiHeadAttention")
+    validation.check_bool("causal", causal)
+    validation.check_bool("decode", decode)
     validation.check_floating("inputs_q", inputs_q)
     self_attention = inputs_kv is None
     if self_attention:
@@ -287,7 +296,8 @@ class MultiHeadAttention(nn.Module):
       # window's left edge is a segment boundary (keys before it are
       # segment 0) and key_lengths is the causal mask.
       segments = None
-      left = None if self.window is None else self.window[0]
+      left = self.window[0] if isinstance(self.window, (tuple, list)) else (
+          self.window)  # an int w is (w, w), as in kernels.attention
       if left is not None:
         segments = (jnp.ones((batch, 1), jnp.int32), jnp.broadcast_to(
             (jnp.arange(max_len) >= index - left).astype(jnp.int32),

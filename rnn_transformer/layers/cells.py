@@ -326,6 +326,10 @@ def params_from_flax(cell_type: type, flax_params: Any) -> dict[str, Any]:
   separate `candidate_bias`, flax's `hn` bias). With the mapped parameters
   our cell computes flax's cell exactly (`tests/layers/test_recurrent.py`).
 
+  flax's `SimpleCell(residual=True)` adds the input to its output; ours has
+  no residual, so only `residual=False` cells map (the parameters cannot
+  tell which it was).
+
   Args:
     cell_type: `SimpleRNNCell`, `LSTMCell` or `GRUCell`.
     flax_params: the flax cell's parameters without the `params` prefix,
@@ -347,6 +351,23 @@ def params_from_flax(cell_type: type, flax_params: Any) -> dict[str, Any]:
     raise ValueError(f"flax_params: expected flax's {name} parameters with "
                      f"sub-layers {list(needed)} (no 'params' prefix), got "
                      f"{got}")
+
+  shapes = {f"{n}.{leaf}": np.shape(flax_params[n][leaf])
+            for n in needed for leaf in flax_params[n]}
+  hidden = np.shape(flax_params[recurrent[0]]["kernel"])[-1:]
+  in_shape = np.shape(flax_params[inputs[0]]["kernel"])
+  expected = {}
+  for n in needed:
+    expected[f"{n}.kernel"] = (
+        in_shape if n in inputs else hidden + hidden)
+    if f"{n}.bias" in shapes:
+      expected[f"{n}.bias"] = hidden
+  if len(in_shape) != 2 or in_shape[-1:] != hidden or any(
+      shapes.get(key) != want for key, want in expected.items()):
+    raise ValueError(
+        f"flax_params: expected {name} parameters of one hidden size H "
+        f"(input kernels (in, H), recurrent kernels (H, H), biases (H,)), "
+        f"got shapes {shapes}")
 
   def concat(names, leaf):
     return jnp.concatenate([flax_params[n][leaf] for n in names], axis=-1)

@@ -107,6 +107,12 @@ def _check_carry(initial_carry: Carry, expected: Carry) -> None:
     raise ValueError(
         f"initial_carry: expected the cell's carry structure with shapes "
         f"{want}, got {got}")
+  for leaf, default in zip(jax.tree.leaves(initial_carry),
+                           jax.tree.leaves(expected)):
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+      raise validation.DTypeError(
+          f"initial_carry: expected floating arrays (the cell's carry is "
+          f"{jnp.result_type(default)}), got dtype {jnp.result_type(leaf)}")
 
 
 class RNN(nn.Module):
@@ -273,11 +279,16 @@ class RNN(nn.Module):
     Returns:
       outputs `(batch, time, hidden)`, or `(final_carry, outputs)`.
     """
-    reverse = self.reverse if reverse is None else reverse
-    keep_order = self.keep_order if keep_order is None else keep_order
-    return_carry = self.return_carry if return_carry is None else return_carry
+    reverse = validation.check_bool(
+        "reverse", self.reverse if reverse is None else reverse)
+    keep_order = validation.check_bool(
+        "keep_order", self.keep_order if keep_order is None else keep_order)
+    return_carry = validation.check_bool(
+        "return_carry",
+        self.return_carry if return_carry is None else return_carry)
 
-    layout = _Layout.of(inputs, self.num_batch_dims, self.time_major)
+    layout = _Layout.of(inputs, self.num_batch_dims, self.time_major,
+                        getattr(self.cell, "num_feature_axes", 1))
     inputs = layout.to_canonical(inputs)
     validation.check_floating("inputs", inputs)
     validation.check_time("inputs", inputs)
@@ -401,7 +412,8 @@ class RNN(nn.Module):
                                                         perturbation_t)
         if valid_t is not None:
           new_carry = fused_recurrence.select_batch(valid_t, new_carry, carry)
-          y = jnp.where(valid_t[:, None], y, jnp.zeros_like(y))
+          y = jnp.where(valid_t.reshape(valid_t.shape + (1,) * (y.ndim - 1)),
+                        y, jnp.zeros_like(y))
         return new_carry, y
 
       scan = nn.scan(
@@ -479,24 +491,30 @@ class _Layout(NamedTuple):
 
   @classmethod
   def of(cls, inputs: Array, num_batch_dims: int | None,
-         time_major: bool) -> "_Layout":
+         time_major: bool, feature_axes: int = 1) -> "_Layout":
+    """`feature_axes`: the cell's `num_feature_axes` (flax's convention; 3
+    for `ConvLSTMCell` over `(height, width, channels)`)."""
     shape = np.shape(inputs)
+    features = "features" if feature_axes == 1 else (
+        f"{feature_axes} feature axes")
     if num_batch_dims is None:  # as flax: every axis before time and features
-      if len(shape) < 3:
-        layout = "(time, batch, features)" if time_major else (
-            "(batch, time, features)")
+      if len(shape) < feature_axes + 2:
+        layout = (f"(time, batch, {features})" if time_major else
+                  f"(batch, time, {features})")
         raise ValueError(
-            f"inputs: expected rank 3 {layout} or more (leading batch axes), "
-            f"got shape {shape}")
-      num_batch_dims = len(shape) - 2
+            f"inputs: expected rank {feature_axes + 2} {layout} or more "
+            f"(leading batch axes), got shape {shape}")
+      num_batch_dims = len(shape) - 1 - feature_axes
     validation.check_int("num_batch_dims", num_batch_dims)
-    layout = ("(time, " if time_major else "(") + (
-        "batch" if num_batch_dims == 1 else f"{num_batch_dims} batch axes") + (
-            ", features)" if time_major else ", time, features)")
-    validation.check_rank("inputs", inputs, num_batch_dims + 2, layout)
+    batch = "batch" if num_batch_dims == 1 else (
+        f"{num_batch_dims} batch axes")
+    layout = (f"(time, {batch}, {features})" if time_major else
+              f"({batch}, time, {features})")
+    validation.check_rank("inputs", inputs, num_batch_dims + 1 + feature_axes,
+                          layout)
     if time_major:
-      return cls(tuple(shape[1:-1]), shape[0], True)
-    return cls(tuple(shape[:-2]), shape[-2], False)
+      return cls(tuple(shape[1:1 + num_batch_dims]), shape[0], True)
+    return cls(tuple(shape[:num_batch_dims]), shape[num_batch_dims], False)
 
   @property
   def batch(self) -> int:
@@ -697,10 +715,17 @@ class StackedRNN(nn.Module):
 
   def __call__(self, inputs: Array, *, initial_carry: Sequence[Carry] | None =
                None, seq_lengths: Array | None = None,
-               reset: Array | None = None, deterministic: bool = True,
+               reset: Array | None = None,
+               deterministic: bool | None = None,
                return_carry: bool = False) -> Any:
-    """`inputs: (batch, time, features)` -> `(batch, time, hidden_last)`."""
+    """`inputs: (batch, time, features)` -> `(batch, time, hidden_last)`.
+
+    `deterministic` disables dropout; as in flax it must be given when
+    `dropout_rate > 0` (None raises then), and None is True without it.
+    """
     validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
+    deterministic = validation.check_deterministic(
+        deterministic, self.dropout_rate, "StackedRNN")
     if initial_carry is not None and len(initial_carry) != len(self.layers):
       raise ValueError(
           f"initial_carry: expected one carry per layer ({len(self.layers)}), "

@@ -280,6 +280,7 @@ def _scan(ring: _Semiring, a: Array, b: Array, initial_carry: Array | None,
           seq_lengths: Array | None, reset: Array | None, reverse: bool,
           method: str, chunk_size: int, sharding=None
           ) -> tuple[Array, Array]:
+  reverse = validation.check_bool("reverse", reverse)
   batch, time, features = a.shape
   if initial_carry is None:
     initial_carry = jnp.full((batch, features), ring.zero, a.dtype)

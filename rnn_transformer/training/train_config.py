@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from rnn_transformer import parallel
+from rnn_transformer import validation
 from rnn_transformer.models import model_config
 from rnn_transformer.training import tasks
 
@@ -159,12 +160,66 @@ def _named(section: str, error: Exception) -> ValueError:
   return ValueError(f"{section}: {message}")
 
 
+def _field(config, path: str):
+  """`config`'s field at the dotted `path`; ValueError naming it if absent."""
+  node = config
+  for depth, part in enumerate(path.split(".")):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)):
+      above = ".".join(path.split(".")[:depth])
+      raise TypeError(f"config.{above}: expected a section (ConfigDict), "
+                      f"got {type(node).__name__} {node!r}")
+    if part not in node:
+      raise ValueError(f"config.{path}: missing; `task_config` lists the "
+                       f"fields a run needs")
+    node = node[part]
+  return node
+
+
 def _positive(config, path: str) -> None:
-  section, name = path.split(".")
-  value = config[section][name]
-  if not isinstance(value, int) or value < 1:
+  value = _field(config, path)
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
     raise ValueError(f"config.{path}: expected a positive integer, got "
                      f"{value!r}")
+
+
+def _check_scalars(config) -> None:
+  """The run's scalar fields: types and ranges, each named by its path."""
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    raise TypeError(f"config: expected an ml_collections.ConfigDict, got "
+                    f"{type(config).__name__}")
+  name = _field(config, "task.name")
+  if not isinstance(name, str) or name not in tasks.TASKS:
+    raise ValueError(f"config.task.name: expected one of "
+                     f"{sorted(tasks.TASKS)}, got {name!r}")
+  params = _field(config, "task.params")
+  if not isinstance(params, (ml_collections.ConfigDict, dict)):
+    raise TypeError(f"config.task.params: expected a ConfigDict of the "
+                    f"task's arguments, got {type(params).__name__}")
+  for path in ("train.steps", "train.batch_size", "train.grad_accum_steps",
+               "train.log_every", "train.eval_every", "train.eval_batches",
+               "train.checkpoint_every", "train.keep_checkpoints"):
+    _positive(config, path)
+  validation.check_int("config.seed", _field(config, "seed"), minimum=0)
+  validation.check_int("config.train.warmup_steps",
+                       _field(config, "train.warmup_steps"), minimum=0)
+  validation.check_int("config.train.sample_chars",
+                       _field(config, "train.sample_chars"), minimum=0)
+  validation.check_real("config.train.learning_rate",
+                        _field(config, "train.learning_rate"), positive=True)
+  decay = validation.check_real("config.train.weight_decay",
+                                _field(config, "train.weight_decay"))
+  if decay < 0:
+    raise ValueError(f"config.train.weight_decay: expected >= 0, got "
+                     f"{decay}")
+  validation.check_real("config.train.grad_clip_norm",
+                        _field(config, "train.grad_clip_norm"))
+  validation.check_bool("config.train.progress_bar",
+                        _field(config, "train.progress_bar"))
+  for name in ("dtype", "param_dtype"):
+    value = _field(config, f"model.{name}")
+    if value not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"config.model.{name}: expected one of ('float32', "
+                       f"'bfloat16', 'float16'), got {value!r}")
 
 
 class ValidatedConfig(NamedTuple):
@@ -188,28 +243,14 @@ def validate(config: ml_collections.ConfigDict) -> tuple[
 
 def validated(config: ml_collections.ConfigDict) -> ValidatedConfig:
   """`validate`, also returning the mesh and sharding rules it checked."""
-  if config.task.name not in tasks.TASKS:
-    raise ValueError(f"config.task.name: expected one of {sorted(tasks.TASKS)}, "
-                     f"got {config.task.name!r}")
+  _check_scalars(config)
   try:
     task = tasks.make_task(config.task.name, **config.task.params.to_dict())
   except TypeError as e:  # an argument the task does not take
     raise ValueError(f"config.task.params: {e}") from e
   except ValueError as e:
     raise _named("config.task.params", e) from e
-  for path in ("train.steps", "train.batch_size", "train.grad_accum_steps",
-               "train.log_every", "train.eval_every", "train.eval_batches",
-               "train.checkpoint_every", "train.keep_checkpoints"):
-    _positive(config, path)
-  for name in ("dtype", "param_dtype"):
-    value = config.model[name]
-    if value not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"config.model.{name}: expected one of ('float32', "
-                       f"'bfloat16', 'float16'), got {value!r}")
   train = config.train
-  if train.learning_rate <= 0:
-    raise ValueError(f"config.train.learning_rate: expected > 0, got "
-                     f"{train.learning_rate}")
   if not 0 <= train.warmup_steps < train.steps:  # optax decays over the rest
     raise ValueError(f"config.train.warmup_steps: expected a value in [0, "
                      f"steps={train.steps}), got {train.warmup_steps}")

@@ -208,7 +208,25 @@ def test_rows_without_keys_have_minus_infinite_log_sum_exp(implementation):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(window=3), ValueError, "window must be a pair"),
+    (dict(window=(3, 1, 2)), ValueError, "window must be an int >= 0 or a pair"),
+    (dict(window=-2), ValueError, "window left side"),
+    (dict(window=True), ValueError, "window must be an int"),
+    (dict(scale=jnp.ones((2,))), TypeError, "scale must be a real number"),
+    (dict(scale="0.5"), TypeError, "scale must be a real number"),
+    (dict(scale=np.float32(np.nan)), ValueError, "scale must be finite"),
+    (dict(scale=1e39), ValueError, "scale must be finite in float32"),
+    (dict(window=(None, 2**31 - 5)), ValueError, "window right side"),
+    (dict(window=(2**40, 0)), ValueError, "window left side"),
+    (dict(q_offset=jnp.zeros((1,), jnp.int32)), ValueError,
+     "q_offset only moves the causal and window masks"),
+    (dict(q_offset=np.array([2**32]), causal=True), ValueError,
+     r"q_offset must lie in"),
+    (dict(key_lengths=np.array([2**32])), ValueError,
+     r"key_lengths must lie in \[0, kv_len=8\]"),
+    (dict(key_lengths="ab"), TypeError, "key_lengths must be an integer"),
+    (dict(segment_ids=np.array([[2**32] * 8])), ValueError,
+     "q_segment_ids must lie in"),
+    (dict(implementation=["xla"]), ValueError, "implementation must be"),
     (dict(window=(-1, 0)), ValueError, "window left side"),
     (dict(window=(0, 1.5)), ValueError, "window right side"),
     (dict(softcap=0.0), ValueError, "softcap must be a positive"),
@@ -217,17 +235,69 @@ def test_rows_without_keys_have_minus_infinite_log_sum_exp(implementation):
     (dict(softcap=5.0, implementation="xla"), ValueError,
      "no logit soft-capping"),
     (dict(return_residuals=True, implementation="xla"), ValueError,
-     "does not return the log-sum-exp"),
+     "carries no gradient"),
     (dict(window=(2, 0), implementation="cudnn"), ValueError, "cuDNN"),
-    (dict(q_offset=jnp.zeros((1,), jnp.int32), implementation="xla"),
-     ValueError, "has no query offset"),
-    (dict(q_offset=jnp.zeros((2,), jnp.int32)), ValueError, "q_offset"),
-    (dict(q_offset=jnp.zeros((1,), jnp.float32)), TypeError, "q_offset"),
+    (dict(q_offset=jnp.zeros((1,), jnp.int32), causal=True,
+          implementation="xla"), ValueError, "has no query offset"),
+    (dict(q_offset=jnp.zeros((2,), jnp.int32), causal=True), ValueError,
+     "q_offset"),
+    (dict(q_offset=jnp.zeros((1,), jnp.float32), causal=True), TypeError,
+     "q_offset"),
 ])
 def test_bad_or_unservable_arguments_raise_named_errors(kwargs, error, match):
   q, k, v = _inputs(1, 8, 8, 2, 2, 32)
   with pytest.raises(error, match=match):
     kernels.attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [0.3, np.float32(0.3), jnp.float32(0.3),
+                                   np.array(0.3)])
+def test_int_window_and_numeric_scales_follow_jax_nn(scale):
+  """jax.nn's conventions: `local_window_size=w` is `(w, w)`, and any
+  concrete real scale is taken."""
+  q, k, v = _inputs(1, 16, 16, 2, 2, 32, seed=4)
+  want = jax.nn.dot_product_attention(q, k, v, scale=0.3,
+                                      local_window_size=3)
+  got = kernels.attention(q, k, v, scale=scale, window=3,
+                          implementation="reference")
+  chex.assert_trees_all_close(got, want, **tolerances.output_tol(jnp.float32))
+
+
+def test_a_traced_scale_is_refused_by_name():
+  q, k, v = _inputs(1, 8, 8, 2, 2, 32)
+  with pytest.raises(TypeError, match="scale must be a concrete number"):
+    jax.jit(lambda s: kernels.attention(q, k, v, scale=s))(0.3)
+
+
+@pytest.mark.parametrize("shape_k", [(1, 8, 0, 32), (1, 8, 2, 0)])
+def test_empty_head_axes_are_refused_by_name(shape_k):
+  q = jnp.ones(shape_k[:2] + (2,) + shape_k[3:])
+  k = jnp.ones(shape_k)
+  with pytest.raises(ValueError, match="must be at least 1"):
+    kernels.attention(q, k, k)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS + ("xla",))
+def test_no_keys_at_all_gives_zero_rows(implementation):
+  q = jnp.ones((1, 4, 2, 32))
+  k = jnp.ones((1, 0, 2, 32))
+  out = _run(implementation, q, k, k)
+  chex.assert_shape(out, q.shape)
+  assert not np.any(np.asarray(out))
+
+
+def test_mesh_paths_check_concrete_values_as_the_plain_path():
+  """The per-shard and ring paths see the same checks on the global
+  arrays (inside shard_map the values are traced and unknowable)."""
+  q, k, v = _inputs(1, 8, 8, 2, 2, 32)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  for extra in (dict(batch_axes="data"), dict(context_axis="data")):
+    with pytest.raises(ValueError, match=r"key_lengths must lie"):
+      kernels.attention(q, k, v, mesh=mesh, key_lengths=jnp.array([99]),
+                        implementation="reference", **extra)
+    with pytest.raises(TypeError, match="return_residuals must be a bool"):
+      kernels.attention(q, k, v, mesh=mesh, return_residuals=1,
+                        implementation="reference", **extra)
 
 
 def test_xla_refuses_a_bottom_right_window_it_would_misalign():

@@ -224,6 +224,30 @@ def test_flax_cells_run_in_our_layer_and_refuse_forced_hoisting():
         jax.random.key(0), x)
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("options", [
+    {}, dict(seq_lengths=jnp.array([4, 2])),
+    dict(reverse=True, keep_order=True)])
+def test_cells_with_several_feature_axes_match_flax_rnn(time_major, options):
+  """flax's `num_feature_axes` convention: ConvLSTMCell steps over
+  `(height, width, channels)`, so time sits before three axes."""
+  x = jax.random.normal(jax.random.key(30), (2, 4, 5, 5, 1))
+  if time_major:
+    x = jnp.swapaxes(x, 0, 1)
+  cell = nn.ConvLSTMCell(2, (3, 3))
+  theirs = nn.RNN(cell, time_major=time_major)
+  variables = theirs.init(jax.random.key(31), x)
+  want = theirs.apply(variables, x, **options)
+  got = rt.RNN(cell, time_major=time_major).apply(variables, x, **options)
+  if "seq_lengths" in options:  # flax computes through the padding
+    valid = (jnp.arange(4)[None, :] < options["seq_lengths"][:, None])
+    valid = valid[:, :, None, None, None]
+    if time_major:
+      valid = jnp.swapaxes(valid, 0, 1)
+    want = jnp.where(valid, want, 0.0)
+  chex.assert_trees_all_close(got, want, atol=1e-6)
+
+
 def test_bidirectional_matches_flax_bidirectional():
   x = _inputs(key=18)
   lengths = jnp.array([TIME, 5, 2])
@@ -249,11 +273,15 @@ def test_bidirectional_matches_flax_bidirectional():
 def test_stacked_rnn_equals_composed_layers_and_applies_dropout():
   x = _inputs(key=20)
   stack = rt.StackedRNN([rt.LSTMCell(HIDDEN), rt.GRUCell(4)], dropout_rate=0.5)
-  variables = stack.init(jax.random.key(21), x)
+  variables = stack.init(jax.random.key(21), x, deterministic=True)
   params = variables["params"]
   h = rt.RNN(rt.LSTMCell(HIDDEN)).apply({"params": params["layers_0"]}, x)
   expected = rt.RNN(rt.GRUCell(4)).apply({"params": params["layers_1"]}, h)
-  chex.assert_trees_all_close(stack.apply(variables, x), expected, atol=1e-6)
+  chex.assert_trees_all_close(stack.apply(variables, x, deterministic=True),
+                              expected, atol=1e-6)
+  # As flax's Dropout: with dropout, deterministic must be said.
+  with pytest.raises(ValueError, match=r"deterministic: StackedRNN\(dropout"):
+    stack.apply(variables, x)
 
   dropped = stack.apply(variables, x, deterministic=False,
                         rngs={"dropout": jax.random.key(22)})

@@ -34,3 +34,8 @@ def test_refuses_naming_the_argument_and_the_mesh(mesh, value):
   assert str(error.value) == (
       "head_axes: expected axis names of the mesh ('data', 'tensor'), got "
       f"{value!r}")
+
+
+def test_refuses_an_axis_named_twice(mesh):
+  with pytest.raises(ValueError, match="each mesh axis at most once"):
+    mesh_axes.mesh_axis_names("batch_axes", ("data", "data"), mesh)
