@@ -124,6 +124,14 @@ def check_time(name: str, x: Any) -> None:
                      f"{np.shape(x)}")
 
 
+def check_features(name: str, x: Any, first_axis: int) -> None:
+  """Raises on an empty feature axis (axes `first_axis` on): a projection
+  of nothing has no fan-in to initialise from."""
+  if 0 in np.shape(x)[first_axis:]:
+    raise ValueError(f"{name}: expected at least one feature, got shape "
+                     f"{np.shape(x)}")
+
+
 def check_rank(name: str, x: Any, rank: int, layout: str) -> None:
   """Raises if `x` does not have `rank` dimensions; `layout` names them."""
   if np.ndim(x) != rank:
@@ -131,9 +139,20 @@ def check_rank(name: str, x: Any, rank: int, layout: str) -> None:
         f"{name}: expected rank {rank} {layout}, got shape {np.shape(x)}")
 
 
+def array_dtype(name: str, x: Any) -> np.dtype:
+  """`x`'s dtype; TypeError naming `name` for what is not an array or a
+  number (a Python list: jax takes arrays, `jnp.asarray` makes one)."""
+  if isinstance(x, (list, tuple, str, bytes, dict)) or x is None or not (
+      hasattr(x, "dtype") or isinstance(x, numbers.Number)):
+    hint = "; wrap it in jnp.asarray" if isinstance(x, (list, tuple)) else ""
+    raise TypeError(f"{name}: expected an array, got {type(x).__name__}"
+                    f"{hint}")
+  return jnp.result_type(x)
+
+
 def check_floating(name: str, x: Any) -> None:
   """Raises `DTypeError` unless `x` has an inexact (floating) dtype."""
-  dtype = jnp.result_type(x)
+  dtype = array_dtype(name, x)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise DTypeError(
         f"{name}: expected a floating dtype (float32, bfloat16, float16), "
@@ -153,11 +172,11 @@ def check_seq_lengths(seq_lengths: Any, batch: int, time: int,
   range is checked only when the values are concrete; under `jit` they are
   tracers and an out-of-range length behaves like its clipped value.
   """
+  dtype = array_dtype(name, seq_lengths)
   if np.shape(seq_lengths) != (batch,):
     raise ValueError(
         f"{name}: expected shape (batch,) = ({batch},), "
         f"got {np.shape(seq_lengths)}")
-  dtype = jnp.result_type(seq_lengths)
   if not jnp.issubdtype(dtype, jnp.integer):
     raise DTypeError(f"{name}: expected an integer dtype, got {dtype}")
   if is_concrete(seq_lengths):
@@ -171,10 +190,11 @@ def check_seq_lengths(seq_lengths: Any, batch: int, time: int,
 def check_mask(name: str, mask: Any, shape: Sequence[int],
                layout: str) -> None:
   """Validates a boolean mask of exactly `shape`."""
+  array_dtype(name, mask)
   if tuple(np.shape(mask)) != tuple(shape):
     raise ValueError(
         f"{name}: expected shape {layout} = {tuple(shape)}, "
         f"got {np.shape(mask)}")
-  dtype = jnp.result_type(mask)
+  dtype = array_dtype(name, mask)
   if dtype != jnp.bool_:
     raise DTypeError(f"{name}: expected dtype bool, got {dtype}")

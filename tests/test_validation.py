@@ -213,3 +213,34 @@ def test_char_lm_names_a_missing_or_empty_path(content, message, tmp_path):
                                     path=str(tmp_path / name), seq_len=8)
   with pytest.raises(ValueError, match=message):
     train_config.validate(config)
+
+
+_X = jnp.ones((2, 5, 3))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: rt.RNN(rt.LSTMCell(4)).init(
+        jax.random.key(0), _X, seq_lengths=[5, 3]), TypeError,
+     r"seq_lengths: expected an array, got list; wrap it in jnp.asarray"),
+    (lambda: rt.RNN(rt.GRUCell(4)).init(
+        jax.random.key(0), _X, reset=[[True] * 5] * 2), TypeError,
+     r"reset: expected an array, got list"),
+    (lambda: rt.MultiHeadAttention(2).init(
+        jax.random.key(0), jnp.ones((2, 5, 4)), key_lengths=[5, 3]),
+     TypeError, r"key_lengths: expected an array"),
+    (lambda: rt.RNN(rt.LSTMCell(4)).init(jax.random.key(0), _X[..., :0]),
+     ValueError, r"inputs: expected at least one feature"),
+    (lambda: rt.MultiHeadAttention(2).init(
+        jax.random.key(0), jnp.ones((2, 5, 0))), ValueError,
+     r"inputs_q: expected at least one feature"),
+    (lambda: rt.MultiHeadAttention(2, rope_base=-1.0), ValueError,
+     r"rope_base: expected a positive finite number"),
+    (lambda: rt.MultiHeadAttention(2, use_bias="no"), TypeError,
+     r"use_bias: expected True or False"),
+    (lambda: rt.RNN(rt.LSTMCell(4)).init(
+        jax.random.key(0), _X, return_carry=1), TypeError,
+     r"return_carry: expected True or False"),
+])
+def test_layer_arguments_are_named(call, error, message):
+  with pytest.raises(error, match=message):
+    call()

@@ -135,6 +135,7 @@ class MultiHeadAttention(nn.Module):
     validation.check_int("cache_len", self.cache_len, optional=True)
     validation.check_rate("dropout_rate", self.dropout_rate)
     validation.check_bool("use_bias", self.use_bias)
+    validation.check_real("rope_base", self.rope_base, positive=True)
     validation.check_bool("rotary", self.rotary)
     validation.check_float_dtype("dtype", self.dtype, optional=True)
     validation.check_float_dtype("param_dtype", self.param_dtype)
@@ -182,6 +183,8 @@ class MultiHeadAttention(nn.Module):
     validation.check_floating("inputs_kv", inputs_kv)
     validation.check_time("inputs_q", inputs_q)
     validation.check_time("inputs_kv", inputs_kv)
+    validation.check_features("inputs_q", inputs_q, 2)
+    validation.check_features("inputs_kv", inputs_kv, 2)
     batch, q_len, features = inputs_q.shape
     if inputs_kv.shape[0] != batch:
       raise ValueError(f"inputs_kv: expected the batch of inputs_q ({batch}), "

@@ -84,11 +84,11 @@ class LearnedPositionEmbedding(nn.Module):
           f"positions: sequence length {np.shape(positions)[-1]} exceeds "
           f"max_len {self.max_len} of the learned position embedding")
     if validation.is_concrete(positions) and np.size(positions):
-      largest = int(np.max(positions))
-      if largest >= self.max_len:
-        raise ValueError(f"positions: position {largest} exceeds the "
-                         f"learned position embedding's max_len "
-                         f"{self.max_len}")
+      smallest, largest = int(np.min(positions)), int(np.max(positions))
+      if smallest < 0 or largest >= self.max_len:
+        raise ValueError(f"positions: expected values in [0, max_len="
+                         f"{self.max_len}) of the learned position "
+                         f"embedding, got min {smallest} and max {largest}")
     table = self.param("embedding", self.embedding_init,
                        (self.max_len, self.features), self.param_dtype)
     return jnp.take(table, positions, axis=0)

@@ -292,6 +292,7 @@ class RNN(nn.Module):
     inputs = layout.to_canonical(inputs)
     validation.check_floating("inputs", inputs)
     validation.check_time("inputs", inputs)
+    validation.check_features("inputs", inputs, 2)
     batch, time = inputs.shape[:2]
     if seq_lengths is not None:
       seq_lengths = layout.batch_vector("seq_lengths", seq_lengths)

@@ -194,9 +194,11 @@ def test_sequence_longer_than_max_len_raises(positional):
   embedding = rt.LearnedPositionEmbedding(max_len=4, features=2)
   with pytest.raises(ValueError, match=r"sequence length 5 exceeds max_len 4"):
     embedding.init(jax.random.key(0), jnp.arange(5))
-  with pytest.raises(ValueError, match=r"position 4 exceeds the learned "
-                     r"position embedding's max_len 4"):
+  with pytest.raises(ValueError, match=r"positions: expected values in "
+                     r"\[0, max_len=4\) .* got min 1 and max 4"):
     embedding.init(jax.random.key(0), jnp.arange(1, 5))
+  with pytest.raises(ValueError, match=r"got min -1 and max 2"):
+    embedding.init(jax.random.key(0), jnp.arange(-1, 3))
 
 
 @pytest.mark.parametrize("changes,message", [
