@@ -427,6 +427,10 @@ CASES = {
             X, colour="red"), TypeError, "colour"),
         ("a layer instead of a cell", lambda: rt.newton_rnn(
             rt.RNN(rt.GRUCell(4)), {"params": {}}, X), TypeError, "cell"),
+        ("empty time", lambda: rt.newton_rnn(
+            rt.GRUCell(4),
+            {"params": _rnn_variables(rt.GRUCell(4))["params"]["cell"]},
+            X[:, :0]), ValueError, "inputs"),
     ],
     "newton_scan": [
         ("method unknown", lambda: rt.newton_scan(
@@ -442,6 +446,21 @@ CASES = {
          "on_failure"),
         ("inputs rank 1", lambda: rt.newton_scan(
             _step, A[0, 0], jnp.zeros((3,))), ValueError, "inputs"),
+        ("tol inf", lambda: rt.newton_scan(
+            _step, A, jnp.zeros((2, 3)), tol=float("inf")), ValueError,
+         "tol"),
+        ("reset_carry int", lambda: rt.newton_scan(
+            _step, A, jnp.zeros((2, 3)),
+            reset_carry=jnp.zeros((2, 3), jnp.int32)), TypeError,
+         "reset_carry"),
+        ("step changes the carry dtype", lambda: rt.newton_scan(
+            lambda c, x: (jnp.tanh(c + x).astype(jnp.bfloat16), x), A,
+            jnp.zeros((2, 3))), TypeError, "step"),
+        ("step returns no output", lambda: rt.newton_scan(
+            lambda c, x: (jnp.tanh(c + x), None), A, jnp.zeros((2, 3))),
+         TypeError, "step"),
+        ("empty time", lambda: rt.newton_scan(
+            _step, A[:, :0], jnp.zeros((2, 3))), ValueError, "inputs"),
     ],
     "newton_recurrence": [
         ("newton_scan through the module", lambda:
@@ -472,6 +491,13 @@ CASES = {
          ValueError, "matrix"),
         ("rank 1", lambda: rt.spectral_radius(jnp.ones(3)), ValueError,
          "matrix"),
+        ("empty", lambda: rt.spectral_radius(jnp.ones((0, 0))), ValueError,
+         "matrix"),
+        ("nan", lambda: rt.spectral_radius(jnp.full((2, 2), jnp.nan)),
+         ValueError, "matrix"),
+        ("inf in a batch", lambda: rt.spectral_radius(
+            jnp.stack([jnp.eye(2), jnp.full((2, 2), jnp.inf)])), ValueError,
+         "matrix"),
     ],
     "gradient_flow": [
         ("inputs rank 2",
@@ -495,9 +521,19 @@ CASES = {
     "stack_block_params": [
         ("no blocks", lambda: rt.stack_block_params({"embed": {}}),
          ValueError, "params"),
+        ("None", lambda: rt.stack_block_params(None), TypeError, "params"),
+        ("blocks of different shapes", lambda: rt.stack_block_params(
+            {"blocks_0": {"w": jnp.ones(2)}, "blocks_1": {"w": jnp.ones(3)}}),
+         ValueError, "params"),
     ],
     "unstack_block_params": [
         ("no stacked blocks", lambda: rt.unstack_block_params({"embed": {}}),
+         ValueError, "params"),
+        ("empty blocks", lambda: rt.unstack_block_params({"blocks": {}}),
+         ValueError, "params"),
+        ("None", lambda: rt.unstack_block_params(None), TypeError, "params"),
+        ("layer axes differ", lambda: rt.unstack_block_params(
+            {"blocks": {"w": jnp.ones((2, 3)), "b": jnp.ones((3,))}}),
          ValueError, "params"),
     ],
     "attention": [

@@ -13,6 +13,7 @@ Blocks are either separate modules `blocks_0 .. blocks_{L-1}` or, with
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -239,11 +240,19 @@ class TransformerLM(_Transformer):
 _BLOCK = re.compile(r"blocks_(\d+)$")
 
 
+def _check_mapping(params: Any) -> None:
+  if not isinstance(params, Mapping):
+    raise TypeError(f"params: expected a mapping of parameters (a dict or "
+                    f"FrozenDict, as from model.init(...)['params']), got "
+                    f"{type(params).__name__}")
+
+
 def stack_block_params(params: dict[str, Any]) -> dict[str, Any]:
   """Parameters of the plain stack (`blocks_i`) -> the scanned layout (`blocks`).
 
   Works on any collection laid out by `_Transformer` (params or cache).
   """
+  _check_mapping(params)
   layers = sorted((int(_BLOCK.match(k).group(1)), v) for k, v in
                   params.items() if _BLOCK.match(k))
   if not layers:
@@ -252,6 +261,13 @@ def stack_block_params(params: dict[str, Any]) -> dict[str, Any]:
   if [i for i, _ in layers] != list(range(len(layers))):
     raise ValueError(f"params: block indices must be 0..{len(layers) - 1}, "
                      f"got {[i for i, _ in layers]}")
+  shapes = [jax.tree.map(np.shape, block) for _, block in layers]
+  for i, block_shapes in enumerate(shapes):
+    if jax.tree.structure(block_shapes) != jax.tree.structure(shapes[0]) or (
+        jax.tree.leaves(block_shapes) != jax.tree.leaves(shapes[0])):
+      raise ValueError(f"params: expected blocks_0 ... blocks_"
+                       f"{len(layers) - 1} of one structure and shapes, but "
+                       f"blocks_{i} differs from blocks_0")
   out = {k: v for k, v in params.items() if not _BLOCK.match(k)}
   out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs),
                                *[v for _, v in layers])
@@ -260,11 +276,21 @@ def stack_block_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def unstack_block_params(params: dict[str, Any]) -> dict[str, Any]:
   """The scanned layout (`blocks`, leading layer axis) -> `blocks_i` entries."""
+  _check_mapping(params)
   if "blocks" not in params:
     raise ValueError(f"params: expected a 'blocks' entry, got keys "
                      f"{sorted(params)}")
   stacked = params["blocks"]
-  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  leaves = jax.tree.leaves(stacked)
+  if not leaves or any(np.ndim(leaf) < 1 for leaf in leaves):
+    raise ValueError(f"params: expected the 'blocks' entry to hold arrays "
+                     f"with a leading layer axis, got "
+                     f"{jax.tree.map(np.shape, stacked)}")
+  layer_counts = {np.shape(leaf)[0] for leaf in leaves}
+  if len(layer_counts) != 1:
+    raise ValueError(f"params: expected the arrays of 'blocks' to share their "
+                     f"leading layer axis, got sizes {sorted(layer_counts)}")
+  num_layers = layer_counts.pop()
   out = {k: v for k, v in params.items() if k != "blocks"}
   for layer in range(num_layers):
     out[f"blocks_{layer}"] = jax.tree.map(lambda x, i=layer: x[i], stacked)

@@ -503,9 +503,8 @@ def _check_options(method, max_iters, tol, on_failure, damping, adjoint,
   if adjoint is not None:
     validation.check_choice("adjoint", adjoint, ADJOINTS)
   max_iters = validation.check_int("max_iters", max_iters, optional=True)
-  if tol is not None and (not isinstance(tol, numbers.Real) or isinstance(
-      tol, bool) or not tol > 0):
-    raise ValueError(f"tol: expected a positive float or None, got {tol!r}")
+  # inf would accept any iterate: the "converged" outputs are the guess.
+  validation.check_real("tol", tol, positive=True, optional=True)
   if not isinstance(damping, numbers.Real) or isinstance(damping, bool) or (
       not 0.0 <= damping <= 1.0):
     raise ValueError(f"damping: expected a float in [0, 1], got {damping!r}")
@@ -530,19 +529,31 @@ def _check_carry(name: str, carry: Carry, batch: int) -> jnp.dtype:
 
 
 def _check_like(name: str, carry: Carry, reference: Carry,
-                what: str) -> None:
+                what: str, dtype: Any = None) -> None:
+  """Raises unless `carry` has the structure and shapes of `reference` (and,
+  given `dtype`, leaves of that dtype: DTypeError)."""
   want = jax.tree.map(np.shape, reference)
   got = jax.tree.map(np.shape, carry)
   if jax.tree.structure(carry) != jax.tree.structure(reference) or (
       jax.tree.leaves(got) != jax.tree.leaves(want)):
     raise ValueError(f"{name}: expected the structure and shapes of {what} "
                      f"{want}, got {got}")
+  if dtype is not None:
+    dtypes = sorted({str(jnp.result_type(leaf))
+                     for leaf in jax.tree.leaves(carry)})
+    if dtypes != [str(jnp.dtype(dtype))]:
+      raise validation.DTypeError(
+          f"{name}: expected leaves of {what}'s dtype {jnp.dtype(dtype)}, "
+          f"got {dtypes}")
 
 
-def _check_step(step: StepFn, carry: Carry, x: Array) -> None:
-  """Raises unless `step(carry, x)` returns `(carry of the same shapes, y)`."""
+def _check_step(step: StepFn, carry: Carry, x: Array
+                ) -> jax.ShapeDtypeStruct:
+  """Raises unless `step(carry, x)` returns `(carry of the same shapes and
+  dtype, y)` with `y` one array; returns `y`'s shape and dtype. `carry` and
+  `x` may be `jax.ShapeDtypeStruct`s."""
   try:
-    new_carry, _ = jax.eval_shape(step, carry, x)
+    new_carry, y = jax.eval_shape(step, carry, x)
   except (TypeError, ValueError) as error:
     raise ValueError(
         f"step: expected step(carry, x) -> (new_carry, output) for one "
@@ -555,6 +566,20 @@ def _check_step(step: StepFn, carry: Carry, x: Array) -> None:
       jax.tree.leaves(got) != jax.tree.leaves(want)):
     raise ValueError(f"step: expected a new carry shaped like the carry "
                      f"{want}, got {got}")
+  want_dtypes = [str(leaf.dtype) for leaf in jax.tree.leaves(carry)]
+  got_dtypes = [str(leaf.dtype) for leaf in jax.tree.leaves(new_carry)]
+  if got_dtypes != want_dtypes:
+    # lax.scan refuses a carry whose dtype changes; so does this.
+    raise validation.DTypeError(
+        f"step: expected a new carry of the carry's dtype "
+        f"{sorted(set(want_dtypes))}, got {sorted(set(got_dtypes))}; cast "
+        f"the new carry")
+  if not isinstance(y, jax.ShapeDtypeStruct):
+    raise TypeError(
+        f"step: expected step(carry, x) -> (new_carry, output) with the "
+        f"output one array (zeros where a step is padding), got "
+        f"{type(y).__name__} {jax.tree.map(lambda s: s.shape, y)!r}")
+  return y
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> None:
@@ -659,13 +684,23 @@ def newton_scan(
   if reset_carry is None:
     reset_carry = jax.tree.map(jnp.zeros_like, initial_carry)
   else:
-    _check_like("reset_carry", reset_carry, initial_carry, "initial_carry")
+    _check_like("reset_carry", reset_carry, initial_carry, "initial_carry",
+                dtype=dtype)
   if seq_lengths is not None:
     validation.check_seq_lengths(seq_lengths, batch, time)
   if reset is not None:
     validation.check_mask("reset", reset, (batch, time), "(batch, time)")
+  y = _check_step(
+      step, jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(
+          np.shape(leaf)[1:], jnp.result_type(leaf)), initial_carry),
+      jax.ShapeDtypeStruct(np.shape(inputs)[2:], jnp.result_type(inputs)))
+  if batch == 0:  # nothing to solve: lax.scan's carry and (empty) outputs
+    info = NewtonInfo(iterations=jnp.zeros((), jnp.int32),
+                      residual=jnp.zeros((), jnp.float32),
+                      converged=jnp.ones((), bool),
+                      fell_back=jnp.zeros((), bool))
+    return initial_carry, jnp.zeros((0, time) + y.shape, y.dtype), info
   one_carry = jax.tree.map(lambda leaf: leaf[0], initial_carry)
-  _check_step(step, one_carry, inputs[0, 0])
 
   options = _Options(
       method=method, max_iters=max_iters,
@@ -774,6 +809,7 @@ def newton_rnn(
         f"), got {got}")
   validation.check_rank("inputs", inputs, 3, "(batch, time, features)")
   validation.check_floating("inputs", inputs)
+  validation.check_time("inputs", inputs)
   default_carry = cell.initialize_carry(jax.random.key(0),
                                         np.shape(inputs[:, 0]))
   if initial_carry is None:
@@ -781,6 +817,10 @@ def newton_rnn(
   else:
     _check_like("initial_carry", initial_carry, default_carry,
                 f"{type(cell).__name__}'s carry")
+    dtype = _check_carry("initial_carry", initial_carry, np.shape(inputs)[0])
+    # Resets restart from the cell's carry in the dtype the user's carries.
+    default_carry = jax.tree.map(lambda leaf: leaf.astype(dtype),
+                                 default_carry)
   if hasattr(cell, "project_inputs") and hasattr(cell, "step"):
     inputs = cell.apply(variables, inputs, method=cell.project_inputs)
 

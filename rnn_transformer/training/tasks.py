@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import math
 import os
 import pathlib
@@ -26,6 +27,8 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rnn_transformer import validation
 
 Batch = dict[str, jax.Array]
 
@@ -78,6 +81,14 @@ class Task(abc.ABC):
     return {}
 
 
+def _check_params(task: Task, **minimums: int) -> None:
+  """Checks each named field of the dataclass `task` is an int >= its
+  minimum (TypeError/ValueError naming it) and stores it as a Python int."""
+  for name, minimum in minimums.items():
+    value = validation.check_int(name, getattr(task, name), minimum=minimum)
+    object.__setattr__(task, name, value)
+
+
 def _last_step_weights(batch_size: int, seq_len: int) -> jax.Array:
   return jnp.zeros((batch_size, seq_len), jnp.float32).at[:, -1].set(1.0)
 
@@ -86,28 +97,35 @@ def _last_step_weights(batch_size: int, seq_len: int) -> jax.Array:
 class CopyMemory(Task):
   """Copy memory (Arjovsky, Shah and Bengio, 2016).
 
-  Input: 10 symbols from {1..8}, `delay` blanks (0) with the delimiter (9)
-  as the last of them, then 10 blanks; length `delay + 20`. Target: blanks,
-  then the 10 symbols in the last 10 steps. All steps are scored. A
-  memoryless model predicts blanks and then uniform symbols: cross-entropy
-  `10 log 8 / (delay + 20)`.
+  Input: `copy_len` (10) symbols from {1..num_symbols} ({1..8}), `delay`
+  blanks (0) with the delimiter (`num_symbols + 1`, 9) as the last of them,
+  then `copy_len` blanks; length `delay + 2 copy_len`. Target: blanks, then
+  the symbols in the last `copy_len` steps. All steps are scored. Tokens and
+  classes: `vocab_size = output_size = num_symbols + 2` (10). A memoryless
+  model predicts blanks and then uniform symbols: cross-entropy
+  `copy_len log num_symbols / seq_len` (`10 log 8 / (delay + 20)`).
   """
   delay: int = 50
   num_symbols: int = 8
   copy_len: int = 10
 
   name = "copy"
-  vocab_size = 10
   input_features = None
-  output_size = 10
 
   def __post_init__(self):
-    if self.delay < 1:
-      raise ValueError(f"delay: expected at least 1 blank, got {self.delay}")
+    _check_params(self, delay=1, num_symbols=1, copy_len=1)
 
   @property
   def seq_len(self) -> int:  # type: ignore[override]
     return self.delay + 2 * self.copy_len
+
+  @property
+  def vocab_size(self) -> int:  # type: ignore[override]
+    return self.num_symbols + 2  # blank, the symbols, the delimiter
+
+  @property
+  def output_size(self) -> int:  # type: ignore[override]
+    return self.vocab_size
 
   def batch(self, key: jax.Array, batch_size: int) -> Batch:
     symbols = jax.random.randint(key, (batch_size, self.copy_len), 1,
@@ -149,8 +167,7 @@ class Adding(Task):
   regression = True
 
   def __post_init__(self):
-    if self.seq_len < 2:
-      raise ValueError(f"seq_len: expected at least 2, got {self.seq_len}")
+    _check_params(self, seq_len=2)
 
   def batch(self, key: jax.Array, batch_size: int) -> Batch:
     k_values, k_first, k_second = jax.random.split(key, 3)
@@ -207,6 +224,7 @@ class Adding1997(Task):
   def __post_init__(self):
     # X2 is drawn from the first min_len/2 - 1 pairs, which must hold more
     # than the ten where X1 may sit.
+    _check_params(self, min_len=1)
     if self.min_len < 2 * (self.FIRST_MARK_WITHIN + 1) + 2:
       raise ValueError(f"min_len: expected at least "
                        f"{2 * (self.FIRST_MARK_WITHIN + 1) + 2}, got "
@@ -279,6 +297,7 @@ class AssociativeRecall(Task):
   input_features = None
 
   def __post_init__(self):
+    _check_params(self, num_pairs=1, num_keys=1, num_values=1)
     if self.num_pairs > self.num_keys:
       raise ValueError(f"num_pairs: expected at most num_keys "
                        f"({self.num_keys}) distinct keys, got {self.num_pairs}")
@@ -322,9 +341,9 @@ class FirstToken(Task):
   """Remember the first token across `distance` noise tokens.
 
   Sequence: a class token in [0, num_classes), then `distance` tokens drawn
-  from [num_classes, num_classes + num_noise). Target at the last step: the
-  first token. Chance accuracy: 1 / num_classes. The dependency distance is
-  the experiments' knob.
+  from [num_classes, num_classes + num_noise) (so `num_noise >= 1`).
+  Target at the last step: the first token. Chance accuracy: 1 /
+  num_classes. The dependency distance is the experiments' knob.
   """
   distance: int = 50
   num_classes: int = 4
@@ -334,8 +353,7 @@ class FirstToken(Task):
   input_features = None
 
   def __post_init__(self):
-    if self.distance < 1:
-      raise ValueError(f"distance: expected at least 1, got {self.distance}")
+    _check_params(self, distance=1, num_classes=1, num_noise=1)
 
   @property
   def seq_len(self) -> int:  # type: ignore[override]
@@ -407,6 +425,9 @@ class CharLM(Task):
 
   def __init__(self, path: str, seq_len: int = 128,
                validation_fraction: float = 0.1):
+    seq_len = validation.check_int("seq_len", seq_len)
+    validation_fraction = validation.check_real("validation_fraction",
+                                                validation_fraction)
     text = read_text(path)
     if not 0.0 < validation_fraction < 1.0:
       raise ValueError(f"validation_fraction: expected a value in (0, 1), got "
@@ -476,4 +497,12 @@ def make_task(name: str, **kwargs) -> Task:
   """The task called `name` with its keyword arguments."""
   if name not in TASKS:
     raise ValueError(f"task name: expected one of {sorted(TASKS)}, got {name!r}")
+  parameters = inspect.signature(TASKS[name]).parameters
+  for key in kwargs:
+    if key not in parameters:
+      raise TypeError(f"{key}: unknown parameter of task {name!r}; expected "
+                      f"names from {tuple(parameters)}")
+  for key, parameter in parameters.items():
+    if parameter.default is parameter.empty and key not in kwargs:
+      raise TypeError(f"{key}: task {name!r} needs this parameter, got none")
   return TASKS[name](**kwargs)

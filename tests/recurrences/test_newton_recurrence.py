@@ -214,7 +214,10 @@ CARRY = np.zeros((2, 3), np.float32)
     (dict(method="newton"), ValueError, r"method: expected one of \('full'"),
     (dict(max_iters=0), ValueError, "max_iters: expected a positive int"),
     (dict(max_iters=2.5), TypeError, "max_iters: expected an int"),
-    (dict(tol=-1.0), ValueError, "tol: expected a positive float"),
+    (dict(tol=-1.0), ValueError, "tol: expected a positive finite number"),
+    (dict(tol=float("inf")), ValueError, "tol: expected a positive finite "
+     "number, got inf"),
+    (dict(tol="1e-5"), TypeError, "tol: expected a number or None"),
     (dict(damping=1.5), ValueError, r"damping: expected a float in \[0, 1\]"),
     (dict(on_failure="ignore"), ValueError, "on_failure: expected one of"),
     (dict(adjoint="forward"), ValueError, "adjoint: expected one of"),
@@ -229,6 +232,11 @@ CARRY = np.zeros((2, 3), np.float32)
      "initial_carry: expected leaves of one floating dtype"),
     (dict(reset_carry=(CARRY, CARRY)), ValueError, "reset_carry: expected "
      "the structure and shapes of initial_carry"),
+    (dict(reset_carry=CARRY.astype(np.int32)), rt.DTypeError,
+     r"reset_carry: expected leaves of initial_carry's dtype float32, got "
+     r"\['int32'\]"),
+    (dict(reset_carry=CARRY.astype(np.float16)), rt.DTypeError,
+     "reset_carry: expected leaves of initial_carry's dtype float32"),
     (dict(seq_lengths=np.array([5, 6])), ValueError, r"seq_lengths: expected "
      r"values in \[0, 5\]"),
     (dict(reset=np.zeros((2, 4), bool)), ValueError, "reset: expected shape"),
@@ -237,6 +245,13 @@ CARRY = np.zeros((2, 3), np.float32)
      "carry shaped like the carry"),
     (dict(step=lambda c, x: (c @ np.ones((4, 4)), x)), ValueError,
      "step: expected step.carry, x. -> .new_carry, output. for one example"),
+    (dict(step=lambda c, x: (c.astype(jnp.bfloat16), x)), rt.DTypeError,
+     r"step: expected a new carry of the carry's dtype \['float32'\], got "
+     r"\['bfloat16'\]"),
+    (dict(step=lambda c, x: (c, None)), TypeError, "step: expected .* with "
+     "the output one array .*, got NoneType"),
+    (dict(step=lambda c, x: (c, (x, x))), TypeError, "step: expected .* with "
+     "the output one array .*, got tuple"),
 ])
 def test_bad_arguments_raise_named_errors(kwargs, error, match):
   args = dict(step=_identity_step, inputs=X, initial_carry=CARRY)
@@ -244,6 +259,42 @@ def test_bad_arguments_raise_named_errors(kwargs, error, match):
   with pytest.raises(error, match=match):
     nr.newton_scan(args.pop("step"), args.pop("inputs"),
                    args.pop("initial_carry"), **args)
+
+
+def test_an_empty_batch_gives_the_initial_carry_and_empty_outputs():
+  # As lax.scan (and RNN's sequential evaluation) over no sequences.
+  carry, outputs, info = nr.newton_scan(
+      lambda c, x: (jnp.tanh(c + x), 2.0 * c), X[:0], CARRY[:0])
+  assert carry.shape == (0, 3) and carry.dtype == np.float32
+  assert outputs.shape == (0, 5, 3) and outputs.dtype == np.float32
+  assert bool(info.converged) and not bool(info.fell_back)
+  assert int(info.iterations) == 0
+  cell = rt.GRUCell(HIDDEN)
+  variables = cell.init(jax.random.key(0), cell.initialize_carry(
+      jax.random.key(0), X[:, 0].shape), X[:, 0])
+  carry, outputs, _ = nr.newton_rnn(cell, variables, X[:0])
+  assert carry.shape == (0, HIDDEN) and outputs.shape == (0, 5, HIDDEN)
+
+
+def test_newton_rnn_refuses_an_empty_time_axis_by_name():
+  cell = rt.GRUCell(HIDDEN)
+  variables = cell.init(jax.random.key(0), cell.initialize_carry(
+      jax.random.key(0), X[:, 0].shape), X[:, 0])
+  with pytest.raises(ValueError, match="inputs: expected at least one time "
+                     r"step, got shape \(2, 0, 3\)"):
+    nr.newton_rnn(cell, variables, X[:, :0])
+
+
+def test_newton_rnn_restarts_a_low_precision_carry_in_its_dtype():
+  cell = rt.SimpleRNNCell(HIDDEN)
+  x = _inputs((2, 4, FEATURES))
+  variables = cell.init(jax.random.key(0), jnp.zeros((2, HIDDEN)), x[:, 0])
+  reset = np.zeros((2, 4), bool)
+  reset[:, 2] = True
+  carry, _, info = nr.newton_rnn(
+      cell, variables, x.astype(jnp.float16), reset=jnp.asarray(reset),
+      initial_carry=jnp.zeros((2, HIDDEN), jnp.float16))
+  assert carry.dtype == jnp.float16 and bool(info.converged)
 
 
 def test_newton_rnn_checks_the_initial_carry_against_the_cell():
