@@ -103,7 +103,7 @@ _NOT_SERVED = [
     ("segments", dict(segments=True), "bfloat16", 64),
     ("window", dict(window=(8, 8)), "bfloat16", 64),
     ("softcap", dict(softcap=20.0), "bfloat16", 64),
-    ("q_offset", dict(q_offset=True), "bfloat16", 64),
+    ("q_offset", dict(q_offset=True, window=(None, 8)), "bfloat16", 64),
     ("float32", {}, "float32", 64),
     ("head_dim_48", {}, "bfloat16", 48),
 ]
