@@ -493,11 +493,9 @@ def _context_parallel(q, k, v, *, mesh, context_axis, context_layout,
   if context_layout not in ring.LAYOUTS:
     raise ValueError(f"context_layout must be one of {ring.LAYOUTS}, got "
                      f"{context_layout!r}")
-  _check_rank4(q, k, v)
   devices = mesh.shape[context_axis]
   chunks = devices * (2 if context_layout == "zigzag" else 1)
-  batch, q_len = q.shape[:2]
-  kv_len = k.shape[1]
+  q_len, kv_len = q.shape[1], k.shape[1]
   for name, length in (("q", q_len), ("k", kv_len)):
     if length % chunks:
       raise ValueError(
@@ -507,18 +505,12 @@ def _context_parallel(q, k, v, *, mesh, context_axis, context_layout,
           f"multiple of {chunks} and mark the padding with key_lengths or "
           f"segment_ids")
   _check_shard_split(q, k, mesh, batch_axes, head_axes)
-  if key_lengths is not None:
-    key_lengths = _check_int_array("key_lengths", key_lengths, (batch,))
-  if q_offset is not None:
-    q_offset = _check_int_array("q_offset", q_offset, (batch,))
-  window = _check_window(window)
-  _check_causal(causal)
-  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q_len, kv_len)
-  scale = _check_scale(scale, q.shape[3])
+  # The arguments arrive checked and canonical (`_checked_arguments`).
+  q_seg, kv_seg = segment_ids or (None, None)
   return ring.ring_attention(
       attention, q, k, v, mesh=mesh, context_axis=context_axis,
       layout=context_layout, batch_axes=batch_axes, head_axes=head_axes,
-      causal=bool(causal), window=window, key_lengths=key_lengths,
+      causal=causal, window=window, key_lengths=key_lengths,
       q_offset=q_offset, q_segments=q_seg, kv_segments=kv_seg,
       return_residuals=return_residuals, scale=scale, softcap=softcap,
       implementation=implementation)
@@ -543,14 +535,13 @@ def _per_shard(q, k, v, *, mesh, batch_axes, head_axes, key_lengths,
   _check_rank4(q, k, v, each=lambda name, x: _input_sharding(
       name, x, (batch_axes, head_axes)))
   _check_shard_split(q, k, mesh, batch_axes, head_axes)
-  batch = q.shape[0]
+  # The arguments arrive checked and canonical (`_checked_arguments`).
   operands = [q, k, v]
   if key_lengths is not None:
-    operands.append(_check_int_array("key_lengths", key_lengths, (batch,)))
+    operands.append(key_lengths)
   if q_offset is not None:
-    operands.append(_check_int_array("q_offset", q_offset, (batch,)))
-  q_seg, kv_seg = _canonical_segments(segment_ids, batch, q.shape[1],
-                                      k.shape[1])
+    operands.append(q_offset)
+  q_seg, kv_seg = segment_ids or (None, None)
   if q_seg is not None:
     operands += [q_seg, kv_seg]
   static = (mesh, batch_axes, head_axes, key_lengths is not None,
